@@ -1,0 +1,69 @@
+"""The one interface every model backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GenerationParams(BaseModel):
+    """Sampling options for one turn; the defaults are the codelab's slider defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(default=0.9, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=1024, ge=1, le=8192)
+    system_prompt: str | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    """Whether a backend can answer now, and if not, why (fit to show a user)."""
+
+    ok: bool
+    detail: str
+    model: str | None = None
+
+
+class ChatBackend(ABC):
+    """A model that answers a chat turn, streamed.
+
+    Usage::
+
+        backend = build_backends(Settings())["gemini"]
+        for piece in backend.stream("Hi!", history=[], params=GenerationParams()):
+            print(piece, end="")
+
+    Subclasses implement ``stream`` and ``health``; errors they raise are
+    ``hybridchat.errors.BackendError``s whose text can be shown to the user as is.
+    """
+
+    #: registry key, e.g. ``"gemma"``
+    name: str
+    #: readable name for a model selector, e.g. ``"Gemini 2.5 Flash (Vertex AI)"``
+    label: str
+
+    @abstractmethod
+    def stream(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> Iterator[str]:
+        """Yield the reply to ``message`` after ``history``, piece by piece."""
+
+    def complete(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> str:
+        """The whole reply at once."""
+        return "".join(self.stream(message, history, params))
+
+    @abstractmethod
+    def health(self) -> BackendHealth:
+        """Check reachability without generating anything; never raises."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}: {self.label}>"

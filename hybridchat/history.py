@@ -1,0 +1,294 @@
+"""History translators: one neutral chat history, rendered for whichever model answers next.
+
+The app keeps a single history and re-renders it every turn, so a conversation can switch
+between Gemma and Gemini and keep its context (the codelab's "universal translator").
+
+Rules shared by every translator:
+
+* ``normalize_history`` accepts Gradio 6 messages (dicts or ``gr.ChatMessage``; content a
+  string or a list of ``{"type": "text", "text": ...}`` blocks) and the codelab's older
+  ``[user, assistant]`` pairs (either side may be ``None``), mixed freely.
+* Roles ``system``, ``user`` and ``assistant`` are kept; ``model`` (Gemini's name) means
+  ``assistant``. Any other role is a ``ValueError`` naming the item.
+* Non-text parts (images, files, components) are skipped; a message left with no text, or
+  with only whitespace, is dropped.
+* Consecutive messages of one role are joined with a blank line: a failed turn leaves two
+  user messages in a row, and Gemini and Gemma's chat template require alternation.
+* System messages found in the history and the ``system_prompt`` argument are combined, in
+  that order, into one system instruction.
+* Text that contains a template's control markers is neutralised with a zero-width space so
+  it cannot forge a turn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from google.genai import types
+
+Role = Literal["system", "user", "assistant"]
+Template = Literal["gemma", "codelab"]
+
+_ROLE_ALIASES: dict[str, Role] = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "model": "assistant",
+}
+_ZWSP = "\u200b"
+
+# Gemma's tokenizer turns these strings into control tokens wherever they appear in a prompt.
+_GEMMA_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
+_GEMMA_TURN = "<start_of_turn>{role}\n{text}<end_of_turn>\n"
+_GEMMA_OPEN = "<start_of_turn>model\n"
+
+_CODELAB_USER = "User's Turn:\n>>> {text}\n"
+_CODELAB_ASSISTANT = "Assistant's Turn:\n>>> {text}\n"
+_CODELAB_MARKER_LINE = re.compile(r"^(?=(?:user|assistant)'s turn:)", re.IGNORECASE | re.MULTILINE)
+_CODELAB_TURN_SPLIT = re.compile(r"^(User|Assistant)'s Turn:\n>>> ", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message in the neutral history: ``Message(role="user", content="Hi")``."""
+
+    role: Role
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ("system", "user", "assistant"):
+            raise ValueError(f"role must be system, user or assistant, not {self.role!r}")
+        if not isinstance(self.content, str):
+            raise ValueError(f"content must be a string, not {type(self.content).__name__}")
+
+
+def normalize_history(history: Iterable[Any] | None) -> list[Message]:
+    """Return ``history`` as typed messages, whatever shape a learner's history has.
+
+    >>> normalize_history([["Hi", "Hello!"], {"role": "user", "content": "Bye"}])
+    [Message(role='user', content='Hi'), Message(role='assistant', content='Hello!'), \
+Message(role='user', content='Bye')]
+    """
+    messages: list[Message] = []
+    for index, item in enumerate(history or []):
+        if isinstance(item, Message):
+            candidates = [(item.role, item.content)]
+        elif isinstance(item, (list, tuple)):
+            candidates = _pair(index, item)
+        else:
+            candidates = [_role_and_content(index, item)]
+        for role, content in candidates:
+            text = _text_of(content)
+            if text is not None and text.strip():
+                messages.append(Message(_role(index, role), text))
+    return _merge_consecutive(messages)
+
+
+def process_message_gemma(
+    message: Any,
+    history: Iterable[Any] | None,
+    system_prompt: str | None = None,
+    template: Template = "gemma",
+) -> str:
+    """Render history plus the new message as one raw prompt for a self-hosted Gemma.
+
+    ``template="gemma"`` is Gemma's own chat template (no ``<bos>``: the server adds it):
+
+    >>> process_message_gemma("How are you?", [["Hi", "Hello!"]])
+    '<start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\nHello!<end_of_turn>\\n\
+<start_of_turn>user\\nHow are you?<end_of_turn>\\n<start_of_turn>model\\n'
+
+    ``template="codelab"`` is the codelab's format, byte for byte:
+
+    >>> process_message_gemma("Hi", [], template="codelab")
+    "User's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n"
+    """
+    system, turns = _conversation(message, history, system_prompt)
+    if template == "gemma":
+        if system is not None:
+            # Gemma has no system role: the instruction opens the first user turn.
+            first = turns[0]
+            turns[0] = Message("user", f"{system}\n\n{first.content}")
+        rendered = [
+            _GEMMA_TURN.format(
+                role="user" if turn.role == "user" else "model",
+                text=_neutralize_gemma(turn.content),
+            )
+            for turn in turns
+        ]
+        return "".join(rendered) + _GEMMA_OPEN
+    if template == "codelab":
+        rendered = [f"{_neutralize_codelab(system)}\n"] if system is not None else []
+        for turn in turns:
+            fmt = _CODELAB_USER if turn.role == "user" else _CODELAB_ASSISTANT
+            rendered.append(fmt.format(text=_neutralize_codelab(turn.content)))
+        return "".join(rendered) + _CODELAB_ASSISTANT.format(text="")
+    raise ValueError(f"template must be 'gemma' or 'codelab', not {template!r}")
+
+
+def process_message_gemini(message: Any, history: Iterable[Any] | None) -> list[types.Content]:
+    """Render history plus the new message as ``google-genai`` contents (roles user/model).
+
+    System messages are left out: pass ``system_instruction(history, system_prompt)`` as
+    ``GenerateContentConfig.system_instruction`` instead.
+
+    >>> [c.role for c in process_message_gemini("Thanks", [["Hi", "Hello!"]])]
+    ['user', 'model', 'user']
+    """
+    _, turns = _conversation(message, history, None)
+    return [
+        types.Content(
+            role="user" if turn.role == "user" else "model",
+            parts=[types.Part.from_text(text=turn.content)],
+        )
+        for turn in turns
+    ]
+
+
+def process_message_openai(
+    message: Any, history: Iterable[Any] | None, system_prompt: str | None = None
+) -> list[dict[str, str]]:
+    """Render history plus the new message for an OpenAI-compatible chat API (vLLM).
+
+    >>> process_message_openai("Hi", [], system_prompt="Be brief.")
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
+    """
+    system, turns = _conversation(message, history, system_prompt)
+    head = [{"role": "system", "content": system}] if system is not None else []
+    return head + [{"role": turn.role, "content": turn.content} for turn in turns]
+
+
+def system_instruction(history: Iterable[Any] | None, system_prompt: str | None = None) -> str | None:
+    """The combined system instruction of a history and an explicit system prompt, if any.
+
+    >>> system_instruction([{"role": "system", "content": "Be kind."}], "Be brief.")
+    'Be kind.\\n\\nBe brief.'
+    """
+    system, _ = _split_system(normalize_history(history), system_prompt)
+    return system
+
+
+def parse_gemma_prompt(prompt: str, template: Template = "gemma") -> list[Message]:
+    """Turn a prompt made by ``process_message_gemma`` back into messages.
+
+    The open model turn at the end is dropped, and a system prompt comes back as part of
+    the first user message (Gemma template) or as a system message (codelab template).
+    Used by the local stand-in server to re-render a raw prompt with its own chat template.
+
+    >>> parse_gemma_prompt(process_message_gemma("Hi", [["a", "b"]]))
+    [Message(role='user', content='a'), Message(role='assistant', content='b'), \
+Message(role='user', content='Hi')]
+    """
+    if template == "gemma":
+        messages = []
+        for chunk in prompt.split("<start_of_turn>")[1:]:
+            role, _, rest = chunk.partition("\n")
+            text, closed, _ = rest.partition("<end_of_turn>")
+            if closed:
+                messages.append(Message("user" if role == "user" else "assistant", text))
+        return messages
+    if template == "codelab":
+        head, *pieces = _CODELAB_TURN_SPLIT.split(prompt)
+        messages = [Message("system", head[:-1])] if head.endswith("\n") and head != "\n" else []
+        for who, text in zip(pieces[0::2], pieces[1::2]):
+            messages.append(Message("user" if who == "User" else "assistant", text[:-1]))
+        if messages and messages[-1].role == "assistant" and not messages[-1].content:
+            messages.pop()
+        return messages
+    raise ValueError(f"template must be 'gemma' or 'codelab', not {template!r}")
+
+
+def looks_like_gemma_prompt(prompt: str) -> Template | None:
+    """Which of ``process_message_gemma``'s templates made ``prompt``, if either."""
+    if prompt.endswith(_GEMMA_OPEN) and prompt.startswith("<start_of_turn>"):
+        return "gemma"
+    if prompt.endswith(_CODELAB_ASSISTANT.format(text="")) and _CODELAB_TURN_SPLIT.search(prompt):
+        return "codelab"
+    return None
+
+
+def _conversation(
+    message: Any, history: Iterable[Any] | None, system_prompt: str | None
+) -> tuple[str | None, list[Message]]:
+    messages = normalize_history([*(history or []), {"role": "user", "content": _text_of(message) or ""}])
+    system, turns = _split_system(messages, system_prompt)
+    if not turns or turns[-1].role != "user":
+        # An empty new message still opens a user turn, so the model knows it is its turn.
+        turns.append(Message("user", ""))
+    return system, turns
+
+
+def _split_system(messages: list[Message], system_prompt: str | None) -> tuple[str | None, list[Message]]:
+    parts = [m.content for m in messages if m.role == "system"]
+    if system_prompt and system_prompt.strip():
+        parts.append(system_prompt)
+    turns = _merge_consecutive([m for m in messages if m.role != "system"])
+    return ("\n\n".join(parts) if parts else None), turns
+
+
+def _merge_consecutive(messages: list[Message]) -> list[Message]:
+    merged: list[Message] = []
+    for message in messages:
+        if merged and merged[-1].role == message.role:
+            merged[-1] = Message(message.role, f"{merged[-1].content}\n\n{message.content}")
+        else:
+            merged.append(message)
+    return merged
+
+
+def _pair(index: int, item: Sequence[Any]) -> list[tuple[str, Any]]:
+    if len(item) != 2:
+        raise ValueError(f"history item {index}: a [user, assistant] pair has 2 entries, not {len(item)}")
+    return [("user", item[0]), ("assistant", item[1])]
+
+
+def _role_and_content(index: int, item: Any) -> tuple[str, Any]:
+    if isinstance(item, Mapping):
+        if "role" not in item:
+            raise ValueError(f"history item {index}: a message needs a 'role', got keys {sorted(item)}")
+        return item["role"], item.get("content")
+    if hasattr(item, "role") and hasattr(item, "content"):  # gr.ChatMessage and look-alikes
+        return item.role, item.content
+    raise ValueError(
+        f"history item {index}: expected a message ({{'role', 'content'}}) or a "
+        f"[user, assistant] pair, not {type(item).__name__}"
+    )
+
+
+def _role(index: int, role: Any) -> Role:
+    try:
+        return _ROLE_ALIASES[str(role).lower()]
+    except KeyError:
+        raise ValueError(
+            f"history item {index}: unknown role {role!r} (expected system, user or assistant)"
+        ) from None
+
+
+def _text_of(content: Any) -> str | None:
+    """Text of a content value; ``None`` when it holds no text (files, images, components)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        if content.get("type") == "text" and isinstance(content.get("text"), str):
+            return content["text"]
+        # A multimodal textbox value: {"text": ..., "files": [...]}.
+        if "files" in content and isinstance(content.get("text"), str):
+            return content["text"]
+        return None
+    if isinstance(content, (list, tuple)):
+        texts = [text for text in map(_text_of, content) if text is not None]
+        return "\n".join(texts) if texts else None
+    return None
+
+
+def _neutralize_gemma(text: str) -> str:
+    for marker in _GEMMA_MARKERS:
+        text = text.replace(marker, f"<{_ZWSP}{marker[1:]}")
+    return text
+
+
+def _neutralize_codelab(text: str) -> str:
+    return _CODELAB_MARKER_LINE.sub(_ZWSP, text)
