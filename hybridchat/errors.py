@@ -12,7 +12,8 @@
     │   ├── BadResponse          an answer that does not follow the protocol, or a 5xx
     │   └── NeedsCredentials     no project, key or credentials configured
     └── StoreError               the history database failed
-        └── StoreUnavailable     it cannot be reached; turns wait in memory
+        ├── StoreUnavailable     it cannot be reached; turns wait in memory
+        └── SessionNotFound      no session has that id
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class StoreError(HybridChatError):
 
 class StoreUnavailable(StoreError):
     """The history store cannot be reached; unsaved turns are kept in memory."""
+
+
+class SessionNotFound(StoreError):
+    """No session has the given id."""
 
 
 def status_error(backend: str, status: int, detail: str | None = None) -> BackendError:

@@ -151,7 +151,7 @@ class GeminiBackend(ChatBackend):
                 found = self.client.models.get(model=self.model)
         except BackendError as exc:
             return BackendHealth(False, str(exc))
-        return BackendHealth(True, f"{self.display} is up, serving {found.name or self.model}", self.model)
+        return BackendHealth(True, f"{self.display} is up, serving {found.display_name or found.name or self.model}", self.model)
 
     def _text_of(self, response: types.GenerateContentResponse, produced: bool) -> str:
         """The text of a response or chunk; raises when a safety filter stopped it."""

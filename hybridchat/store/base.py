@@ -1,0 +1,101 @@
+"""The contract every history store keeps.
+
+A session belongs to one user and holds turns in the order they were appended. Every
+store guarantees:
+
+* ``append`` is idempotent per ``Turn.turn_id``: writing the same turn twice (a retry after
+  a write whose answer was lost) stores it once;
+* turns come back from ``load`` in append order, never overwritten or merged;
+* ``create_session`` with an explicit ``session_id`` is idempotent too, so a session made
+  while the database was down can be created later under the id the user already has;
+* ``list_sessions`` returns a user's sessions, most recently updated first;
+* a store that cannot be reached raises ``StoreUnavailable``; an unknown id raises
+  ``SessionNotFound``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TITLE_LENGTH = 80
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Turn(BaseModel):
+    """One exchange: what the user said, which model answered, and the reply.
+
+    ``Turn(user="Hi", model="gemini", reply="Hello!")``
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str
+    model: str
+    reply: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    latency_ms: float | None = None
+    status: Literal["ok", "interrupted", "error"] = "ok"
+    error: str | None = None
+    turn_id: str = Field(default_factory=new_id)
+
+
+class SessionSummary(BaseModel):
+    """A line of a user's session list."""
+
+    session_id: str
+    user_id: str | None
+    title: str
+    created_at: datetime | None
+    updated_at: datetime | None
+    turn_count: int
+
+
+def title_of(text: str) -> str:
+    """A session title from its first message: one line, at most ``TITLE_LENGTH`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
+
+
+class HistoryStore(ABC):
+    """Where conversations are kept (see the module docstring for the guarantees)."""
+
+    @abstractmethod
+    def create_session(self, user_id: str, session_id: str | None = None) -> str:
+        """Start a session for ``user_id``; returns its id."""
+
+    @abstractmethod
+    def append(self, session_id: str, turn: Turn) -> None:
+        """Add ``turn`` at the end of the session (once, whatever the retries)."""
+
+    @abstractmethod
+    def load(self, session_id: str) -> list[Turn]:
+        """The session's turns in order."""
+
+    @abstractmethod
+    def get_session(self, session_id: str) -> SessionSummary:
+        """The session's summary, with its owner."""
+
+    @abstractmethod
+    def list_sessions(self, user_id: str) -> list[SessionSummary]:
+        """The user's sessions, most recently updated first."""
+
+    @abstractmethod
+    def delete_session(self, session_id: str) -> None:
+        """Remove the session and its turns (no error if it is already gone)."""
+
+    def close(self) -> None:
+        """Release connections."""
