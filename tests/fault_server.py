@@ -1,0 +1,152 @@
+"""A server that speaks the vLLM and Gemini wire formats and misbehaves on command.
+
+Modes: ``ok``, ``loading`` (503), ``server_error`` (500), ``bad_request`` (400), ``quota``
+(429), ``slow`` (answers after ``delay`` s), ``malformed`` (not JSON), ``truncated`` (SSE
+that stops early), ``flaky`` (503 for the first ``failures`` requests, then ok); Gemini only:
+``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``. ``requests`` counts what came.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+REPLY = "fault server says hi"
+
+
+@dataclass
+class FaultServer:
+    url: str = ""
+    mode: str = "ok"
+    delay: float = 0.0
+    failures: int = 0
+    requests: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.mode, self.delay, self.failures = "ok", 0.0, 0
+        self.requests.clear()
+
+    def posts(self) -> int:
+        return sum(1 for r in self.requests if r.startswith("POST"))
+
+
+def _openai_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "Error", "code": status}}, status_code=status)
+
+
+def _google_error(status: int, name: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message, "status": name}}, status_code=status)
+
+
+def _candidate(text: str | None, finish: str | None) -> dict:
+    candidate: dict = {"index": 0}
+    if text is not None:
+        candidate["content"] = {"role": "model", "parts": [{"text": text}]}
+    if finish:
+        candidate["finishReason"] = finish
+    return candidate
+
+
+def create_fault_app(control: FaultServer) -> FastAPI:
+    app = FastAPI()
+
+    def status_fault(gemini: bool) -> Response | None:
+        """The error answer the current mode calls for, if it is an error status."""
+        mode = control.mode
+        if mode == "flaky":
+            if control.failures > 0:
+                control.failures -= 1
+                mode = "loading"
+            else:
+                return None
+        error = _google_error if gemini else (lambda status, _name, message: _openai_error(status, message))
+        return {
+            "loading": lambda: error(503, "UNAVAILABLE", "model is loading"),
+            "server_error": lambda: error(500, "INTERNAL", "internal error"),
+            "bad_request": lambda: error(400, "INVALID_ARGUMENT", "max_tokens is too large for this model"),
+            "quota": lambda: error(429, "RESOURCE_EXHAUSTED", "quota exceeded"),
+        }.get(mode, lambda: None)()
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):  # type: ignore[no-untyped-def]
+        control.requests.append(f"{request.method} {request.url.path}")
+        if control.mode == "slow":
+            time.sleep(control.delay)  # blocks this server on purpose: it is "hung"
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> Response:
+        return status_fault(False) or Response(status_code=200)
+
+    @app.get("/v1/models")
+    def models() -> Response:
+        return status_fault(False) or JSONResponse(
+            {"object": "list", "data": [{"id": "google/gemma-3-12b-it", "object": "model", "created": 0, "owned_by": "vllm"}]}
+        )
+
+    def sse(frames: list[str], separator: str = "\n\n") -> StreamingResponse:
+        return StreamingResponse((f"data: {frame}{separator}" for frame in frames), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        if fault := status_fault(False):
+            return fault
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m"),
+                 "choices": [{"index": 0, "delta": {"content": REPLY}, "finish_reason": None}]}
+        if control.mode == "malformed":
+            return sse(["{not json"])
+        if control.mode == "truncated":
+            return sse([json.dumps(chunk)])
+        return sse([json.dumps(chunk), "[DONE]"])
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        await request.json()
+        if fault := status_fault(False):
+            return fault
+        if control.mode == "malformed":
+            return Response("{not json", media_type="application/json")
+        return JSONResponse({"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "text": REPLY, "finish_reason": "stop"}]})
+
+    @app.post("/generate")
+    async def generate(request: Request) -> Response:
+        body = await request.json()
+        if fault := status_fault(False):
+            return fault
+        if control.mode == "malformed":
+            return JSONResponse({"outputs": []})
+        return JSONResponse({"predictions": [f"Prompt:\n{body['prompt']}\nOutput:\n{REPLY}"]})
+
+    @app.get("/{version}/models/{model}")
+    @app.get("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}")
+    def gemini_model(model: str) -> Response:
+        return status_fault(True) or JSONResponse({"name": f"models/{model}"})
+
+    @app.post("/{version}/models/{target}")
+    @app.post("/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}")
+    async def gemini_generate(target: str, request: Request) -> Response:
+        await request.json()
+        if fault := status_fault(True):
+            return fault
+        mode = control.mode
+        body = {
+            "safety_prompt": {"promptFeedback": {"blockReason": "SAFETY"}},
+            "safety_reply": {"candidates": [_candidate(None, "SAFETY")]},
+            "empty": {"candidates": []},
+            "max_tokens": {"candidates": [_candidate(None, "MAX_TOKENS")]},
+        }.get(mode, {"candidates": [_candidate(REPLY, "STOP")], "modelVersion": "fault"})
+        if target.endswith(":streamGenerateContent"):
+            if mode == "malformed":
+                return sse(["{not json"], "\r\n\r\n")
+            return sse([json.dumps(body)], "\r\n\r\n")
+        if mode == "malformed":
+            return Response("{not json", media_type="application/json")
+        return JSONResponse(body)
+
+    return app
