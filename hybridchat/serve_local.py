@@ -145,6 +145,7 @@ def create_app(model: LocalModel | Callable[[], LocalModel]) -> FastAPI:
         return legacy.GenerateResponse(predictions=[reply if body.raw_response else legacy.echoed(body.prompt, reply)])
 
     @app.get("/{version}/models/{model}")
+    @app.get("/{version}/publishers/google/models/{model}")  # Vertex AI's models.get
     @app.get("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}")
     def gemini_model(model: str, request: Request) -> Response:
         served = slot.get()

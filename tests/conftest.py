@@ -51,10 +51,13 @@ def build_tiny_model(directory: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
     )
     model = LlamaForCausalLM(config)
-    with torch.no_grad():  # never pick a special token, so replies run to max_tokens
-        for token_id in tokenizer.convert_tokens_to_ids(specials):
-            model.lm_head.weight[token_id] = 0
-            model.lm_head.weight[token_id, 0] = -100
+    # Replies run to max_tokens and decode cleanly: never a special token, nor a lone byte
+    # that is not printable ASCII (the streamer would hold back half a UTF-8 character).
+    model.generation_config.suppress_tokens = [
+        token_id for token_id in range(len(tokenizer))
+        if token_id in tokenizer.all_special_ids
+        or not (text := tokenizer.decode([token_id])).isascii() or not text.isprintable()
+    ]
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

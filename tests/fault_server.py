@@ -124,6 +124,7 @@ def create_fault_app(control: FaultServer) -> FastAPI:
         return JSONResponse({"predictions": [f"Prompt:\n{body['prompt']}\nOutput:\n{REPLY}"]})
 
     @app.get("/{version}/models/{model}")
+    @app.get("/{version}/publishers/google/models/{model}")
     @app.get("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}")
     def gemini_model(model: str) -> Response:
         return status_fault(True) or JSONResponse({"name": f"models/{model}"})

@@ -37,6 +37,14 @@ from hybridchat.history import process_message_gemini, system_instruction
 
 log = logging.getLogger(__name__)
 
+try:  # google-genai sends through httpx2 when it is installed, else httpx
+    import httpx2
+
+    _TIMEOUTS: tuple[type[Exception], ...] = (httpx.TimeoutException, httpx2.TimeoutException)
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, httpx2.TransportError)
+except ImportError:
+    _TIMEOUTS, _TRANSPORT_ERRORS = (httpx.TimeoutException,), (httpx.TransportError,)
+
 _BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 # The stand-in server accepts any key; it is not a secret.
 LOCAL_STAND_IN_KEY = "local-stand-in"
@@ -206,11 +214,11 @@ class GeminiBackend(ChatBackend):
                     status_code=503,
                 ) from None
             raise status_error(self.display, exc.code, exc.message) from None
-        except httpx.TimeoutException:
+        except _TIMEOUTS:
             raise BackendTimeout(
                 f"{self.display} did not answer in time. Try again, or switch model.", backend=self.display
             ) from None
-        except httpx.TransportError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise BackendUnavailable(
                 f"{self.display} is not reachable ({type(exc).__name__}). Check the network or "
                 "HYBRIDCHAT_GEMINI_URL.",

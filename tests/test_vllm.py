@@ -1,0 +1,161 @@
+"""Gemma on vLLM: both wire protocols against the stand-in server, every error path against faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, call_gemma_model
+from hybridchat.backends.vllm import clean_gemma_output
+from hybridchat.errors import (
+    BackendLoading,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    BadResponse,
+)
+from hybridchat.protocols.legacy import echoed
+from hybridchat.history import process_message_gemma, process_message_openai
+from hybridchat.serve_local import STAND_IN_PREFIX
+
+GREEDY = GenerationParams(temperature=0, max_tokens=12)
+
+
+def client(url: str, **options) -> VllmClient:
+    return VllmClient(url, retry_backoff=0.01, connect_timeout=1, **options)
+
+
+def test_chat_streams_the_models_own_reply_over_http(stand_in, tiny_model):
+    backend = VllmBackend(client(stand_in), label="Gemma")
+    history = [["Hi", "Hello!"]]
+    pieces = list(backend.stream("What is the capital of France?", history, GREEDY))
+    direct = "".join(tiny_model.stream(process_message_openai("What is the capital of France?", history), GREEDY))
+    assert len(pieces) > 1, "the reply should arrive in several pieces"
+    assert "".join(pieces) == direct
+    assert backend.complete("What is the capital of France?", history, GREEDY) == direct
+
+
+def test_served_model_is_discovered_and_names_the_stand_in(stand_in):
+    vllm = client(stand_in)
+    assert vllm.served_model().startswith(STAND_IN_PREFIX)
+    health = vllm.health()
+    assert health.ok and STAND_IN_PREFIX in health.detail
+
+
+@pytest.mark.parametrize("api", ["openai", "legacy"])
+@pytest.mark.parametrize("template", ["gemma", "codelab"])
+def test_call_gemma_model_returns_only_the_new_reply(stand_in, tiny_model, api, template):
+    history = [["Hi", "Hello!"]]
+    prompt = process_message_gemma("Tell me more", history, template=template)
+    reply = call_gemma_model(prompt, 0.0, 1.0, 12, client=client(stand_in, api=api))
+    # The stand-in re-renders the parsed prompt with its own chat template.
+    messages = process_message_openai("Tell me more", history)
+    stop = ["<end_of_turn>"] if template == "gemma" else ["User's Turn:"]
+    expected = "".join(tiny_model.stream(messages, GREEDY.model_copy(update={"stop": tuple(stop)})))
+    assert reply == expected.strip()
+    assert "Prompt:" not in reply and "Turn:" not in reply
+
+
+def test_call_gemma_model_reads_settings(stand_in, monkeypatch):
+    monkeypatch.setenv("HYBRIDCHAT_VLLM_URL", stand_in)
+    monkeypatch.setenv("HYBRIDCHAT_VLLM_API", "legacy")
+    assert call_gemma_model(process_message_gemma("Hi", []), 0.0, 1.0, 8)
+
+
+def test_legacy_backend_renders_the_configured_template(fault_server):
+    backend = VllmBackend(client(fault_server.url, api="legacy"), label="Gemma", template="codelab")
+    assert backend.complete("Hi", []) == "fault server says hi"
+
+
+@pytest.mark.parametrize(
+    "raw, prompt, expected",
+    [
+        ("Prompt:\nP\nOutput:\n Paris.", "P", "Paris."),
+        ("P Paris.", "P", "Paris."),
+        ("Output: Paris.", "", "Paris."),
+        ("Paris.\nUser's Turn:\n>>> and?", "", "Paris."),
+        ("Paris.\nuser's turn: and?", "", "Paris."),
+        ("User's Turn:\n>>> Hi\nAssistant's Turn:\n>>> Paris.", "", "Paris."),
+        ("<start_of_turn>model\nParis.<end_of_turn>\n<start_of_turn>user\nmore", "", "Paris."),
+        # With the echo found, a marker inside the reply is the model's text, not the prompt's.
+        (echoed("Assistant's Turn:\n>>> \n", "A\nAssistant's Turn:\n>>> B"),
+         "Assistant's Turn:\n>>> \n", "A\nAssistant's Turn:\n>>> B"),
+    ],
+)
+def test_clean_gemma_output_follows_the_codelab_rules(raw, prompt, expected):
+    assert clean_gemma_output(raw, prompt) == expected
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+def test_connection_refused_is_retried_then_explained(closed_port_url):
+    backend = VllmBackend(client(closed_port_url, model="m", retry_attempts=2), label="Gemma")
+    with pytest.raises(BackendUnavailable, match="Gemma is not reachable at http://127.0.0.1:.*Is the server running"):
+        backend.complete("Hi", [])
+    assert not backend.health().ok
+
+
+def test_loading_model_says_gemma_is_starting(fault_server):
+    fault_server.mode = "loading"
+    backend = VllmBackend(client(fault_server.url, model="m", retry_attempts=3), label="Gemma")
+    with pytest.raises(BackendLoading, match="Gemma is starting.*try Gemini or wait"):
+        backend.complete("Hi", [])
+    assert fault_server.posts() == 3, "503 is retried"
+    health = backend.health()
+    assert not health.ok and "Gemma is starting" in health.detail
+
+
+def test_503_while_loading_then_success_is_transparent(fault_server):
+    fault_server.mode, fault_server.failures = "flaky", 2
+    backend = VllmBackend(client(fault_server.url, model="m", retry_attempts=3), label="Gemma")
+    assert backend.complete("Hi", []) == "fault server says hi"
+    assert fault_server.posts() == 3
+
+
+def test_server_error_is_reported_without_retry(fault_server):
+    fault_server.mode = "server_error"
+    backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
+    with pytest.raises(BadResponse, match=r"Gemma failed with a server error \(HTTP 500\)"):
+        backend.complete("Hi", [])
+    assert fault_server.posts() == 1
+
+
+def test_client_error_shows_the_servers_reason_and_is_not_retried(fault_server):
+    fault_server.mode = "bad_request"
+    backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
+    with pytest.raises(BackendRejected, match=r"refused the request \(HTTP 400\): max_tokens is too large"):
+        backend.complete("Hi", [])
+    assert fault_server.posts() == 1
+
+
+def test_slow_answer_times_out_with_a_message(fault_server):
+    fault_server.mode, fault_server.delay = "slow", 1.5
+    backend = VllmBackend(client(fault_server.url, model="m", timeout=0.3), label="Gemma")
+    with pytest.raises(BackendTimeout, match=r"Gemma did not answer within 0.3 s"):
+        backend.complete("Hi", [])
+    assert fault_server.posts() == 1, "a timeout is not retried"
+
+
+def test_malformed_stream_is_reported(fault_server):
+    fault_server.mode = "malformed"
+    backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
+    with pytest.raises(BadResponse, match="not valid JSON"):
+        backend.complete("Hi", [])
+
+
+def test_malformed_completion_and_legacy_answers_are_reported(fault_server):
+    fault_server.mode = "malformed"
+    with pytest.raises(BadResponse, match="not valid JSON"):
+        call_gemma_model("Hi", client=client(fault_server.url, model="m"))
+    with pytest.raises(BadResponse, match="cannot read \\(bad 'predictions'\\)"):
+        call_gemma_model("Hi", client=client(fault_server.url, api="legacy"))
+
+
+def test_truncated_stream_keeps_the_partial_reply_then_reports(fault_server):
+    fault_server.mode = "truncated"
+    backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
+    received = []
+    with pytest.raises(BadResponse, match="cut off"):
+        for piece in backend.stream("Hi", []):
+            received.append(piece)
+    assert received == ["fault server says hi"]
