@@ -170,11 +170,22 @@ class FirestoreEmulator:
             if "Dev App Server is now running" in line:
                 # Keep draining its output so the pipe never fills and blocks it.
                 threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                self._wait_until_answering(deadline)
                 return
             if time.monotonic() > deadline:
                 break
         self.stop()
         pytest.fail("the Firestore emulator did not start")
+
+    def _wait_until_answering(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.host}/", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail("the Firestore emulator started but does not answer")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -14,12 +14,15 @@ URL: ``firestore://DATABASE[?project=PROJECT]``; the project defaults to the cli
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 
@@ -29,6 +32,7 @@ from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, ti
 COLLECTION = "chat_sessions"
 LAYOUT = "hybridchat/1"
 _CODELAB_START = "Session start"
+_APPEND_ATTEMPTS = 5
 
 
 class FirestoreStore(HistoryStore):
@@ -41,9 +45,21 @@ class FirestoreStore(HistoryStore):
         timeout: float = 10.0,
     ):
         self.database = database
-        self.timeout = timeout
+        # Every call is bounded: the client's default retries run for minutes when the
+        # database is down, and the user is waiting.
+        self._bounded = {"timeout": timeout, "retry": Retry(initial=0.1, maximum=1.0, timeout=timeout)}
+        self._project = project
+        self._owns_client = client is None
+        self._reconnect = False
+        self._connect(client)
+        # Appends to one session are serialised in-process; the write precondition then
+        # only has to guard against other processes.
+        self._append_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_lock = threading.Lock()
+
+    def _connect(self, client: firestore.Client | None = None) -> None:
         try:
-            self._db = client or firestore.Client(project=project, database=database)
+            self._db = client or firestore.Client(project=self._project, database=self.database)
         except auth_exceptions.DefaultCredentialsError:
             raise StoreUnavailable(
                 "Firestore needs credentials: run `gcloud auth application-default login`, "
@@ -53,9 +69,21 @@ class FirestoreStore(HistoryStore):
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
+        if self._reconnect and self._owns_client:
+            # After an outage the old gRPC channel may sit in reconnect backoff for a long
+            # time; a fresh client connects as soon as the database is back.
+            self._db.close()
+            self._connect()
+            self._reconnect = False
         try:
             yield
-        except (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded, api_exceptions.RetryError) as exc:
+        except (
+            api_exceptions.ServiceUnavailable,
+            api_exceptions.DeadlineExceeded,
+            api_exceptions.Aborted,
+            api_exceptions.RetryError,
+        ) as exc:
+            self._reconnect = True
             raise StoreUnavailable(
                 f"Firestore database {self.database!r} cannot be reached ({type(exc).__name__})."
             ) from None
@@ -67,7 +95,7 @@ class FirestoreStore(HistoryStore):
             try:
                 self._sessions.document(session_id).create(
                     {"owner": user_id, "title": "", "created": now, "updated": now, "turn_count": 0, "layout": LAYOUT},
-                    timeout=self.timeout,
+                    **self._bounded,
                 )
             except api_exceptions.Conflict:
                 pass  # created before: a retried call
@@ -76,38 +104,47 @@ class FirestoreStore(HistoryStore):
     def append(self, session_id: str, turn: Turn) -> None:
         session = self._sessions.document(session_id)
         stored = session.collection("turns").document(turn.turn_id)
-
-        @firestore.transactional
-        def add(transaction: firestore.Transaction) -> None:
-            snapshot = session.get(transaction=transaction)
-            if not snapshot.exists:
-                raise SessionNotFound(f"No session {session_id!r}.")
-            if stored.get(transaction=transaction).exists:
-                return  # written before: a retried call
-            count = snapshot.get("turn_count") or 0
-            transaction.create(stored, {"seq": count, **turn.model_dump()})
-            transaction.update(
-                session,
-                {"turn_count": count + 1, "updated": utcnow(), "title": snapshot.get("title") or title_of(turn.user)},
-            )
-
-        with self._reachable():
-            add(self._db.transaction())
+        with self._locks_lock:
+            lock = self._append_locks[session_id]
+        with lock, self._reachable():
+            # Optimistic, not a transaction: a transaction's begin call cannot be given a
+            # timeout and retries for minutes while the database is down.
+            for _ in range(_APPEND_ATTEMPTS):
+                snapshot = session.get(**self._bounded)
+                if not snapshot.exists:
+                    raise SessionNotFound(f"No session {session_id!r}.")
+                data = snapshot.to_dict() or {}
+                count = data.get("turn_count", 0)
+                batch = self._db.batch()
+                batch.create(stored, {"seq": count, **turn.model_dump()})
+                batch.update(
+                    session,
+                    {"turn_count": count + 1, "updated": utcnow(), "title": data.get("title") or title_of(turn.user)},
+                    option=self._db.write_option(last_update_time=snapshot.update_time),
+                )
+                try:
+                    batch.commit(**self._bounded)
+                    return
+                except api_exceptions.AlreadyExists:
+                    return  # written before: a retried call
+                except api_exceptions.FailedPrecondition:
+                    continue  # another writer appended first: take the next seq
+        raise StoreUnavailable("Firestore is too busy to save the turn now; it will be retried.")
 
     def load(self, session_id: str) -> list[Turn]:
         with self._reachable():
-            snapshot = self._sessions.document(session_id).get(timeout=self.timeout)
+            snapshot = self._sessions.document(session_id).get(**self._bounded)
             if not snapshot.exists:
                 raise SessionNotFound(f"No session {session_id!r}.")
             data = snapshot.to_dict() or {}
             if data.get("layout") != LAYOUT:
                 return codelab_turns(data)
-            turns = snapshot.reference.collection("turns").order_by("seq").stream(timeout=self.timeout)
+            turns = snapshot.reference.collection("turns").order_by("seq").stream(**self._bounded)
             return [Turn.model_validate(_without(doc.to_dict(), "seq")) for doc in turns]
 
     def get_session(self, session_id: str) -> SessionSummary:
         with self._reachable():
-            snapshot = self._sessions.document(session_id).get(timeout=self.timeout)
+            snapshot = self._sessions.document(session_id).get(**self._bounded)
         if not snapshot.exists:
             raise SessionNotFound(f"No session {session_id!r}.")
         return _summary(snapshot)
@@ -116,9 +153,7 @@ class FirestoreStore(HistoryStore):
         # Sorted here, not in the query: equality plus order on another field would need a
         # composite index that the workshop's Terraform does not create.
         with self._reachable():
-            found = self._sessions.where(filter=firestore.FieldFilter("owner", "==", user_id)).stream(
-                timeout=self.timeout
-            )
+            found = self._sessions.where(filter=firestore.FieldFilter("owner", "==", user_id)).stream(**self._bounded)
             summaries = [_summary(snapshot) for snapshot in found]
         never = datetime.min.replace(tzinfo=UTC)
         return sorted(summaries, key=lambda s: (s.updated_at or never, s.created_at or never), reverse=True)
@@ -126,9 +161,9 @@ class FirestoreStore(HistoryStore):
     def delete_session(self, session_id: str) -> None:
         session = self._sessions.document(session_id)
         with self._reachable():
-            for doc in session.collection("turns").list_documents():
-                doc.delete(timeout=self.timeout)
-            session.delete(timeout=self.timeout)
+            for doc in session.collection("turns").list_documents(**self._bounded):
+                doc.delete(**self._bounded)
+            session.delete(**self._bounded)
 
     def close(self) -> None:
         self._db.close()
