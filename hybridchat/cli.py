@@ -39,3 +39,7 @@ def serve_local(
     typer.echo(f"  vLLM OpenAI API: {url}/v1   legacy: {url}/generate   Gemini: HYBRIDCHAT_GEMINI_URL={url}")
     typer.echo("  Answers 503 until the model has loaded; Ctrl-C stops it.")
     serve(lambda: LocalModel.load(source, token=token), host, port, settings.log_level)
+
+
+if __name__ == "__main__":
+    app()

@@ -96,7 +96,7 @@ class LocalModel:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return cancelled.is_set()
 
-        inputs = self._encode(conversation, room_for=params.max_tokens)
+        inputs = self._newest_that_fits(self._encode(conversation), room_for=params.max_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
@@ -130,18 +130,19 @@ class LocalModel:
         if failure:
             raise BackendError(f"The local model failed: {type(failure[0]).__name__}", backend=self.name)
 
-    def _encode(self, conversation: str | list[dict[str, str]], room_for: int = 0) -> Any:
+    def _encode(self, conversation: str | list[dict[str, str]]) -> Any:
         if isinstance(conversation, str):
-            inputs = self.tokenizer(conversation, return_tensors="pt")
-        else:
-            inputs = self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        # Keep the newest context that fits, rather than failing on a long chat.
+            return self.tokenizer(conversation, return_tensors="pt")
+        return self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+
+    def _newest_that_fits(self, inputs: Any, room_for: int) -> Any:
+        """Keep the newest context that leaves room for the reply, rather than failing."""
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and inputs["input_ids"].shape[-1] + room_for > limit:
             keep = max(limit - room_for, 1)
-            inputs = {key: value[:, -keep:] for key, value in inputs.items()}
+            return {key: value[:, -keep:] for key, value in inputs.items()}
         return inputs
 
 

