@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import sqlite3
 import threading
+import time
 
 import pytest
 from google.cloud import firestore
@@ -174,7 +175,7 @@ def test_firestore_layout_is_one_document_per_session_and_per_turn(firestore_emu
 
 def test_firestore_down_then_back_loses_no_turn(firestore_emulator):
     firestore_emulator.reset()
-    inner = FirestoreStore("chat-app-db", project=EMULATOR_PROJECT, timeout=3)
+    inner = FirestoreStore("chat-app-db", project=EMULATOR_PROJECT, timeout=1)
     store = ResilientStore(inner, attempts=2, backoff=0.01)
     session = store.create_session("alice")
     store.append(session, turn(0))
@@ -193,6 +194,7 @@ def test_firestore_down_then_back_loses_no_turn(firestore_emulator):
     finally:
         firestore_emulator.start()  # the emulator keeps no data: the database comes back empty
 
+    _wait_until_answering(inner)
     store.create_session("alice", session)  # as the app does for a session it knows
     store.append(session, turn(3))  # writes what waited, in order, then this one
     store.flush()
@@ -200,6 +202,18 @@ def test_firestore_down_then_back_loses_no_turn(firestore_emulator):
     fresh = FirestoreStore("chat-app-db", project=EMULATOR_PROJECT)
     assert [t.user for t in fresh.load(session)] == ["question 1", "question 2", "question 3"]
     assert [t.user for t in fresh.load(offline)] == ["question 9"]
+
+
+def _wait_until_answering(store: HistoryStore, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            store.list_sessions("nobody")
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_sqlite_locked_then_free_loses_no_turn(tmp_path):

@@ -14,6 +14,7 @@ URL: ``firestore://DATABASE[?project=PROJECT]``; the project defaults to the cli
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from google.cloud import firestore
 
 from hybridchat.errors import SessionNotFound, StoreUnavailable
 from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of, utcnow
+
+log = logging.getLogger(__name__)
 
 COLLECTION = "chat_sessions"
 LAYOUT = "hybridchat/1"
@@ -84,6 +87,7 @@ class FirestoreStore(HistoryStore):
             api_exceptions.RetryError,
         ) as exc:
             self._reconnect = True
+            log.debug("Firestore unreachable: %r", getattr(exc, "cause", None) or exc)
             raise StoreUnavailable(
                 f"Firestore database {self.database!r} cannot be reached ({type(exc).__name__})."
             ) from None

@@ -72,7 +72,7 @@ class ResilientStore(HistoryStore):
                     ) from None
 
     def load(self, session_id: str) -> list[Turn]:
-        self._try_flush()
+        self._try_flush(session_id)
         with self._lock:
             waiting = list(self._unsaved_turns.get(session_id, []))
             if session_id in self._unsaved_sessions:
@@ -109,9 +109,9 @@ class ResilientStore(HistoryStore):
     def close(self) -> None:
         self.inner.close()
 
-    def _try_flush(self) -> None:
+    def _try_flush(self, session_id: str | None = None) -> None:
         try:
-            self.flush()
+            self.flush(session_id)
         except StoreUnavailable:
             pass  # reads still work from the database and the waiting turns
 
