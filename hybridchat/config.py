@@ -77,7 +77,6 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(default=1.0, ge=0, description="first wait between tries, in seconds")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_prompts: bool = Field(default=False, description="log full prompt text (off: privacy)")
 
     @field_validator("backends", mode="before")
     @classmethod
