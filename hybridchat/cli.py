@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+import time
+from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,11 +16,25 @@ import typer
 from hybridchat.config import Settings
 
 app = typer.Typer(help="hybridchat: a hybrid Gemma + Gemini chat app for workshops.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Read the saved chat sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
 
 
-@app.callback()
-def _main() -> None:
-    """hybridchat: a hybrid Gemma + Gemini chat app for workshops."""
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _credentials(auth: list[str], auth_file: Path | None) -> list[tuple[str, str]]:
+    entries = list(auth)
+    if auth_file is not None:
+        entries += [line.strip() for line in auth_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    pairs = []
+    for entry in entries:
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise typer.BadParameter("login entries are user:password", param_hint="--auth")
+        pairs.append((user, password))
+    return pairs
 
 
 @app.command("serve-local")
@@ -30,7 +50,7 @@ def serve_local(
     from hybridchat.serve_local import serve
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging(settings)
     host, port = host or settings.local_host, port or settings.local_port
     source = model or settings.local_model or default_model_source()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
@@ -39,6 +59,132 @@ def serve_local(
     typer.echo(f"  vLLM OpenAI API: {url}/v1   legacy: {url}/generate   Gemini: HYBRIDCHAT_GEMINI_URL={url}")
     typer.echo("  Answers 503 until the model has loaded; Ctrl-C stops it.")
     serve(lambda: LocalModel.load(source, token=token), host, port, settings.log_level)
+
+
+@app.command("app")
+def run_app(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a container.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    auth: Annotated[list[str], typer.Option(help="Require login: user:password (repeatable).")] = [],  # noqa: B006
+    auth_file: Annotated[Path | None, typer.Option(help="File of user:password lines.", exists=True)] = None,
+    root_path: Annotated[str, typer.Option(help="Path prefix when served behind a proxy.")] = "",
+) -> None:
+    """Run the chat app (Gradio UI, /healthz for probes)."""
+    import uvicorn
+
+    from hybridchat.app import create_app
+
+    settings = Settings()
+    _logging(settings)
+    web = create_app(settings, auth=_credentials(auth, auth_file), root_path=root_path or None)
+    typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
+    # Proxy headers are honoured so links are right behind the GKE load balancer.
+    uvicorn.run(web, host=host, port=port, log_level="warning", proxy_headers=True, forwarded_allow_ips="*")
+
+
+@app.command("up")
+def up(
+    port: Annotated[int, typer.Option(help="The app's port.")] = 7860,
+) -> None:
+    """Start the local stand-in and the app together (the README's run command); Ctrl-C stops both."""
+    settings = Settings()
+    stand_in = subprocess.Popen([sys.executable, "-m", "hybridchat.cli", "serve-local"])
+    try:
+        run_app(host="127.0.0.1", port=port, auth=[], auth_file=None, root_path="")
+    finally:
+        stand_in.terminate()
+        try:
+            stand_in.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stand_in.kill()
+        typer.echo(f"stopped the app and the stand-in on {settings.local_url}")
+
+
+@app.command("doctor")
+def doctor() -> None:
+    """Check each configured model and the history store; print what is reachable and why not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hybridchat.backends import build_backends
+    from hybridchat.errors import HybridChatError
+    from hybridchat.store import open_store
+
+    settings = Settings()
+    table = Table(title=f"hybridchat doctor (mode: {settings.mode})")
+    for column in ("part", "name", "status", "detail"):
+        table.add_column(column)
+    healthy = True
+    for name, backend in build_backends(settings).items():
+        health = backend.health()
+        healthy &= health.ok
+        table.add_row("model", backend.label, "ok" if health.ok else "unavailable", health.detail)
+    url = settings.resolved_store_url
+    try:
+        count = len(open_store(url, resilient=False).list_sessions(None))
+        table.add_row("store", url, "ok", f"{count} session(s)")
+    except (HybridChatError, ValueError) as exc:
+        healthy = False
+        table.add_row("store", url, "unavailable", str(exc))
+    Console().print(table)
+    raise typer.Exit(0 if healthy else 1)
+
+
+class ExportFormat(str, Enum):
+    json = "json"
+    md = "md"
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from hybridchat.store import open_store
+
+    return open_store(Settings().resolved_store_url, resilient=False)
+
+
+@sessions_app.command("list")
+def sessions_list(
+    user: Annotated[str | None, typer.Option(help="Only this owner's (user:NAME or visitor:ID).")] = None,
+) -> None:
+    """List saved sessions, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("session", "owner", "title", "updated", "turns"):
+        table.add_column(column)
+    for s in _store().list_sessions(user):
+        table.add_row(s.session_id, s.user_id or "", s.title, f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else "", str(s.turn_count))
+    Console().print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(session_id: str) -> None:
+    """Print one session as a transcript."""
+    typer.echo(_markdown(session_id))
+
+
+@sessions_app.command("export")
+def sessions_export(
+    session_id: str,
+    format: Annotated[ExportFormat, typer.Option("--format", help="json or md.")] = ExportFormat.json,
+) -> None:
+    """Write one session to standard output as JSON or Markdown."""
+    if format is ExportFormat.md:
+        typer.echo(_markdown(session_id))
+        return
+    store = _store()
+    summary = store.get_session(session_id)
+    turns = [turn.model_dump(mode="json") for turn in store.load(session_id)]
+    typer.echo(json.dumps({"session": summary.model_dump(mode="json"), "turns": turns}, indent=2, ensure_ascii=False))
+
+
+def _markdown(session_id: str) -> str:
+    store = _store()
+    summary = store.get_session(session_id)
+    lines = [f"# {summary.title or session_id}", ""]
+    for turn in store.load(session_id):
+        lines += [f"**You** ({turn.started_at:%Y-%m-%d %H:%M}):", "", turn.user, "", f"**{turn.model}**:", "", turn.reply or f"_({turn.error})_", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

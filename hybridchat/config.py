@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
 
     store_url: str | None = None
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="key that encrypts the visitor id kept in each browser; set it so visitors "
+        "keep their chats across app restarts (random per process otherwise)",
+    )
 
     connect_timeout: float = Field(default=5.0, gt=0)
     timeout: float = Field(default=120.0, gt=0, description="seconds to wait for a model's answer")

@@ -81,6 +81,7 @@ def test_sessions_are_listed_per_user_newest_first_with_titles(store):
     assert listed[1].title.startswith("How do GPUs work? x") and len(listed[1].title) == 80
     assert listed[1].user_id == "alice" and listed[1].turn_count == 1
     assert [s.session_id for s in store.list_sessions("bob")] == [other]
+    assert {s.session_id for s in store.list_sessions(None)} == {first, second, other}
     store.append(first, turn(2))
     assert store.list_sessions("alice")[0].session_id == first
 

@@ -153,11 +153,14 @@ class FirestoreStore(HistoryStore):
             raise SessionNotFound(f"No session {session_id!r}.")
         return _summary(snapshot)
 
-    def list_sessions(self, user_id: str) -> list[SessionSummary]:
+    def list_sessions(self, user_id: str | None) -> list[SessionSummary]:
         # Sorted here, not in the query: equality plus order on another field would need a
         # composite index that the workshop's Terraform does not create.
         with self._reachable():
-            found = self._sessions.where(filter=firestore.FieldFilter("owner", "==", user_id)).stream(**self._bounded)
+            query = self._sessions if user_id is None else self._sessions.where(
+                filter=firestore.FieldFilter("owner", "==", user_id)
+            )
+            found = query.stream(**self._bounded)
             summaries = [_summary(snapshot) for snapshot in found]
         never = datetime.min.replace(tzinfo=UTC)
         return sorted(summaries, key=lambda s: (s.updated_at or never, s.created_at or never), reverse=True)

@@ -96,7 +96,7 @@ class ResilientStore(HistoryStore):
                 )
         return self.inner.get_session(session_id)
 
-    def list_sessions(self, user_id: str) -> list[SessionSummary]:
+    def list_sessions(self, user_id: str | None) -> list[SessionSummary]:
         self._try_flush()
         return self.inner.list_sessions(user_id)
 

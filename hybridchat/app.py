@@ -1,0 +1,218 @@
+"""The Gradio chat app: streaming replies, a model switch per turn, saved sessions per visitor.
+
+``create_app(settings)`` returns a FastAPI app (Gradio mounted at ``/``, ``/healthz`` for
+Kubernetes probes); ``hybridchat app`` serves it. Visitors are told apart by a random id kept
+in their browser (``gr.BrowserState``), or by user name when login is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI
+
+from hybridchat.backends import ChatBackend, GenerationParams, build_backends
+from hybridchat.chat import ChatService, Conversation, InputRefused
+from hybridchat.config import Settings
+from hybridchat.errors import HybridChatError
+from hybridchat.store import Turn, open_store
+
+log = logging.getLogger(__name__)
+
+# The deployed app serves a whole workshop room: many chats stream at once (bench/ measures).
+DEFAULT_CONCURRENCY = 64
+_CSS = "footer {display: none !important}"
+
+
+def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
+    """Selector entries, checked in parallel: an unreachable model stays listed, with why."""
+    with ThreadPoolExecutor(max_workers=len(backends)) as pool:
+        health = dict(zip(backends, pool.map(lambda b: b.health(), backends.values())))
+    return [
+        (backend.label if health[name].ok else f"{backend.label} — unavailable: {health[name].detail}", name)
+        for name, backend in backends.items()
+    ]
+
+
+def to_messages(turns: list[Turn], pending: tuple[str, str] | None = None) -> list[dict[str, str]]:
+    """The chat display of saved turns, plus a turn still streaming."""
+    messages: list[dict[str, str]] = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn.user})
+        reply = turn.reply
+        if turn.status == "interrupted":
+            reply += "\n\n*(interrupted)*"
+        if turn.error:
+            reply = f"{reply}\n\n⚠️ {turn.error}".strip()
+        messages.append({"role": "assistant", "content": reply})
+    if pending is not None:
+        messages += [{"role": "user", "content": pending[0]}, {"role": "assistant", "content": pending[1]}]
+    return messages
+
+
+def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None) -> gr.Blocks:
+    def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
+        browser = dict(browser or {})
+        if auth_enabled and request.username:
+            return f"user:{request.username}", browser
+        browser.setdefault("visitor", None)
+        if not browser["visitor"]:
+            browser["visitor"] = uuid.uuid4().hex
+        return f"visitor:{browser['visitor']}", browser
+
+    def session_list(owner: str) -> gr.Radio:
+        try:
+            sessions = service.store.list_sessions(owner)
+        except HybridChatError as exc:
+            gr.Warning(str(exc))
+            return gr.Radio(choices=[], value=None)
+        return gr.Radio(
+            choices=[(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions],
+        )
+
+    def resume(owner: str, browser: dict[str, Any]) -> Conversation:
+        """The session this browser was in, if it is still there and its own."""
+        if browser.get("session"):
+            try:
+                return service.open(owner, browser["session"])
+            except HybridChatError:
+                browser["session"] = None
+        return Conversation(owner)
+
+    def start(browser: dict[str, Any] | None, request: gr.Request):  # type: ignore[no-untyped-def]
+        owner, browser = owner_of(browser, request)
+        conversation = resume(owner, browser)
+        sessions = session_list(owner)
+        choices = model_choices(service.backends)
+        return (
+            browser,
+            conversation,
+            to_messages(conversation.turns),
+            gr.Radio(choices=sessions.choices, value=conversation.session_id),
+            gr.Dropdown(choices=choices, value=choices[0][1]),
+        )
+
+    def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+        owner, browser = owner_of(browser, request)
+        if conversation is None or conversation.owner != owner:
+            conversation = resume(owner, browser)
+        params = GenerationParams(
+            temperature=temperature, top_p=top_p, max_tokens=int(max_tokens), system_prompt=persona or None
+        )
+        try:
+            progress = service.respond(conversation, message, model, params)
+            first = next(progress)
+        except InputRefused as exc:
+            gr.Warning(str(exc))
+            yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
+            return
+        text = first.reply
+        for update in _chain(first, progress):
+            if update.turn is None:
+                yield to_messages(conversation.turns, (text, update.reply)), "", conversation, browser, gr.Radio()
+                continue
+            if update.notice:
+                gr.Warning(update.notice)
+            browser["session"] = conversation.session_id
+            sessions = session_list(owner)
+            yield (
+                to_messages(conversation.turns),
+                "",
+                conversation,
+                browser,
+                gr.Radio(choices=sessions.choices, value=conversation.session_id),
+            )
+
+    def open_session(session_id, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+        owner, browser = owner_of(browser, request)
+        if not session_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            conversation = service.open(owner, session_id)
+        except HybridChatError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip(), gr.skip()
+        browser["session"] = session_id
+        return conversation, to_messages(conversation.turns), browser
+
+    def new_chat(browser, request: gr.Request):  # type: ignore[no-untyped-def]
+        owner, browser = owner_of(browser, request)
+        browser["session"] = None
+        return Conversation(owner), [], browser, gr.Radio(value=None)
+
+    def delete_chat(conversation, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+        owner, browser = owner_of(browser, request)
+        if conversation is not None and conversation.session_id:
+            try:
+                service.delete(owner, conversation.session_id)
+            except HybridChatError as exc:
+                gr.Warning(str(exc))
+        browser["session"] = None
+        sessions = session_list(owner)
+        return Conversation(owner), [], browser, gr.Radio(choices=sessions.choices, value=None)
+
+    with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as demo:
+        browser = gr.BrowserState({"visitor": None, "session": None}, storage_key="hybridchat", secret=secret)
+        conversation = gr.State(None)
+        with gr.Sidebar(label="Chats"):
+            new_button = gr.Button("New chat", variant="primary")
+            sessions = gr.Radio(label="Your chats", choices=[], elem_id="sessions")
+            delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
+        gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
+        labels = [(backend.label, name) for name, backend in service.backends.items()]
+        model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
+        chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
+        with gr.Row():
+            box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True)
+            send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            stop_button = gr.Button("Stop", scale=1, elem_id="stop")
+        with gr.Accordion("Settings", open=False):
+            temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
+            max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
+            persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
+
+        demo.load(start, [browser], [browser, conversation, chatbot, sessions, model], api_name=False)
+        inputs = [box, conversation, model, temperature, top_p, max_tokens, persona, browser]
+        outputs = [chatbot, box, conversation, browser, sessions]
+        sent = [
+            box.submit(chat, inputs, outputs, api_name="chat"),
+            send_button.click(chat, inputs, outputs, api_name=False),
+        ]
+        stop_button.click(None, cancels=sent)
+        sessions.input(open_session, [sessions, browser], [conversation, chatbot, browser], api_name=False)
+        new_button.click(new_chat, [browser], [conversation, chatbot, browser, sessions], api_name=False)
+        delete_button.click(delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions], api_name=False)
+    return demo
+
+
+def _chain(first, rest) -> Iterator:  # type: ignore[no-untyped-def]
+    yield first
+    yield from rest
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backends: dict[str, ChatBackend] | None = None,
+    auth: list[tuple[str, str]] | None = None,
+    root_path: str | None = None,
+) -> FastAPI:
+    """The app as ASGI: the chat UI at ``/`` and ``/healthz`` for probes."""
+    settings = settings or Settings()
+    service = ChatService(backends or build_backends(settings), open_store(settings.resolved_store_url))
+    secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+    demo = build_ui(service, auth_enabled=bool(auth), secret=secret)
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return gr.mount_gradio_app(app, demo, path="/", auth=auth or None, root_path=root_path, css=_CSS)
