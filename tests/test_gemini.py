@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import google.oauth2.credentials
 import pytest
 from google import genai
 from google.genai import types
@@ -22,23 +21,10 @@ from hybridchat.errors import (
 )
 from hybridchat.history import process_message_gemini, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
+from tests_support import api_key_client, vertex_client
 
 GREEDY = GenerationParams(temperature=0, max_tokens=12)
 NO_RETRY = types.HttpRetryOptions(attempts=1)
-
-
-def api_key_client(url: str, **options) -> genai.Client:
-    return genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=url, **options))
-
-
-def vertex_client(url: str, **options) -> genai.Client:
-    return genai.Client(
-        vertexai=True,
-        project="test-project",
-        location="global",
-        credentials=google.oauth2.credentials.Credentials(token="test"),
-        http_options=types.HttpOptions(base_url=url, **options),
-    )
 
 
 @pytest.mark.parametrize("make_client", [api_key_client, vertex_client], ids=["api-key", "vertex"])

@@ -1,0 +1,137 @@
+"""The chat app through its HTTP API (gradio_client), on 127.0.0.1 with real backends and store."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from hybridchat.app import create_app
+from hybridchat.backends import ChatBackend, VllmBackend, VllmClient
+from hybridchat.backends.gemini import GeminiBackend
+from hybridchat.config import Settings
+from hybridchat.history import Message, normalize_history
+from hybridchat.store import open_store
+from tests_support import api_key_client
+
+from conftest import ServerThread
+
+TOKENS = 12
+
+
+class Recording(ChatBackend):
+    """A real backend that also notes the history each turn was sent with."""
+
+    def __init__(self, inner: ChatBackend):
+        self.inner, self.name, self.label = inner, inner.name, inner.label
+        self.histories: list[list] = []
+
+    def stream(self, message, history, params=None):
+        self.histories.append(normalize_history(history))
+        return self.inner.stream(message, history, params)
+
+    def health(self):
+        return self.inner.health()
+
+
+@pytest.fixture(scope="module")
+def app_server(stand_in, tmp_path_factory):
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('app')}/history.db"
+    backends = {
+        "gemma": VllmBackend(VllmClient(stand_in, retry_backoff=0.01), label="Gemma 3 (local stand-in)"),
+        "gemini": Recording(GeminiBackend(api_key_client(stand_in), label="Gemini 2.5 Flash (local stand-in)")),
+        "down": VllmBackend(
+            VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), name="down", label="Broken Gemma"
+        ),
+    }
+    with ServerThread(create_app(Settings(store_url=store_url), backends=backends)) as url:
+        yield url, store_url, backends["gemini"]
+
+
+@pytest.fixture
+def client(app_server):
+    with closing(Client(app_server[0], verbose=False)) as client:
+        yield client
+
+
+def say(client, message, model, browser, persona=""):
+    """One turn through the /chat endpoint: (messages, textbox, browser state, sessions)."""
+    return client.predict(message, model, 0.1, 0.95, TOKENS, persona, browser, api_name="/chat")
+
+
+def texts(messages):
+    return [m["content"][0]["text"] if isinstance(m["content"], list) else m["content"] for m in messages]
+
+
+def test_healthz(app_server):
+    assert httpx.get(f"{app_server[0]}/healthz").json() == {"status": "ok"}
+
+
+def test_switching_model_keeps_the_whole_history(client, app_server):
+    browser = {"visitor": "switcher", "session": None}
+    messages, box, browser, _ = say(client, "What is the capital of France?", "gemma", browser)
+    first = texts(messages)[-1]
+    assert box == "" and first
+    messages, _, browser, sessions = say(client, "And of Germany?", "gemini", browser)
+    # Gemini was asked with Gemma's turn as its context.
+    assert app_server[2].histories[-1] == [Message("user", "What is the capital of France?"), Message("assistant", first)]
+    assert texts(messages)[-2] == "And of Germany?" and texts(messages)[-1]
+    assert [c[1] for c in sessions["choices"]] == [browser["session"]]
+    saved = open_store(app_server[1]).load(browser["session"])
+    assert [(t.model, t.status) for t in saved] == [("gemma", "ok"), ("gemini", "ok")]
+    assert saved[0].params["temperature"] == 0.1 and saved[0].latency_ms > 0
+
+
+def test_replies_stream_in_several_chunks(client):
+    job = client.submit("Tell me a story", "gemini", 0.1, 0.95, TOKENS, "", {"visitor": "streamer"}, api_name="/chat")
+    updates = list(job)
+    assert len(updates) > 3
+    partials = [texts(update[0])[-1] for update in updates[:-1]]
+    assert any(0 < len(p) < len(texts(job.result()[0])[-1]) for p in partials)
+
+
+def test_a_session_is_listed_and_resumed_from_another_connection(app_server, client):
+    browser = {"visitor": "returning", "session": None}
+    _, _, browser, _ = say(client, "Remember the number 7", "gemma", browser)
+    with closing(Client(app_server[0], verbose=False)) as later:  # a reload: fresh server-side state
+        messages, _, again, sessions = say(later, "What number?", "gemini", browser)
+    assert again["session"] == browser["session"]
+    assert texts(messages)[0::2] == ["Remember the number 7", "What number?"]
+    assert len(sessions["choices"]) == 1
+
+
+def test_a_backend_that_is_down_answers_with_a_message_and_the_chat_goes_on(client):
+    browser = {"visitor": "unlucky", "session": None}
+    messages, _, browser, _ = say(client, "Hello?", "down", browser)
+    assert "not reachable" in texts(messages)[-1] and texts(messages)[-1].startswith("⚠️")
+    messages, _, _, _ = say(client, "Hello again", "gemma", browser)
+    assert len(messages) == 4 and texts(messages)[-1] and "⚠️" not in texts(messages)[-1]
+
+
+def test_empty_and_oversized_messages_are_refused_and_kept(client):
+    browser = {"visitor": "typist", "session": None}
+    messages, box, _, _ = say(client, "  \n ", "gemma", browser)
+    assert messages == [] and box == "  \n "
+    huge = "x" * (40 * 1024)
+    messages, box, _, _ = say(client, huge, "gemma", browser)
+    assert messages == [] and box == huge, "the refused text stays in the box"
+
+
+def test_control_characters_are_stripped_before_anything_is_saved(client, app_server):
+    browser = {"visitor": "controls", "session": None}
+    _, _, browser, _ = say(client, "he\x00llo\x1b[31m there", "gemma", browser)
+    assert open_store(app_server[1]).load(browser["session"])[0].user == "hello[31m there"
+
+
+def test_visitors_never_see_each_others_sessions(app_server, client):
+    alice = {"visitor": "alice", "session": None}
+    _, _, alice, _ = say(client, "Alice's secret", "gemma", alice)
+    with closing(Client(app_server[0], verbose=False)) as mallory_client:
+        # Mallory knows Alice's session id and tries to continue it.
+        messages, _, mallory, sessions = say(mallory_client, "Tell me", "gemma", {"visitor": "mallory", "session": alice["session"]})
+    assert "Alice's secret" not in texts(messages)
+    assert mallory["session"] != alice["session"]
+    assert [c[1] for c in sessions["choices"]] == [mallory["session"]]
+    assert [t.user for t in open_store(app_server[1]).load(alice["session"])] == ["Alice's secret"]
