@@ -128,6 +128,14 @@ def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None) ->
                 gr.Radio(choices=sessions.choices, value=conversation.session_id),
             )
 
+    def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+        """Ask again for the last reply (the earlier attempt stays in the saved history)."""
+        if conversation is None or not conversation.turns:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        last = conversation.turns.pop()
+        yield from chat(last.user, conversation, model, temperature, top_p, max_tokens, persona, browser, request)
+
     def open_session(session_id, browser, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
         if not session_id:
@@ -184,9 +192,11 @@ def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None) ->
             box.submit(chat, inputs, outputs, api_name="chat"),
             send_button.click(chat, inputs, outputs, api_name=False),
         ]
+        sent.append(chatbot.retry(retry, inputs[1:], outputs, api_name=False))
         stop_button.click(None, cancels=sent)
         sessions.input(open_session, [sessions, browser], [conversation, chatbot, browser], api_name=False)
-        new_button.click(new_chat, [browser], [conversation, chatbot, browser, sessions], api_name=False)
+        for starts_over in (new_button.click, chatbot.clear):
+            starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_name=False)
         delete_button.click(delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions], api_name=False)
     return demo
 

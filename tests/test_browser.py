@@ -1,0 +1,108 @@
+"""The chat app in a real browser: Debian's chromium driven by Playwright, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from conftest import ServerThread
+from hybridchat.app import create_app
+from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.backends.gemini import GeminiBackend
+from hybridchat.config import Settings
+from tests_support import api_key_client
+
+GEMINI = "Gemini 2.5 Flash (local stand-in)"
+
+
+@pytest.fixture(scope="module")
+def app_url(stand_in, tmp_path_factory):
+    backends = {
+        "gemma": VllmBackend(VllmClient(stand_in), label="Gemma 3 (local stand-in)"),
+        "gemini": GeminiBackend(api_key_client(stand_in), label=GEMINI),
+    }
+    settings = Settings(store_url=f"sqlite:///{tmp_path_factory.mktemp('browser')}/history.db")
+    with ServerThread(create_app(settings, backends=backends)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield launched
+        launched.close()
+
+
+def bot_texts(page: Page) -> list[str]:
+    return page.locator('#chat [data-testid="bot"]').all_inner_texts()
+
+
+def send_and_watch(page: Page, message: str, replies_before: int) -> list[str]:
+    """Send a message; return every distinct text the new reply showed while it streamed."""
+    page.fill("#message textarea", message)
+    page.press("#message textarea", "Enter")
+    seen: list[str] = []
+    stable_since, deadline = time.monotonic(), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        texts = bot_texts(page)
+        current = texts[replies_before] if len(texts) > replies_before else ""
+        if current and (not seen or current != seen[-1]):
+            seen.append(current)
+            stable_since = time.monotonic()
+        elif seen and time.monotonic() - stable_since > 2:
+            return seen
+        time.sleep(0.03)
+    raise AssertionError(f"no complete reply to {message!r}")
+
+
+def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(app_url)
+    page.wait_for_selector("#message textarea")
+
+    shown = send_and_watch(page, "What is the capital of France?", 0)
+    assert len(shown) > 1, "the reply should appear piece by piece"
+    assert all(later.startswith(earlier[:10]) for earlier, later in zip(shown, shown[1:]))
+
+    page.click("#model input")
+    page.get_by_role("option", name=GEMINI).click()
+    send_and_watch(page, "And of Germany?", 1)
+    assert len(bot_texts(page)) == 2
+
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2", timeout=30000)
+    assert page.locator('#chat [data-testid="user"]').all_inner_texts() == ["What is the capital of France?", "And of Germany?"]
+    session = page.locator("#sessions label")
+    assert session.count() == 1 and "What is the capital of France?" in session.inner_text()
+
+    page.click("text=New chat")
+    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 0")
+    session.first.click()
+    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2", timeout=30000)
+    page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
+
+    # A second visitor (another browser profile) sees none of it.
+    stranger = browser.new_context().new_page()
+    stranger.goto(app_url)
+    stranger.wait_for_selector("#message textarea")
+    stranger.wait_for_timeout(1500)
+    assert stranger.locator("#sessions label").count() == 0
+    assert bot_texts(stranger) == []
+    send_and_watch(stranger, "Hello from someone else", 0)
+    assert stranger.locator("#sessions label").count() == 1
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2", timeout=30000)
+    assert page.locator("#sessions label").count() == 1
+    context.close()
