@@ -215,7 +215,11 @@ def create_app(
 ) -> FastAPI:
     """The app as ASGI: the chat UI at ``/`` and ``/healthz`` for probes."""
     settings = settings or Settings()
-    service = ChatService(backends or build_backends(settings), open_store(settings.resolved_store_url))
+    service = ChatService(
+        backends or build_backends(settings),
+        open_store(settings.resolved_store_url),
+        max_message_bytes=settings.max_message_bytes,
+    )
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
     demo = build_ui(service, auth_enabled=bool(auth), secret=secret)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)

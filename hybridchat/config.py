@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
 
     store_url: str | None = None
+    max_message_bytes: int = Field(default=32 * 1024, ge=1, description="longest message accepted")
     session_secret: SecretStr | None = Field(
         default=None,
         description="key that encrypts the visitor id kept in each browser; set it so visitors "

@@ -8,8 +8,10 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from hybridchat.app import create_app
-from hybridchat.backends import ChatBackend, VllmBackend, VllmClient
+from hybridchat.app import create_app, model_choices
+from hybridchat.chat import ChatService, Conversation
+from hybridchat.errors import SessionNotFound
+from hybridchat.backends import ChatBackend, GenerationParams, VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
 from hybridchat.history import Message, normalize_history
@@ -27,9 +29,11 @@ class Recording(ChatBackend):
     def __init__(self, inner: ChatBackend):
         self.inner, self.name, self.label = inner, inner.name, inner.label
         self.histories: list[list] = []
+        self.params: list = []
 
     def stream(self, message, history, params=None):
         self.histories.append(normalize_history(history))
+        self.params.append(params)
         return self.inner.stream(message, history, params)
 
     def health(self):
@@ -74,9 +78,10 @@ def test_switching_model_keeps_the_whole_history(client, app_server):
     messages, box, browser, _ = say(client, "What is the capital of France?", "gemma", browser)
     first = texts(messages)[-1]
     assert box == "" and first
-    messages, _, browser, sessions = say(client, "And of Germany?", "gemini", browser)
+    messages, _, browser, sessions = say(client, "And of Germany?", "gemini", browser, persona="Be brief.")
     # Gemini was asked with Gemma's turn as its context.
     assert app_server[2].histories[-1] == [Message("user", "What is the capital of France?"), Message("assistant", first)]
+    assert app_server[2].params[-1].system_prompt == "Be brief."
     assert texts(messages)[-2] == "And of Germany?" and texts(messages)[-1]
     assert [c[1] for c in sessions["choices"]] == [browser["session"]]
     saved = open_store(app_server[1]).load(browser["session"])
@@ -135,3 +140,40 @@ def test_visitors_never_see_each_others_sessions(app_server, client):
     assert mallory["session"] != alice["session"]
     assert [c[1] for c in sessions["choices"]] == [mallory["session"]]
     assert [t.user for t in open_store(app_server[1]).load(alice["session"])] == ["Alice's secret"]
+
+
+def test_an_unreachable_model_is_listed_as_unavailable_with_the_reason(stand_in):
+    down = VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), label="Gemma")
+    up = VllmBackend(VllmClient(stand_in), name="up", label="Gemma up")
+    choices = dict((name, label) for label, name in model_choices({"gemma": down, "up": up}))
+    assert choices["gemma"].startswith("Gemma — unavailable: Gemma is not reachable at http://127.0.0.1:9")
+    assert choices["up"] == "Gemma up"
+
+
+def test_only_the_owner_can_open_or_delete_a_session(tmp_path, stand_in):
+    service = ChatService({"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}, open_store(f"sqlite:///{tmp_path}/h.db"))
+    conversation = Conversation("visitor:alice")
+    list(service.respond(conversation, "Hi", "gemma", GenerationParams(max_tokens=4)))
+    with pytest.raises(SessionNotFound):
+        service.open("visitor:mallory", conversation.session_id)
+    with pytest.raises(SessionNotFound):
+        service.delete("visitor:mallory", conversation.session_id)
+    service.delete("visitor:alice", conversation.session_id)
+    assert service.store.list_sessions("visitor:alice") == []
+
+
+def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
+    store_url = f"sqlite:///{tmp_path}/h.db"
+    backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
+    web = create_app(Settings(store_url=store_url), backends=backends, auth=[("alice", "wonderland")])
+    with ServerThread(web) as url:
+        # Without login nothing answers, the chat queue included.
+        assert httpx.get(f"{url}/config").status_code == 401
+        assert httpx.post(f"{url}/gradio_api/queue/join", json={}).status_code == 401
+        with closing(Client(url, auth=("alice", "wonderland"), verbose=False)) as alice:
+            _, _, browser, _ = say(alice, "Hi", "gemma", {"visitor": "some-browser", "session": None})
+        # Another browser of Alice's finds the same chat.
+        with closing(Client(url, auth=("alice", "wonderland"), verbose=False)) as phone:
+            messages, _, again, _ = say(phone, "Me again", "gemma", {"visitor": "her-phone", "session": browser["session"]})
+    assert again["session"] == browser["session"] and len(messages) == 4
+    assert [s.user_id for s in open_store(store_url).list_sessions(None)] == ["user:alice"]
