@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hybridchat.backends import ChatBackend, GenerationParams
+from hybridchat.backends import ChatBackend, GenerationParams, Usage
 from hybridchat.errors import BackendError, HybridChatError, SessionNotFound, StoreError
 from hybridchat.store import HistoryStore, Turn
 from hybridchat.store.base import utcnow
@@ -91,17 +91,19 @@ class ChatService:
         started, clock = utcnow(), time.monotonic()
         pieces: list[str] = []
         status, error = "ok", None
+        reply = backend.stream(text, history, params)
         try:
-            for piece in backend.stream(text, history, params):
+            for piece in reply:
                 pieces.append(piece)
                 yield Progress("".join(pieces))
         except BackendError as exc:
             status, error = ("interrupted" if pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
             status = "interrupted"
-            self._finish(conversation, text, backend_name, pieces, params, started, clock, status, None)
+            self._finish(conversation, text, backend_name, pieces, params, started, clock, status, None, None)
             raise
-        turn, notice = self._finish(conversation, text, backend_name, pieces, params, started, clock, status, error)
+        usage = getattr(reply, "usage", None)
+        turn, notice = self._finish(conversation, text, backend_name, pieces, params, started, clock, status, error, usage)
         yield Progress(turn.reply, turn, notice)
 
     def open(self, owner: str, session_id: str) -> Conversation:
@@ -125,6 +127,7 @@ class ChatService:
         clock: float,
         status: str,
         error: str | None,
+        usage: Usage | None,
     ) -> tuple[Turn, str | None]:
         latency_ms = (time.monotonic() - clock) * 1000
         turn = Turn(
@@ -137,6 +140,8 @@ class ChatService:
             latency_ms=round(latency_ms, 1),
             status=status,  # type: ignore[arg-type]
             error=error,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
         )
         conversation.turns.append(turn)
         notice = None
@@ -152,6 +157,8 @@ class ChatService:
             "model": backend_name,
             "status": status,
             "latency_ms": turn.latency_ms,
+            "prompt_tokens": turn.prompt_tokens,
+            "completion_tokens": turn.completion_tokens,
             "message_chars": len(text),
             "reply_chars": len(turn.reply),
             "saved": notice is None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from contextlib import closing
 
 import httpx
@@ -79,14 +81,25 @@ def test_switching_model_keeps_the_whole_history(client, app_server):
     first = texts(messages)[-1]
     assert box == "" and first
     messages, _, browser, sessions = say(client, "And of Germany?", "gemini", browser, persona="Be brief.")
+    saved = open_store(app_server[1]).load(browser["session"])
     # Gemini was asked with Gemma's turn as its context.
-    assert app_server[2].histories[-1] == [Message("user", "What is the capital of France?"), Message("assistant", first)]
+    assert first.strip() == saved[0].reply.strip()
+    assert app_server[2].histories[-1] == [Message("user", "What is the capital of France?"), Message("assistant", saved[0].reply)]
     assert app_server[2].params[-1].system_prompt == "Be brief."
     assert texts(messages)[-2] == "And of Germany?" and texts(messages)[-1]
     assert [c[1] for c in sessions["choices"]] == [browser["session"]]
-    saved = open_store(app_server[1]).load(browser["session"])
     assert [(t.model, t.status) for t in saved] == [("gemma", "ok"), ("gemini", "ok")]
     assert saved[0].params["temperature"] == 0.1 and saved[0].latency_ms > 0
+    assert saved[0].prompt_tokens > 0 and saved[1].completion_tokens > 0
+
+
+def test_each_turn_logs_one_line_without_the_text(client, caplog):
+    with caplog.at_level(logging.INFO, logger="hybridchat.turns"):
+        say(client, "my secret plan", "gemma", {"visitor": "logged", "session": None})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hybridchat.turns"]
+    assert len(lines) == 1 and lines[0]["model"] == "gemma" and lines[0]["status"] == "ok"
+    assert lines[0]["completion_tokens"] > 0 and lines[0]["latency_ms"] > 0 and lines[0]["session"]
+    assert "secret" not in caplog.text
 
 
 def test_replies_stream_in_several_chunks(client):

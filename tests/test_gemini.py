@@ -38,6 +38,8 @@ def test_streams_the_models_reply_in_both_url_forms(stand_in, tiny_model, make_c
     )
     assert len(pieces) > 1
     assert "".join(pieces) == expected
+    reply = backend.stream("What is the capital of France?", history, params)
+    assert "".join(reply) == expected and reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
     health = backend.health()
     assert health.ok and STAND_IN_PREFIX in health.detail
 

@@ -31,6 +31,9 @@ def test_chat_streams_the_models_own_reply_over_http(stand_in, tiny_model):
     direct = "".join(tiny_model.stream(process_message_openai("What is the capital of France?", history), GREEDY))
     assert len(pieces) > 1, "the reply should arrive in several pieces"
     assert "".join(pieces) == direct
+    reply = backend.stream("What is the capital of France?", history, GREEDY)
+    assert reply.usage is None and "".join(reply) == direct
+    assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
     assert backend.complete("What is the capital of France?", history, GREEDY) == direct
 
 

@@ -23,6 +23,37 @@ class GenerationParams(BaseModel):
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Token counts a backend reported for one reply."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ReplyStream(Iterator[str]):
+    """A reply's text pieces; once exhausted, ``usage`` holds the token counts the backend
+    reported (``None`` when it reports none). Wraps a generator that yields the pieces and,
+    last, a ``Usage``."""
+
+    def __init__(self, pieces: Iterator[str | Usage]):
+        self._pieces = pieces
+        self.usage: Usage | None = None
+
+    def __next__(self) -> str:
+        while True:
+            item = next(self._pieces)
+            if isinstance(item, Usage):
+                self.usage = item
+                continue
+            return item
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass(frozen=True)
 class BackendHealth:
     """Whether a backend can answer now, and if not, why (fit to show a user)."""
 
@@ -53,7 +84,8 @@ class ChatBackend(ABC):
     def stream(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
     ) -> Iterator[str]:
-        """Yield the reply to ``message`` after ``history``, piece by piece."""
+        """Yield the reply to ``message`` after ``history``, piece by piece (a ``ReplyStream``
+        where the backend reports token counts)."""
 
     def complete(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None

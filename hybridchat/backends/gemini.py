@@ -21,7 +21,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import ValidationError
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams
+from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
 from hybridchat.config import Settings
 from hybridchat.errors import (
     BackendError,
@@ -129,7 +129,10 @@ class GeminiBackend(ChatBackend):
         params = params or GenerationParams()
         config = _config(params, system_instruction(history, params.system_prompt))
         contents = process_message_gemini(message, history)
-        produced = False
+        return ReplyStream(self._pieces(contents, config))
+
+    def _pieces(self, contents: list[types.Content], config: types.GenerateContentConfig) -> Iterator[str | Usage]:
+        produced, usage = False, None
         with self._errors():
             chunks = self.client.models.generate_content_stream(
                 model=self.model, contents=contents, config=config
@@ -139,8 +142,13 @@ class GeminiBackend(ChatBackend):
                 if text:
                     produced = True
                     yield text
+                counted = chunk.usage_metadata
+                if counted is not None and counted.prompt_token_count is not None:
+                    usage = Usage(counted.prompt_token_count, counted.candidates_token_count or 0)
         if not produced:
             raise self._empty(None)
+        if usage is not None:
+            yield usage
 
     def generate(self, contents: list[types.Content], params: GenerationParams) -> str:
         """One whole reply to ready-made ``contents`` (the notebook-facing path)."""

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams
+from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
 from hybridchat.config import DEFAULT_LOCAL_MODEL, Settings
 from hybridchat.errors import BackendError, BackendUnavailable
 from hybridchat.history import process_message_openai
@@ -181,7 +181,16 @@ class LocalBackend(ChatBackend):
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
     ) -> Iterator[str]:
         params = params or GenerationParams()
-        yield from self.model.stream(process_message_openai(message, history, params.system_prompt), params)
+        messages = process_message_openai(message, history, params.system_prompt)
+
+        def pieces() -> Iterator[str | Usage]:
+            reply = []
+            for piece in self.model.stream(messages, params):
+                reply.append(piece)
+                yield piece
+            yield Usage(self.model.count_tokens(messages), self.model.count_tokens("".join(reply)))
+
+        return ReplyStream(pieces())
 
     def health(self) -> BackendHealth:
         if self._model is None:

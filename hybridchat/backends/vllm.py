@@ -22,7 +22,7 @@ import httpx
 import tenacity
 from pydantic import ValidationError
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams
+from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
 from hybridchat.config import Settings
 from hybridchat.errors import (
     BackendError,
@@ -105,8 +105,9 @@ class VllmClient:
             self._model = models.data[0].id
         return self._model
 
-    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[str]:
-        """Stream a chat reply through ``/v1/chat/completions`` (OpenAI protocol only)."""
+    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[str | Usage]:
+        """Stream a chat reply through ``/v1/chat/completions`` (OpenAI protocol only); the
+        server's token counts come last, as a ``Usage``."""
         body = {
             "model": self.served_model(),
             "messages": messages,
@@ -114,7 +115,7 @@ class VllmClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        produced = False
+        produced, usage = False, None
         with self._request("POST", "/v1/chat/completions", body) as response:
             for event in self._sse_events(response):
                 chunk = self._parse(openai.ChatCompletionChunk, event)
@@ -122,8 +123,12 @@ class VllmClient:
                     if choice.delta.content:
                         produced = True
                         yield choice.delta.content
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
         if not produced:
             raise self._empty()
+        if usage is not None:
+            yield usage
 
     def generate(self, prompt: str, params: GenerationParams) -> str:
         """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``); only the new reply."""
@@ -290,11 +295,14 @@ class VllmBackend(ChatBackend):
         params = params or GenerationParams()
         if self.client.api == "openai":
             messages = process_message_openai(message, history, params.system_prompt)
-            yield from self.client.stream_chat(messages, params)
-        else:
-            # /generate has no streaming: the whole reply comes as one piece.
-            prompt = process_message_gemma(message, history, params.system_prompt, self.template)
+            return ReplyStream(self.client.stream_chat(messages, params))
+        # /generate has no streaming: the whole reply comes as one piece.
+        prompt = process_message_gemma(message, history, params.system_prompt, self.template)
+
+        def whole_reply() -> Iterator[str]:
             yield self.client.generate(prompt, params)
+
+        return ReplyStream(whole_reply())
 
     def health(self) -> BackendHealth:
         return self.client.health()

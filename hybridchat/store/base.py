@@ -48,6 +48,8 @@ class Turn(BaseModel):
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     status: Literal["ok", "interrupted", "error"] = "ok"
     error: str | None = None
     turn_id: str = Field(default_factory=new_id)
