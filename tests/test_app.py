@@ -190,3 +190,13 @@ def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
             messages, _, again, _ = say(phone, "Me again", "gemma", {"visitor": "her-phone", "session": browser["session"]})
     assert again["session"] == browser["session"] and len(messages) == 4
     assert [s.user_id for s in open_store(store_url).list_sessions(None)] == ["user:alice"]
+
+
+def test_behind_a_proxy_links_use_the_root_path_and_forwarded_host(stand_in, tmp_path):
+    backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
+    web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends, root_path="/hybrid")
+    with ServerThread(web) as url:
+        assert httpx.get(f"{url}/config").json()["root"] == f"{url}/hybrid"
+        forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": "chat.example.com"}
+        assert httpx.get(f"{url}/config", headers=forwarded).json()["root"] == "https://chat.example.com/hybrid"
+        assert httpx.get(f"{url}/healthz").status_code == 200
