@@ -3,6 +3,8 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
+CHECKOV = .venv-checkov
+
 .PHONY: setup browser run test clean
 
 setup: $(VENV)/.installed
@@ -24,8 +26,14 @@ browser:
 run: setup
 	$(BIN)/hybridchat up
 
-test: setup browser
+# checkov pins its own versions of common libraries: it gets a virtual environment of its own.
+$(CHECKOV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet checkov==3.3.30
+	touch $@
+
+test: setup browser $(CHECKOV)/.installed
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CHECKOV) .pytest_cache

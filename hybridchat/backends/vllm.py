@@ -43,6 +43,7 @@ from hybridchat.protocols import legacy, openai
 
 log = logging.getLogger(__name__)
 
+HEALTH_PATH = "/health"  # vLLM's readiness route; the Kubernetes probes use it too
 # Where a raw completion runs on into a turn that is not its own.
 _NEXT_TURN = re.compile(r"<end_of_turn>|<start_of_turn>|user's turn:", re.IGNORECASE)
 _TEMPLATE_STOPS: dict[Template, tuple[str, ...]] = {
@@ -156,7 +157,7 @@ class VllmClient:
     def health(self) -> BackendHealth:
         """Ask ``/health`` (and the served model) without retrying; never raises."""
         try:
-            response = self._http.get(f"{self.base_url}/health", timeout=self._connect_timeout)
+            response = self._http.get(f"{self.base_url}{HEALTH_PATH}", timeout=self._connect_timeout)
         except httpx.HTTPError as exc:
             return BackendHealth(False, str(self._transport_error(exc)))
         if response.status_code == 503:

@@ -1,0 +1,115 @@
+# What the workshop provisions: the APIs, a GKE Autopilot cluster for Gemma and the app, the
+# Firestore database for chat history, the registry Skaffold pushes to, and least-privilege
+# Workload Identity grants for the app's Kubernetes service account.
+
+locals {
+  services = {
+    cloudbuild       = "cloudbuild.googleapis.com"
+    artifactregistry = "artifactregistry.googleapis.com"
+    container        = "container.googleapis.com"
+    firestore        = "firestore.googleapis.com"
+    aiplatform       = "aiplatform.googleapis.com"
+  }
+
+  # The app's pods act as this principal through GKE Workload Identity: no keys, no secrets.
+  ksa_principal = "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${var.project_id}.svc.id.goog/subject/ns/${var.namespace}/sa/${var.ksa_name}"
+}
+
+resource "google_project_service" "enabled" {
+  for_each = local.services
+
+  project            = var.project_id
+  service            = each.value
+  disable_on_destroy = false
+}
+
+resource "google_container_cluster" "primary" {
+  # A workshop cluster, reached by learners with kubectl from Cloud Shell and laptops, torn
+  # down the same day. Autopilot applies most hardening itself; what it leaves is skipped here:
+  # checkov:skip=CKV_GCP_12:Autopilot enforces network policy with GKE Dataplane V2 itself.
+  # checkov:skip=CKV_GCP_13:Autopilot clusters never issue client certificates.
+  # checkov:skip=CKV_GCP_20:Master authorized networks: learners' addresses are not known in advance.
+  # checkov:skip=CKV_GCP_21:Labels are optional for a short-lived lab cluster.
+  # checkov:skip=CKV_GCP_23:Autopilot clusters are always VPC-native (alias IP ranges).
+  # checkov:skip=CKV_GCP_25:Private nodes would need Cloud NAT to fetch the model weights; out of the lab's scope.
+  # checkov:skip=CKV_GCP_61:VPC flow logs and intranode visibility are a cost the lab does not need.
+  # checkov:skip=CKV_GCP_64:Private nodes: see CKV_GCP_25.
+  # checkov:skip=CKV_GCP_65:Google Groups for RBAC needs a Workspace domain that learners may not have.
+  # checkov:skip=CKV_GCP_66:Binary Authorization would block the images Skaffold builds during the lab.
+  # checkov:skip=CKV_GCP_69:Autopilot always runs the GKE metadata server (Workload Identity).
+  name     = var.cluster_name
+  location = var.region
+  project  = var.project_id
+
+  # Autopilot finds or provisions nodes with the GPUs a pod asks for (L4 for Gemma).
+  enable_autopilot = true
+
+  # A lab cluster must be deletable by `terraform destroy`.
+  deletion_protection = false
+
+  network    = "default"
+  subnetwork = "projects/${var.project_id}/regions/${var.region}/subnetworks/default"
+
+  release_channel {
+    channel = "REGULAR"
+  }
+
+  timeouts {
+    create = "30m"
+    update = "30m"
+  }
+
+  depends_on = [google_project_service.enabled["container"]]
+}
+
+resource "google_firestore_database" "chat" {
+  project     = var.project_id
+  name        = "chat-app-db"
+  location_id = var.firestore_location
+  type        = "FIRESTORE_NATIVE"
+
+  # The lab's clean-up (terraform destroy) removes the database too.
+  deletion_policy         = "DELETE"
+  delete_protection_state = "DELETE_PROTECTION_DISABLED"
+
+  depends_on = [google_project_service.enabled["firestore"]]
+}
+
+# The collection the app writes, created up front so the console shows it from the start.
+resource "google_firestore_document" "initialize" {
+  project     = var.project_id
+  database    = google_firestore_database.chat.name
+  collection  = "chat_sessions"
+  document_id = "initialize"
+  fields      = jsonencode({ created_by = { stringValue = "terraform" } })
+}
+
+resource "google_artifact_registry_repository" "chat_app" {
+  # checkov:skip=CKV_GCP_84:Google-managed encryption is enough for workshop images; CSEK keys would be one more thing to lose.
+  project       = var.project_id
+  location      = var.region
+  repository_id = "chat-app-repo"
+  format        = "DOCKER"
+  description   = "Images of the hybridchat app, pushed by Skaffold through Cloud Build."
+
+  depends_on = [google_project_service.enabled["artifactregistry"]]
+}
+
+# Only what the app calls: Gemini on Vertex AI and Firestore. The codelab also granted
+# roles/iam.serviceAccountTokenCreator project-wide; nothing here needs it, so it is left out.
+resource "google_project_iam_member" "ksa_vertex_user" {
+  project = var.project_id
+  role    = "roles/aiplatform.user"
+  member  = local.ksa_principal
+
+  # The workload identity pool exists once the project has a GKE cluster.
+  depends_on = [google_container_cluster.primary, google_project_service.enabled["aiplatform"]]
+}
+
+resource "google_project_iam_member" "ksa_datastore_user" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = local.ksa_principal
+
+  depends_on = [google_container_cluster.primary, google_firestore_database.chat]
+}

@@ -1,0 +1,272 @@
+"""Terraform, manifests, Dockerfile and Skaffold, checked by every offline tool at hand, and the
+contract between them and the app: renaming either side of a name fails here."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import hcl2
+import kubernetes_validate
+import pytest
+import yaml
+
+from hybridchat import cli
+from hybridchat.app import create_app
+from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.backends.vllm import HEALTH_PATH
+from hybridchat.config import Settings
+from kube_api import fake_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA, DEPLOY = ROOT / "infra", ROOT / "deploy"
+# The Kubernetes minor that GKE's regular channel runs.
+KUBERNETES_VERSION = "1.34.0"
+MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
+
+
+def _plain(value):
+    """python-hcl2's output without its quoting of strings and labels, or its markers."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def terraform() -> dict:
+    merged: dict = {}
+    for path in sorted(INFRA.glob("*.tf")):
+        with path.open() as handle:
+            for key, blocks in _plain(hcl2.load(handle)).items():
+                merged.setdefault(key, []).extend(blocks)
+    return merged
+
+
+def resource(kind: str, name: str) -> dict:
+    found = [block[kind][name] for block in terraform()["resource"] if kind in block and name in block[kind]]
+    assert len(found) == 1, f"{kind}.{name} should be defined once"
+    return found[0]
+
+
+def variables() -> dict:
+    return {name: body for block in terraform()["variable"] for name, body in block.items()}
+
+
+def documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def manifest(kind: str, name: str, path: Path = DEPLOY / "chat-deploy.yaml") -> dict:
+    found = [d for d in documents(path) if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name} should be in {path.name} once"
+    return found[0]
+
+
+# --- Terraform ------------------------------------------------------------------------------
+
+
+def test_terraform_is_formatted():
+    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", str(INFRA)], capture_output=True, text=True)
+    assert result.returncode == 0, f"run `terraform fmt -recursive infra`: {result.stdout}"
+
+
+def test_variables_have_the_workshop_defaults_descriptions_and_validation():
+    found = variables()
+    defaults = {name: body.get("default") for name, body in found.items()}
+    assert defaults == {
+        "project_id": None, "project_number": None, "region": "us-central1",
+        "cluster_name": "gradio-chat-cluster", "firestore_location": "nam5",
+        "ksa_name": "gradio-chat-ksa", "namespace": "default",
+    }
+    assert all(body.get("description") for body in found.values())
+    for name in ("project_id", "project_number", "region", "cluster_name"):
+        assert found[name].get("validation"), f"{name} should be validated"
+
+
+def test_the_google_provider_is_pinned():
+    google = terraform()["terraform"][0]["required_providers"][0]["google"]
+    assert google["source"] == "hashicorp/google" and re.match(r"~>\s*\d+\.\d+", google["version"])
+
+
+def test_the_five_apis_are_enabled_and_kept_on_destroy():
+    services = resource("google_project_service", "enabled")
+    assert sorted(terraform()["locals"][0]["services"].values()) == sorted([
+        "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "container.googleapis.com",
+        "firestore.googleapis.com", "aiplatform.googleapis.com",
+    ])
+    assert services["disable_on_destroy"] is False
+
+
+def test_an_autopilot_cluster_that_the_lab_can_delete():
+    cluster = resource("google_container_cluster", "primary")
+    assert cluster["enable_autopilot"] is True and cluster["deletion_protection"] is False
+    assert cluster["name"] == "${var.cluster_name}" and cluster["location"] == "${var.region}"
+    assert cluster["network"] == "default"
+    assert '${google_project_service.enabled["container"]}' in cluster["depends_on"]
+
+
+def test_firestore_database_document_and_registry():
+    database = resource("google_firestore_database", "chat")
+    assert database["name"] == "chat-app-db" and database["type"] == "FIRESTORE_NATIVE"
+    assert database["location_id"] == "${var.firestore_location}"
+    assert '${google_project_service.enabled["firestore"]}' in database["depends_on"]
+    document = resource("google_firestore_document", "initialize")
+    assert document["collection"] == "chat_sessions" and document["document_id"] == "initialize"
+    assert document["database"] == "${google_firestore_database.chat.name}"
+    registry = resource("google_artifact_registry_repository", "chat_app")
+    assert registry["repository_id"] == "chat-app-repo" and registry["format"] == "DOCKER"
+
+
+def test_workload_identity_grants_exactly_what_the_app_needs():
+    principal = terraform()["locals"][0]["ksa_principal"]
+    assert principal == (
+        "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/"
+        "workloadIdentityPools/${var.project_id}.svc.id.goog/subject/ns/${var.namespace}/sa/${var.ksa_name}"
+    )
+    grants = [body for block in terraform()["resource"] for kind, named in block.items()
+              if kind == "google_project_iam_member" for body in named.values()]
+    assert sorted(g["role"] for g in grants) == ["roles/aiplatform.user", "roles/datastore.user"]
+    assert all(g["member"] == "${local.ksa_principal}" for g in grants)
+    assert all("${google_container_cluster.primary}" in g["depends_on"] for g in grants)
+    assert "serviceAccountTokenCreator" not in (INFRA / "main.tf").read_text().replace("roles/iam.serviceAccountTokenCreator project-wide", "")
+
+
+def test_outputs_give_what_the_next_steps_need():
+    outputs = {name for block in terraform()["output"] for name in block}
+    assert outputs == {"cluster_name", "cluster_location", "get_credentials_command", "artifact_registry_repo", "firestore_database"}
+
+
+def test_checkov_passes_and_every_skip_is_explained():
+    checkov = shutil.which("checkov") or str(ROOT / ".venv-checkov" / "bin" / "checkov")
+    if not Path(checkov).exists():
+        pytest.fail("checkov is not installed: `make test` installs it in .venv-checkov")
+    result = subprocess.run([checkov, "-d", str(INFRA), "--compact", "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    skips = re.findall(r"#\s*checkov:skip=(\S+?):(.*)", (INFRA / "main.tf").read_text())
+    assert skips and all(len(reason.strip()) > 20 for _, reason in skips)
+
+
+# --- Kubernetes manifests ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifests_validate_against_the_gke_kubernetes_version(path):
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubectl_parses_every_manifest(tmp_path):
+    with fake_cluster(tmp_path) as kubeconfig:
+        result = subprocess.run(
+            ["kubectl", "apply", "--dry-run=client", "--validate=false", "-f", str(DEPLOY), f"--cache-dir={tmp_path}/cache"],
+            capture_output=True, text=True, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "deployment.apps/gradio-chat created (dry run)" in result.stdout
+    assert "service/gemma-service created (dry run)" in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.glob("gemma3-12b*.yaml")), ids=lambda p: p.name)
+def test_gemma_gets_the_gpus_its_tensor_parallelism_uses(path):
+    deployment = next(d for d in documents(path) if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    gpus = container["resources"]["requests"]["nvidia.com/gpu"]
+    assert gpus == container["resources"]["limits"]["nvidia.com/gpu"] == args["tensor-parallel-size"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert args["model"] == "google/gemma-3-12b-it" and int(args["max-model-len"]) > 0
+    assert ":" in container["image"] and not container["image"].endswith(":latest")
+    token = next(e for e in container["env"] if e["name"] == "HUGGING_FACE_HUB_TOKEN")["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "hf-secret", "key": "hf_api_token"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == HEALTH_PATH
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60, "time to download the weights"
+
+
+def test_the_app_runs_locked_down():
+    pod = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+# --- the contract between the pieces ------------------------------------------------------------
+
+
+def test_the_apps_default_vllm_url_is_the_gemma_service():
+    url = urlsplit(Settings(mode="gcp").resolved_vllm_url)
+    for path in DEPLOY.glob("gemma3-12b*.yaml"):
+        service = manifest("Service", "gemma-service", path)
+        assert url.hostname == service["metadata"]["name"]
+        assert url.port == service["spec"]["ports"][0]["port"]
+    config = manifest("ConfigMap", "gradio-chat-config")["data"]
+    assert config["HYBRIDCHAT_VLLM_URL"] == Settings(mode="gcp").resolved_vllm_url
+    assert config["HYBRIDCHAT_MODE"] == "gcp"
+
+
+def test_the_service_account_is_the_one_terraform_grants():
+    ksa = manifest("ServiceAccount", variables()["ksa_name"]["default"])
+    pod = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == ksa["metadata"]["name"]
+    assert ksa["metadata"].get("namespace", "default") == variables()["namespace"]["default"]
+
+
+def test_the_firestore_database_is_the_one_the_app_uses():
+    database = resource("google_firestore_database", "chat")["name"]
+    assert urlsplit(Settings(mode="gcp").resolved_store_url).netloc == database
+    assert urlsplit(manifest("ConfigMap", "gradio-chat-config")["data"]["HYBRIDCHAT_STORE_URL"]).netloc == database
+
+
+def test_ports_and_probes_are_what_the_app_serves(tmp_path):
+    container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
+    port = container["ports"][0]["containerPort"]
+    assert port == inspect.signature(cli.run_app).parameters["port"].default
+    assert container["args"] == ["hybridchat", "app", "--host", "0.0.0.0", "--port", str(port)]
+    routes = {route.path for route in create_app(
+        Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends={"gemma": VllmBackend(VllmClient("http://127.0.0.1:9"), label="G")}
+    ).routes}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in routes
+    service = manifest("Service", "gradio-chat-service")
+    assert service["spec"]["type"] == "LoadBalancer" and service["spec"]["ports"][0]["port"] == port
+    assert f"EXPOSE {port}" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_skaffold_builds_the_image_the_deployment_runs():
+    skaffold = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    assert re.fullmatch(r"skaffold/v4beta\d+", skaffold["apiVersion"])
+    assert "googleCloudBuild" in skaffold["build"]
+    artifact = skaffold["build"]["artifacts"][0]
+    assert (ROOT / artifact["context"] / artifact["docker"]["dockerfile"]).is_file()
+    container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == artifact["image"]
+    assert skaffold["manifests"]["rawYaml"] == ["deploy/chat-deploy.yaml"]
+    assert any(profile["name"] == "local" for profile in skaffold["profiles"])
+
+
+def test_dockerfile_is_pinned_non_root_and_probe_free():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert bases and all(re.search(r":\d+\.\d+\.\d+-slim", base) for base in bases)
+    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
+    assert "HEALTHCHECK" not in dockerfile
+    assert dockerfile.index("COPY pyproject.toml") < dockerfile.index("COPY hybridchat"), "dependencies cached first"
+    assert 'CMD ["hybridchat", "app"' in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text()
+    assert ignored.splitlines()[1] == "*" and "!hybridchat/" in ignored
