@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import hcl2
 import kubernetes_validate
 import pytest
 import yaml
@@ -21,6 +20,7 @@ from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
+from hybridchat.lab.terraform import parse
 from kube_api import fake_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,23 +30,11 @@ KUBERNETES_VERSION = "1.34.0"
 MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
 
 
-def _plain(value):
-    """python-hcl2's output without its quoting of strings and labels, or its markers."""
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
 def terraform() -> dict:
     merged: dict = {}
     for path in sorted(INFRA.glob("*.tf")):
-        with path.open() as handle:
-            for key, blocks in _plain(hcl2.load(handle)).items():
-                merged.setdefault(key, []).extend(blocks)
+        for key, blocks in parse(path).items():
+            merged.setdefault(key, []).extend(blocks)
     return merged
 
 

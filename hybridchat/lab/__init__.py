@@ -1,0 +1,10 @@
+"""Helpers the workshop notebooks call, so the notebooks stay prose, parameters and checks.
+
+* ``hybridchat.lab.setup``: which tools and packages are here, and the notebook's settings.
+* ``hybridchat.lab.shell``: run a command with streamed output and a timeout (secrets masked).
+* ``hybridchat.lab.gcp`` and ``hybridchat.lab.terraform``: the exact Google Cloud, kubectl,
+  Skaffold and Terraform commands of the workshop.
+* ``hybridchat.lab.local``: the local stand-in server and the app, started and stopped for a lab.
+* ``hybridchat.lab.check``: checker cells for the exercises.
+* ``python -m hybridchat.lab.make_exercises``: the exercise notebooks, from the solutions.
+"""

@@ -1,0 +1,111 @@
+"""The local stand-in and the app for a lab, started once and shared by all the notebooks.
+
+The stand-in (``hybridchat serve-local``) runs as its own process, so it outlives the notebook
+that started it; its pid and log are kept in the lab folder (``HYBRIDCHAT_LAB_DIR``, default
+``~/.hybridchat/lab``) for ``stop_local_servers`` in the clean-up notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from hybridchat.config import Settings
+
+_PID_FILE = "serve-local.pid"
+
+
+def lab_dir() -> Path:
+    path = Path(os.environ.get("HYBRIDCHAT_LAB_DIR", "~/.hybridchat/lab")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _health(url: str) -> int | None:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) -> str:
+    """Start ``hybridchat serve-local`` unless it already answers; wait until its model is loaded."""
+    from tqdm.auto import tqdm
+
+    settings = settings or Settings()
+    url = settings.local_url
+    if _health(url) == 200:
+        print(f"The local stand-in is already up at {url}")
+        return url
+    log = (lab_dir() / "serve-local.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(settings.local_port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    (lab_dir() / _PID_FILE).write_text(str(process.pid))
+    started = time.monotonic()
+    with tqdm(total=int(timeout), desc="Loading the local model", unit="s") as bar:
+        while (status := _health(url)) != 200:
+            if process.poll() is not None:
+                raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {log.name}")
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"the stand-in did not load its model in {timeout:g} s; see {log.name}")
+            time.sleep(0.5)
+            bar.n = int(time.monotonic() - started)
+            bar.set_postfix_str("loading (503)" if status == 503 else "starting")
+        bar.set_postfix_str("ready")
+    print(f"The local stand-in is up at {url}")
+    return url
+
+
+def stop_local_servers() -> bool:
+    """Stop the stand-in this lab started; whether there was one."""
+    pid_file = lab_dir() / _PID_FILE
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    for _ in range(100):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+class RunningApp:
+    """The chat app served from this Python process (a notebook kernel) in a thread."""
+
+    def __init__(self, settings: Settings | None = None, *, port: int = 7860):
+        import uvicorn
+
+        from hybridchat.app import create_app
+
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(create_app(settings or Settings()), host="127.0.0.1", port=port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"the app did not start on port {port} (is the port taken?)")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

@@ -1,0 +1,82 @@
+"""Make the exercise notebooks from the solution notebooks: ``python -m hybridchat.lab.make_exercises``.
+
+In ``notebooks/*.ipynb``, learner code sits between ``### BEGIN SOLUTION`` and
+``### END SOLUTION`` (nbgrader's convention). Each such region becomes a ``# TODO`` and
+``raise NotImplementedError()`` in ``notebooks/exercises/``; ``--check`` only reports
+whether the exercises are up to date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def strip_solutions(source: str, where: str = "cell") -> str:
+    """``source`` with each solution region replaced by a stub that raises."""
+    kept: list[str] = []
+    indent: str | None = None
+    for number, line in enumerate(source.splitlines(), 1):
+        marker = line.strip()
+        if marker == BEGIN:
+            if indent is not None:
+                raise ValueError(f"{where}, line {number}: {BEGIN} inside another solution")
+            indent = line[: len(line) - len(line.lstrip())]
+            kept += [f"{indent}# TODO: your code here (see the explanation above)", f"{indent}raise NotImplementedError()"]
+        elif marker == END:
+            if indent is None:
+                raise ValueError(f"{where}, line {number}: {END} without {BEGIN}")
+            indent = None
+        elif indent is None:
+            kept.append(line)
+    if indent is not None:
+        raise ValueError(f"{where}: {BEGIN} is never closed")
+    return "\n".join(kept)
+
+
+def exercise_of(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode | None:
+    """The exercise form of a notebook, or None when it has nothing for learners to write."""
+    if not any(BEGIN in cell.source for cell in solution.cells if cell.cell_type == "code"):
+        return None
+    exercise = nbformat.from_dict(solution)
+    for index, cell in enumerate(exercise.cells):
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source, f"{name}, cell {index}")
+            cell.outputs, cell.execution_count = [], None
+    return exercise
+
+
+def build(notebooks: Path = NOTEBOOKS) -> dict[Path, str]:
+    """Every exercise notebook's path and text."""
+    built = {}
+    for path in sorted(notebooks.glob("*.ipynb")):
+        exercise = exercise_of(nbformat.read(path, as_version=4), path.name)
+        if exercise is not None:
+            built[notebooks / "exercises" / path.name] = nbformat.writes(exercise) + "\n"
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that notebooks/exercises/ is up to date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in build().items():
+        if not path.exists() or path.read_text() != text:
+            stale.append(path)
+            if not args.check:
+                path.parent.mkdir(exist_ok=True)
+                path.write_text(text)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(NOTEBOOKS.parent)}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

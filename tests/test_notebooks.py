@@ -1,0 +1,249 @@
+"""The workshop notebooks: executed in local mode (papermill, nbval), exercises that fail with the
+right hint, checkers that can fail, and the exact gcp-mode commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from google.genai import types
+
+from hybridchat.lab import check, gcp, terraform
+from hybridchat.lab.make_exercises import build, strip_solutions
+from hybridchat.lab.shell import CommandFailed, command, run
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+SOLUTIONS = sorted(NOTEBOOKS.glob("0*.ipynb"))
+CELL_TIMEOUT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab_env(tiny_model_dir, tmp_path_factory):
+    """Environment of the notebook kernels: the tiny model, free ports, a scratch store and lab folder."""
+    lab = tmp_path_factory.mktemp("lab")
+    env = {
+        "HYBRIDCHAT_LAB_DIR": str(lab),
+        "HYBRIDCHAT_LOCAL_PORT": str(_free_port()),
+        "HYBRIDCHAT_LOCAL_MODEL": str(tiny_model_dir),
+        "HYBRIDCHAT_STORE_URL": f"sqlite:///{lab}/history.db",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    from hybridchat.lab.local import stop_local_servers
+
+    stop_local_servers()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def execute(path: Path, output: Path, **parameters) -> nbformat.NotebookNode:
+    papermill.execute_notebook(
+        str(path), str(output), parameters=parameters, kernel_name="python3",
+        cwd=str(path.parent), execution_timeout=CELL_TIMEOUT, progress_bar=False,
+    )
+    return nbformat.read(output, as_version=4)
+
+
+def outputs(notebook: nbformat.NotebookNode) -> str:
+    texts = []
+    for cell in notebook.cells:
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", "") or str(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(texts)
+
+
+def test_the_solution_notebooks_run_in_order_in_local_mode(lab_env, tmp_path):
+    texts = {}
+    for path in SOLUTIONS:
+        parameters = {"MODE": "local"}
+        if path.name.startswith("05"):
+            parameters["APP_PORT"] = _free_port()
+        texts[path.name] = outputs(execute(path, tmp_path / path.name, **parameters))
+    assert "The local stand-in is up at" in texts["02_deploy_gemma.ipynb"]
+    assert "✅ process_message_gemma" in texts["03_history_translators.ipynb"]
+    assert "✅ process_message_gemini" in texts["03_history_translators.ipynb"]
+    assert "✅ call_gemma_model answered" in texts["04_model_callers.ipynb"]
+    assert "✅ call_gemini_model answered" in texts["04_model_callers.ipynb"]
+    assert "saved as session" in texts["05_launch_app.ipynb"]
+    assert "gemini (" in texts["06_chat_history.ipynb"]
+    assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
+    assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
+
+
+def test_nbval_runs_the_notebooks_too(lab_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-sanitize-with", str(NOTEBOOKS / "nbval_sanitize.cfg"),
+         "-p", "no:cacheprovider", "-q", *map(str, SOLUTIONS)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **lab_env},
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.search(r"\d+ passed", result.stdout)
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("03_history_translators.ipynb", "`process_message_gemma` is not written yet"),
+        ("04_model_callers.ipynb", "`call_gemma_model` is not written yet"),
+    ],
+)
+def test_the_exercises_fail_at_their_checker_with_the_hint(lab_env, tmp_path, name, hint):
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        execute(NOTEBOOKS / "exercises" / name, tmp_path / name, MODE="local")
+    assert hint in str(failure.value)
+    assert "CheckFailed" in failure.value.ename
+
+
+def test_the_exercises_are_generated_from_the_solutions_and_up_to_date():
+    built = build()
+    assert set(built) == {NOTEBOOKS / "exercises" / "03_history_translators.ipynb", NOTEBOOKS / "exercises" / "04_model_callers.ipynb"}
+    for path, text in built.items():
+        assert path.read_text() == text, f"run `python -m hybridchat.lab.make_exercises`: {path.name} is out of date"
+        assert "### BEGIN SOLUTION" not in text and "raise NotImplementedError()" in text
+
+
+def test_solution_regions_become_stubs_and_bad_markers_are_refused():
+    source = "def f():\n    x = 1\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
+    assert strip_solutions(source) == (
+        "def f():\n    x = 1\n    # TODO: your code here (see the explanation above)\n    raise NotImplementedError()"
+    )
+    with pytest.raises(ValueError, match="never closed"):
+        strip_solutions("### BEGIN SOLUTION\nx = 1")
+    with pytest.raises(ValueError, match="without"):
+        strip_solutions("x = 1\n### END SOLUTION")
+    with pytest.raises(ValueError, match="inside another"):
+        strip_solutions("### BEGIN SOLUTION\n### BEGIN SOLUTION\n")
+
+
+def test_saved_notebooks_have_no_outputs_and_no_secrets():
+    for path in sorted(NOTEBOOKS.rglob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+        text = path.read_text()
+        assert not re.search(r"hf_[A-Za-z0-9]{20,}|AIza[0-9A-Za-z_-]{20,}|ya29\.", text), f"{path.name} holds a secret"
+        parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(parameters) == 1, f"{path.name} needs one cell tagged parameters"
+        for name in ('MODE = "local"', "PROJECT_ID", 'REGION = "us-central1"', 'CLUSTER_NAME = "gradio-chat-cluster"'):
+            assert name in parameters[0].source, f"{path.name}: {name} missing from its parameters"
+
+
+# --- the checkers can fail, with a specific hint ----------------------------------------------------
+
+
+def _gemma_with(role_name="model", end="<end_of_turn>\n", final="<start_of_turn>model\n"):
+    def render(message, history):
+        prompt = ""
+        for turn in history:
+            role = "user" if turn["role"] == "user" else role_name
+            prompt += f"<start_of_turn>{role}\n{turn['content']}{end}"
+        return prompt + f"<start_of_turn>user\n{message}{end}" + final
+    return render
+
+
+@pytest.mark.parametrize(
+    "translator, hint",
+    [
+        (_gemma_with(role_name="assistant"), "Gemma calls the assistant's turns `model`"),
+        (_gemma_with(final=""), "must end with `<start_of_turn>model\\n`"),
+        (_gemma_with(end="\n"), "every turn must end with `<end_of_turn>`"),
+        (lambda m, h: ["not a string"], "must return one string"),
+        (lambda m, h: 1 / 0, "raised ZeroDivisionError"),
+    ],
+)
+def test_the_gemma_checker_names_the_mistake(translator, hint, capsys):
+    with pytest.raises(check.CheckFailed, match=re.escape(hint)):
+        check.gemma_translator(translator)
+    assert "❌" in capsys.readouterr().out
+    check.gemma_translator(_gemma_with())
+
+
+def test_the_gemini_checker_names_the_mistake():
+    def with_assistant(message, history):
+        return [types.Content(role="assistant" if t["role"] == "assistant" else "user", parts=[types.Part.from_text(text=t["content"])]) for t in history] + [
+            types.Content(role="user", parts=[types.Part.from_text(text=message)])]
+
+    with pytest.raises(check.CheckFailed, match="role='model', not 'assistant'"):
+        check.gemini_translator(with_assistant)
+    with pytest.raises(check.CheckFailed, match="expected the roles"):
+        check.gemini_translator(lambda m, h: [types.Content(role="user", parts=[types.Part.from_text(text=m)])])
+
+
+def test_the_caller_checkers_catch_an_echoed_prompt_and_an_empty_reply():
+    with pytest.raises(check.CheckFailed, match="still contains the prompt"):
+        check.gemma_caller(lambda prompt, *_: prompt + "Paris")
+    with pytest.raises(check.CheckFailed, match="must return the reply text"):
+        check.gemini_caller(lambda *_: "")
+    assert check.gemma_caller(lambda *_: "Paris.") == "Paris."
+
+
+# --- gcp mode: the exact commands -----------------------------------------------------------------
+
+
+def test_gcp_commands_are_the_workshops():
+    assert str(gcp.project_number("my-proj")) == "gcloud projects describe my-proj '--format=value(projectNumber)'"
+    assert str(gcp.create_build_bucket("my-proj", "us-central1")) == (
+        "gcloud storage buckets create gs://my-proj_cloudbuild --project=my-proj --location=us-central1")
+    assert str(gcp.get_credentials("gradio-chat-cluster", "us-central1", "my-proj")) == (
+        "gcloud container clusters get-credentials gradio-chat-cluster --region=us-central1 --project=my-proj")
+    assert str(gcp.skaffold_run("my-proj", "us-central1")) == (
+        "skaffold run --default-repo=us-central1-docker.pkg.dev/my-proj/chat-app-repo")
+    assert gcp.skaffold_run("p", "r").cwd == ROOT
+    assert gcp.apply("gemma3-12b-deploy.yaml").argv == ("kubectl", "apply", "-f", str(ROOT / "deploy" / "gemma3-12b-deploy.yaml"))
+    assert str(terraform.plan()) == f"terraform -chdir={ROOT / 'infra'} plan -input=false -out=tfplan"
+    assert str(terraform.apply()) == f"terraform -chdir={ROOT / 'infra'} apply -input=false tfplan"
+
+
+def test_the_hugging_face_token_never_shows(capsys):
+    secret = command("kubectl", "create", "secret", "generic", "hf-secret", "--from-literal=hf_api_token=hf_SECRET123")
+    assert "hf_SECRET123" in str(secret)  # a plain command shows everything
+    masked = gcp.create_hf_secret("hf_SECRET123")
+    assert "hf_SECRET123" not in str(masked) and "hf_api_token=****" in str(masked)
+    echo = command("sh", "-c", "echo token is hf_SECRET123", secrets=("hf_SECRET123",))
+    assert run(echo).strip().endswith("token is ****")
+    assert "hf_SECRET123" not in capsys.readouterr().out
+
+
+def test_commands_that_work_offline_run_for_real(tmp_path):
+    assert "Google Cloud SDK" in run(command("gcloud", "--version"), echo=False)
+    run(terraform.fmt_check())
+    path = terraform.write_tfvars("my-proj", "123456789012", "us-central1", "gradio-chat-cluster", infra=tmp_path)
+    assert 'project_number = "123456789012"' in path.read_text()
+    with pytest.raises(CommandFailed, match="exit 3"):
+        run(command("terraform", "fmt", "-check", str(_unformatted(tmp_path))), echo=False)
+    with pytest.raises(CommandFailed, match="ran past 0.5 s"):
+        run(command("sleep", "5"), timeout=0.5, echo=False)
+
+
+def _unformatted(directory: Path) -> Path:
+    (directory / "bad.tf").write_text('variable "x" {\ndefault="y"\n}\n')
+    return directory
+
+
+def test_pod_status_reads_kubectl_output():
+    pending = {"items": [{"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "message": "0/3 nodes are available: node affinity/selector"}]}}]}
+    assert gcp.pod_status(json.dumps(pending)) == ("Pending", "waiting for a GPU node: 0/3 nodes are available: node affinity/selector")
+    ready = {"items": [{"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]}
+    assert gcp.pod_status(json.dumps(ready))[0] == "Ready"
+    assert gcp.pod_status('{"items": []}')[0] == "Missing"
