@@ -231,6 +231,8 @@ def test_commands_that_work_offline_run_for_real(tmp_path):
     assert 'project_number = "123456789012"' in path.read_text()
     with pytest.raises(CommandFailed, match="exit 3"):
         run(command("terraform", "fmt", "-check", str(_unformatted(tmp_path))), echo=False)
+    counted = run(command("printf", "a\\nb\\nc\\n"), echo=False, progress="lines")
+    assert counted.splitlines() == ["a", "b", "c"]
     with pytest.raises(CommandFailed, match="ran past 0.5 s"):
         run(command("sleep", "5"), timeout=0.5, echo=False)
 

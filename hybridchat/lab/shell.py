@@ -34,10 +34,17 @@ def command(*argv: str, cwd: Path | str | None = None, secrets: tuple[str, ...] 
     return Command(tuple(argv), Path(cwd) if cwd else None, secrets)
 
 
-def run(cmd: Command, *, timeout: float = 600, echo: bool = True) -> str:
-    """Run ``cmd``, printing each output line as it comes; return the whole output."""
+def run(cmd: Command, *, timeout: float = 600, echo: bool = True, progress: str | None = None) -> str:
+    """Run ``cmd``, printing each output line as it comes; return the whole output.
+
+    ``progress`` names a bar (an ipywidgets one in Jupyter) that counts output lines and time,
+    for the long steps such as ``terraform apply``.
+    """
+    from tqdm.auto import tqdm
+
     if echo:
         print(f"$ {cmd}", flush=True)
+    bar = tqdm(desc=progress, unit=" lines") if progress else None
     started = time.monotonic()
     process = subprocess.Popen(
         cmd.argv, cwd=cmd.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
@@ -50,6 +57,8 @@ def run(cmd: Command, *, timeout: float = 600, echo: bool = True) -> str:
             for secret in cmd.secrets:
                 line = line.replace(secret, "****")
             lines.append(line)
+            if bar is not None:
+                bar.update(1)
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -62,8 +71,12 @@ def run(cmd: Command, *, timeout: float = 600, echo: bool = True) -> str:
         process.kill()
         process.wait()
         reader.join(timeout=5)
+        if bar is not None:
+            bar.close()
         raise CommandFailed(f"`{cmd}` ran past {timeout:g} s and was stopped.\n{''.join(lines[-20:])}") from None
     reader.join(timeout=5)
+    if bar is not None:
+        bar.close()
     if process.returncode != 0:
         raise CommandFailed(
             f"`{cmd}` failed (exit {process.returncode}) after {time.monotonic() - started:.0f} s.\n"
