@@ -24,8 +24,6 @@ from hybridchat.store import Turn, open_store
 
 log = logging.getLogger(__name__)
 
-# The deployed app serves a whole workshop room: many chats stream at once (bench/ measures).
-DEFAULT_CONCURRENCY = 64
 _CSS = "footer {display: none !important}"
 
 
@@ -55,7 +53,7 @@ def to_messages(turns: list[Turn], pending: tuple[str, str] | None = None) -> li
     return messages
 
 
-def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None) -> gr.Blocks:
+def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None, stream: bool = True) -> gr.Blocks:
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
         browser = dict(browser or {})
         if auth_enabled and request.username:
@@ -114,6 +112,8 @@ def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None) ->
         text = first.reply
         for update in _chain(first, progress):
             if update.turn is None:
+                if not stream:
+                    continue
                 yield to_messages(conversation.turns, (text, update.reply)), "", conversation, browser, gr.Radio()
                 continue
             if update.notice:
@@ -185,19 +185,19 @@ def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None) ->
             max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
             persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
 
-        demo.load(start, [browser], [browser, conversation, chatbot, sessions, model], api_name=False)
+        demo.load(start, [browser], [browser, conversation, chatbot, sessions, model], api_visibility="private")
         inputs = [box, conversation, model, temperature, top_p, max_tokens, persona, browser]
         outputs = [chatbot, box, conversation, browser, sessions]
         sent = [
             box.submit(chat, inputs, outputs, api_name="chat"),
-            send_button.click(chat, inputs, outputs, api_name=False),
+            send_button.click(chat, inputs, outputs, api_visibility="private"),
         ]
-        sent.append(chatbot.retry(retry, inputs[1:], outputs, api_name=False))
+        sent.append(chatbot.retry(retry, inputs[1:], outputs, api_visibility="private"))
         stop_button.click(None, cancels=sent)
-        sessions.input(open_session, [sessions, browser], [conversation, chatbot, browser], api_name=False)
+        sessions.input(open_session, [sessions, browser], [conversation, chatbot, browser], api_visibility="private")
         for starts_over in (new_button.click, chatbot.clear):
-            starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_name=False)
-        delete_button.click(delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions], api_name=False)
+            starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_visibility="private")
+        delete_button.click(delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions], api_visibility="private")
     return demo
 
 
@@ -221,8 +221,8 @@ def create_app(
         max_message_bytes=settings.max_message_bytes,
     )
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
-    demo = build_ui(service, auth_enabled=bool(auth), secret=secret)
-    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    demo = build_ui(service, auth_enabled=bool(auth), secret=secret, stream=settings.stream)
+    demo.queue(default_concurrency_limit=settings.concurrency)
     app = FastAPI()
 
     @app.get("/healthz")

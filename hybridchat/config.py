@@ -71,6 +71,10 @@ class Settings(BaseSettings):
 
     store_url: str | None = None
     max_message_bytes: int = Field(default=32 * 1024, ge=1, description="longest message accepted")
+    concurrency: int = Field(
+        default=64, ge=1, description="chats the app serves at once (Gradio's queue); bench/ measures it"
+    )
+    stream: bool = Field(default=True, description="stream replies token by token (false: one blocking call)")
     session_secret: SecretStr | None = Field(
         default=None,
         description="key that encrypts the visitor id kept in each browser; set it so visitors "

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +13,7 @@ import uvicorn
 
 from fault_server import FaultServer, create_fault_app
 from hybridchat.backends.local import LocalModel
+from hybridchat.store.emulator import EmulatorMissing, FirestoreEmulator
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -135,90 +133,11 @@ def closed_port_url() -> str:
 EMULATOR_PROJECT = "hybridchat-test"
 
 
-def _emulator_jar() -> Path:
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        pytest.fail("gcloud is not installed: the Firestore emulator ships with the Google Cloud CLI")
-    root = subprocess.run(
-        [gcloud, "info", "--format=value(installation.sdk_root)"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    jar = Path(root) / "platform" / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
-    if not jar.is_file():
-        pytest.fail(f"Firestore emulator jar not found at {jar}: install google-cloud-cli-firestore-emulator")
-    if shutil.which("java") is None:
-        pytest.fail("java is not installed: the Firestore emulator needs Java 17")
-    return jar
-
-
-class FirestoreEmulator:
-    """The official emulator as a java process we own, on a fixed loopback port."""
-
-    def __init__(self, jar: Path, port: int):
-        self.jar, self.port = jar, port
-        self.host = f"127.0.0.1:{port}"
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["java", "-cp", str(self.jar), "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
-             "start", f"--host=127.0.0.1", f"--port={self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        deadline = time.monotonic() + 60
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if "Dev App Server is now running" in line:
-                # Keep draining its output so the pipe never fills and blocks it.
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
-                self._wait_until_answering(deadline)
-                return
-            if time.monotonic() > deadline:
-                break
-        self.stop()
-        pytest.fail("the Firestore emulator did not start")
-
-    def _wait_until_answering(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://{self.host}/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail("the Firestore emulator started but does not answer")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def reset(self, database: str = "chat-app-db") -> None:
-        httpx.delete(
-            f"http://{self.host}/emulator/v1/projects/{EMULATOR_PROJECT}/databases/{database}/documents"
-        ).raise_for_status()
-
-
 @pytest.fixture(scope="session")
 def firestore_emulator() -> Iterator[FirestoreEmulator]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    emulator = FirestoreEmulator(_emulator_jar(), port)
-    emulator.start()
-    previous = os.environ.get("FIRESTORE_EMULATOR_HOST")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
     try:
+        emulator = FirestoreEmulator(project=EMULATOR_PROJECT)
+    except EmulatorMissing as missing:
+        pytest.fail(str(missing))  # never a silent skip: CI must run the Firestore tests
+    with emulator:
         yield emulator
-    finally:
-        emulator.stop()
-        if previous is None:
-            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
-        else:
-            os.environ["FIRESTORE_EMULATOR_HOST"] = previous

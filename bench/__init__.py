@@ -1,0 +1,1 @@
+"""Benchmarks of what hybridchat adds on top of the model: ``make bench``."""

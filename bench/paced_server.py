@@ -1,0 +1,64 @@
+"""A vLLM stand-in whose cost is known exactly: the first token after ``ttft`` seconds, then one
+token every ``gap`` seconds, ``tokens`` in all. Speaks vLLM's OpenAI-compatible chat API.
+
+    python -m bench.paced_server --port 8100 --ttft 0.2 --tokens 50 --gap 0.02
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, StreamingResponse
+
+MODEL = "paced/gemma-stand-in"
+
+
+def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({})
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]})
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> StreamingResponse:
+        async def events():
+            started = time.perf_counter()
+            for index in range(tokens):
+                # Sleep to an absolute schedule, so delays do not drift with event-loop load.
+                due = started + ttft + index * gap
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                chunk = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+                         "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            usage = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL, "choices": [],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1}}
+            yield f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ttft", type=float, default=0.2, help="seconds to the first token")
+    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument("--gap", type=float, default=0.02, help="seconds between tokens")
+    args = parser.parse_args()
+    uvicorn.run(create_app(args.ttft, args.tokens, args.gap), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
