@@ -8,6 +8,7 @@ in their browser (``gr.BrowserState``), or by user name when login is on.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,14 @@ def to_messages(turns: list[Turn], pending: tuple[str, str] | None = None) -> li
     return messages
 
 
-def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None, stream: bool = True) -> gr.Blocks:
+def build_ui(
+    service: ChatService,
+    *,
+    auth_enabled: bool,
+    secret: str | None,
+    stream: bool = True,
+    stream_interval: float = 0.05,
+) -> gr.Blocks:
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
         browser = dict(browser or {})
         if auth_enabled and request.username:
@@ -110,11 +118,16 @@ def build_ui(service: ChatService, *, auth_enabled: bool, secret: str | None, st
             yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
             return
         text = first.reply
+        shown_at = None
         for update in _chain(first, progress):
             if update.turn is None:
-                if not stream:
+                # The first piece at once, then at most one update per interval: Gradio re-sends
+                # the whole chat each time. Only the chat changes; the rest is sent at the end.
+                now = time.monotonic()
+                if not stream or (shown_at is not None and now - shown_at < stream_interval):
                     continue
-                yield to_messages(conversation.turns, (text, update.reply)), "", conversation, browser, gr.Radio()
+                shown_at = now
+                yield to_messages(conversation.turns, (text, update.reply)), "", gr.skip(), gr.skip(), gr.skip()
                 continue
             if update.notice:
                 gr.Warning(update.notice)
@@ -221,7 +234,13 @@ def create_app(
         max_message_bytes=settings.max_message_bytes,
     )
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
-    demo = build_ui(service, auth_enabled=bool(auth), secret=secret, stream=settings.stream)
+    demo = build_ui(
+        service,
+        auth_enabled=bool(auth),
+        secret=secret,
+        stream=settings.stream,
+        stream_interval=settings.stream_interval,
+    )
     demo.queue(default_concurrency_limit=settings.concurrency)
     app = FastAPI()
 

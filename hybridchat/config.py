@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         default=64, ge=1, description="chats the app serves at once (Gradio's queue); bench/ measures it"
     )
     stream: bool = Field(default=True, description="stream replies token by token (false: one blocking call)")
+    stream_interval: float = Field(
+        default=0.05, ge=0, description="least seconds between two streamed updates of the chat; "
+        "Gradio re-sends the whole chat on each, so a long history makes each one costly"
+    )
     session_secret: SecretStr | None = Field(
         default=None,
         description="key that encrypts the visitor id kept in each browser; set it so visitors "

@@ -1,0 +1,29 @@
+"""The benchmark, run at a tiny size so it cannot rot (timings are not asserted: see bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_benchmark_runs_and_writes_its_results(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--no-firestore", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "overhead per turn, 200-turn history" in result.stdout
+    overhead = json.loads((tmp_path / "overhead.json").read_text())
+    assert set(overhead) == {"short history", "200-turn history"}
+    assert overhead["short history"]["overhead_ms"]["n"] == 5
+    load = json.loads((tmp_path / "concurrency.json").read_text())
+    assert set(load) == {"1", "2"} and all(level["errors"] == 0 for level in load.values())
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    assert baseline["2"]["turns_per_s"] > 0
+    translation = json.loads((tmp_path / "translation.json").read_text())
+    assert set(translation) == {"gemma", "codelab", "gemini", "openai"}
+    assert json.loads((tmp_path / "memory_mib.json").read_text())["idle"] > 0
