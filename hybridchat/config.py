@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     stream: bool = Field(default=True, description="stream replies token by token (false: one blocking call)")
     stream_interval: float = Field(
-        default=0.05, ge=0, description="least seconds between two streamed updates of the chat; "
+        default=0.1, ge=0, description="least seconds between two streamed updates of the chat; "
         "Gradio re-sends the whole chat on each, so a long history makes each one costly"
     )
     session_secret: SecretStr | None = Field(

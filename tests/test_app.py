@@ -52,7 +52,9 @@ def app_server(stand_in, tmp_path_factory):
             VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), name="down", label="Broken Gemma"
         ),
     }
-    with ServerThread(create_app(Settings(store_url=store_url), backends=backends)) as url:
+    # Every piece streamed as it comes (the default sends at most one update per 100 ms).
+    settings = Settings(store_url=store_url, stream_interval=0)
+    with ServerThread(create_app(settings, backends=backends)) as url:
         yield url, store_url, backends["gemini"]
 
 
