@@ -297,12 +297,10 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
                      f"{ours['errors']} errors; codelab design {base['turns_per_s']:.2f} ({ours['turns_per_s'] / base['turns_per_s']:.1f}x)",
                      "≥ 90% of ideal, 0 errors, p95 ≤ 1.5× one chat's", "yes" if met else "no"))
     for name, sizes in results["translation"].items():
-        largest = max(sizes, key=int)
         per_turn = ", ".join(f"{size}: {v['us_per_turn']:.2f}" for size, v in sizes.items())
         thousand = sizes.get("1000", {}).get("ms")
         rows.append((f"translate history ({name}), µs per turn", per_turn,
                      "linear; 1,000 turns < 10 ms", "" if thousand is None else ("yes" if thousand < 10 else "no")))
-        del largest
     for store, sizes in results["store"].items():
         for size, v in sizes.items():
             met = "yes" if store == "sqlite" and size == "1000" and v["load_ms"]["p50"] < 100 else ""

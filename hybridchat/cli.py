@@ -6,7 +6,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -115,7 +114,7 @@ def doctor() -> None:
     for column in ("part", "name", "status", "detail"):
         table.add_column(column)
     healthy = True
-    for name, backend in build_backends(settings).items():
+    for backend in build_backends(settings).values():
         health = backend.health()
         healthy &= health.ok
         table.add_row("model", backend.label, "ok" if health.ok else "unavailable", health.detail)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from google import genai
 from google.genai import types
 
 from hybridchat.backends import GenerationParams, build_backends, call_gemini_model
