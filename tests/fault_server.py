@@ -3,7 +3,8 @@
 Modes: ``ok``, ``loading`` (503), ``server_error`` (500), ``bad_request`` (400), ``quota``
 (429), ``slow`` (answers after ``delay`` s), ``malformed`` (not JSON), ``truncated`` (SSE
 that stops early), ``flaky`` (503 for the first ``failures`` requests, then ok); Gemini only:
-``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``. ``requests`` counts what came.
+``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``; vLLM chat only: ``html`` (a
+hostile reply). ``requests`` counts what came.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 REPLY = "fault server says hi"
+# A reply that would run script if the chat rendered model output as live HTML.
+HOSTILE_REPLY = (
+    '**bold** <img src=x onerror="window.__xss=1;alert(1)"> '
+    '<script>window.__xss=2;alert(2)</script> <a href="javascript:alert(3)">link</a>'
+)
 
 
 @dataclass
@@ -96,8 +102,9 @@ def create_fault_app(control: FaultServer) -> FastAPI:
         body = await request.json()
         if fault := status_fault(False):
             return fault
+        text = HOSTILE_REPLY if control.mode == "html" else REPLY
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m"),
-                 "choices": [{"index": 0, "delta": {"content": REPLY}, "finish_reason": None}]}
+                 "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
         if control.mode == "malformed":
             return sse(["{not json"])
         if control.mode == "truncated":

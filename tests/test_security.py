@@ -1,0 +1,154 @@
+"""Security: hostile model output renders inert in a real browser, secrets never reach logs or
+the UI, and no endpoint opens another visitor's session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+
+import httpx
+import pytest
+from gradio_client import Client
+from playwright.sync_api import sync_playwright
+
+from conftest import ServerThread
+from hybridchat.app import create_app
+from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.config import Settings
+from hybridchat.store import Turn, open_store
+
+
+def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, tmp_path):
+    fault_server.mode = "html"
+    backends = {"gemma": VllmBackend(VllmClient(fault_server.url, model="m"), label="Gemma")}
+    web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)
+    dialogs: list[str] = []
+    with ServerThread(web) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(url)
+        page.fill("#message textarea", "Say something")
+        page.press("#message textarea", "Enter")
+        page.wait_for_selector('#chat [data-testid="bot"] strong', timeout=30000)
+        page.wait_for_timeout(1500)  # time for any injected handler to fire
+        reply = page.locator('#chat [data-testid="bot"]').first
+        assert reply.locator("strong").inner_text() == "bold", "Markdown still renders"
+        assert page.evaluate("window.__xss") is None
+        assert reply.locator("script").count() == 0
+        assert reply.locator("img[onerror]").count() == 0
+        assert not reply.locator('a[href^="javascript:"]').count()
+        browser.close()
+    assert dialogs == []
+
+
+def test_secrets_and_prompts_never_reach_the_logs_or_the_chat(tmp_path):
+    secrets = {
+        "GOOGLE_API_KEY": "AIzaFAKE-google-api-key-0123456789",
+        "HF_TOKEN": "hf_FAKEtokenFAKEtokenFAKEtoken",
+        "HYBRIDCHAT_SESSION_SECRET": "session-secret-FAKE-987654321",
+    }
+    password = "s3cret-Passw0rd-FAKE"
+    port = _free_port()
+    env = {
+        **os.environ, **secrets,
+        "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_LOG_LEVEL": "DEBUG",
+        "HYBRIDCHAT_VLLM_URL": "http://127.0.0.1:9", "HYBRIDCHAT_GEMINI_URL": "http://127.0.0.1:9",
+        "HYBRIDCHAT_RETRY_ATTEMPTS": "1", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db",
+    }
+    log = tmp_path / "app.log"
+    with log.open("w") as sink:
+        app = subprocess.Popen(
+            [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port), "--auth", f"alice:{password}"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait(f"http://127.0.0.1:{port}/healthz")
+            shown = []
+            with closing(Client(f"http://127.0.0.1:{port}", auth=("alice", password), verbose=False)) as client:
+                for model in ("gemma", "gemini"):
+                    messages, *_ = client.predict(
+                        "my very private question", model, 0.5, 0.9, 32, "", {"visitor": "v", "session": None}, api_name="/chat"
+                    )
+                    shown.append(json.dumps(messages))
+            doctor = subprocess.run([sys.executable, "-m", "hybridchat.cli", "doctor"], env=env, capture_output=True, text=True)
+        finally:
+            app.terminate()
+            app.wait(timeout=15)
+    logged = log.read_text() + doctor.stdout + doctor.stderr
+    assert "not reachable" in "".join(shown), "the turns did fail, so error paths were exercised"
+    assert '"event": "turn"' in logged, "turns were logged"
+    for value in [*secrets.values(), password]:
+        assert value not in logged and value not in "".join(shown), f"a secret leaked: {value[:8]}…"
+    assert "my very private question" not in logged
+
+
+def test_no_endpoint_opens_another_visitors_session(tmp_path):
+    store_url = f"sqlite:///{tmp_path}/h.db"
+    store = open_store(store_url)
+    alice = store.create_session("visitor:alice")
+    store.append(alice, Turn(user="alice's secret plan", model="gemma", reply="noted"))
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    with ServerThread(create_app(Settings(store_url=store_url), backends=backends)) as url:
+        config = httpx.get(f"{url}/config").json()
+        mallory = {"visitor": "mallory", "session": alice}
+        answers = []
+        # Every event, the private UI ones included, called straight through the queue API.
+        for dependency in config["dependencies"]:
+            inputs = [_value_for(component, alice, mallory, config) for component in dependency["inputs"]]
+            answers.append(_raw_call(url, dependency["id"], inputs))
+    leaked = [a for a in answers if "alice's secret plan" in a]
+    assert not leaked, leaked[0][:300]
+    assert store.load(alice)[0].user == "alice's secret plan", "nothing deleted Alice's session"
+
+
+def _value_for(component_id: int, alice: str, mallory: dict, config: dict):
+    component = next(c for c in config["components"] if c["id"] == component_id)
+    return {
+        "browserstate": mallory, "radio": alice, "textbox": "hello", "dropdown": "gemma",
+        "slider": 0.5, "chatbot": [], "state": None,
+    }.get(component["type"])
+
+
+def _raw_call(url: str, fn_index: int, data: list) -> str:
+    session_hash = uuid.uuid4().hex[:12]
+    joined = httpx.post(f"{url}/gradio_api/queue/join", json={
+        "data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+    if joined.status_code != 200:
+        return joined.text
+    with httpx.stream("GET", f"{url}/gradio_api/queue/data", params={"session_hash": session_hash}, timeout=30) as sse:
+        seen = []
+        for line in sse.iter_lines():
+            seen.append(line)
+            if '"process_completed"' in line:
+                break
+    return "\n".join(seen)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer")
