@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from hybridchat import history
+from hybridchat.lab.local import free_port
 from hybridchat.store import Turn, open_store
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,12 +49,6 @@ class Pace:
 
 LATENCY_PACE = Pace(ttft=0.05, tokens=20, gap=0.005)
 LOAD_PACE = Pace(ttft=0.2, tokens=50, gap=0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

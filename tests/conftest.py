@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from fault_server import FaultServer, create_fault_app
 from hybridchat.backends.local import LocalModel
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.store.emulator import EmulatorMissing, FirestoreEmulator
 
 CHAT_TEMPLATE = (
@@ -70,41 +68,19 @@ def tiny_model(tiny_model_dir: Path) -> LocalModel:
     return LocalModel.load(str(tiny_model_dir))
 
 
-class ServerThread:
-    """An ASGI app served by uvicorn on 127.0.0.1 in a thread, on a free port."""
-
-    def __init__(self, app: object):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def stand_in(tiny_model: LocalModel) -> Iterator[str]:
     """``hybridchat serve-local``'s app over the tiny model; yields its base URL."""
     from hybridchat.serve_local import create_app
 
-    with ServerThread(create_app(tiny_model)) as url:
+    with BackgroundServer(create_app(tiny_model)) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def _fault_server() -> Iterator[FaultServer]:
     control = FaultServer()
-    with ServerThread(create_fault_app(control)) as url:
+    with BackgroundServer(create_fault_app(control)) as url:
         control.url = url
         yield control
 
@@ -119,12 +95,7 @@ def fault_server(_fault_server: FaultServer) -> FaultServer:
 @pytest.fixture
 def closed_port_url() -> str:
     """A loopback address where nothing listens (connection refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --- Firestore emulator ---------------------------------------------------------------------

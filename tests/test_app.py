@@ -16,11 +16,11 @@ from hybridchat.errors import SessionNotFound
 from hybridchat.backends import ChatBackend, GenerationParams, VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
+from hybridchat.lab.local import BackgroundServer
 from hybridchat.history import Message, normalize_history
 from hybridchat.store import open_store
 from tests_support import api_key_client
 
-from conftest import ServerThread
 
 TOKENS = 12
 
@@ -54,7 +54,7 @@ def app_server(stand_in, tmp_path_factory):
     }
     # Every piece streamed as it comes (the default sends at most one update per 100 ms).
     settings = Settings(store_url=store_url, stream_interval=0)
-    with ServerThread(create_app(settings, backends=backends)) as url:
+    with BackgroundServer(create_app(settings, backends=backends)) as url:
         yield url, store_url, backends["gemini"]
 
 
@@ -181,7 +181,7 @@ def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
     store_url = f"sqlite:///{tmp_path}/h.db"
     backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
     web = create_app(Settings(store_url=store_url), backends=backends, auth=[("alice", "wonderland")])
-    with ServerThread(web) as url:
+    with BackgroundServer(web) as url:
         # Without login nothing answers, the chat queue included.
         assert httpx.get(f"{url}/config").status_code == 401
         assert httpx.post(f"{url}/gradio_api/queue/join", json={}).status_code == 401
@@ -197,7 +197,7 @@ def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
 def test_behind_a_proxy_links_use_the_root_path_and_forwarded_host(stand_in, tmp_path):
     backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
     web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends, root_path="/hybrid")
-    with ServerThread(web) as url:
+    with BackgroundServer(web) as url:
         assert httpx.get(f"{url}/config").json()["root"] == f"{url}/hybrid"
         forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": "chat.example.com"}
         assert httpx.get(f"{url}/config", headers=forwarded).json()["root"] == "https://chat.example.com/hybrid"

@@ -8,11 +8,11 @@ import time
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from conftest import ServerThread
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
+from hybridchat.lab.local import BackgroundServer
 from tests_support import api_key_client
 
 GEMINI = "Gemini 2.5 Flash (local stand-in)"
@@ -25,7 +25,7 @@ def app_url(stand_in, tmp_path_factory):
         "gemini": GeminiBackend(api_key_client(stand_in), label=GEMINI),
     }
     settings = Settings(store_url=f"sqlite:///{tmp_path_factory.mktemp('browser')}/history.db")
-    with ServerThread(create_app(settings, backends=backends)) as url:
+    with BackgroundServer(create_app(settings, backends=backends)) as url:
         yield url
 
 

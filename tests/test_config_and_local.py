@@ -6,7 +6,6 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from hybridchat.backends import GenerationParams, LocalBackend, build_backends
 from hybridchat.backends.local import LocalModel, _until_stop, default_model_source
 from hybridchat.config import Settings
+from hybridchat.lab.local import free_port
 
 GREEDY = GenerationParams(temperature=0, max_tokens=8)
 
@@ -154,9 +154,7 @@ def test_the_bundled_smollm2_gguf_loads_converts_once_and_answers(tmp_path):
 
 
 def test_serve_local_command_answers_503_then_serves_and_stops_on_ctrl_c(tiny_model_dir):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(port), "--model", str(tiny_model_dir)]
     env = {**os.environ, "HYBRIDCHAT_LOG_LEVEL": "WARNING"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

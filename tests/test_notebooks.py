@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from google.genai import types
 
 from hybridchat.lab import check, gcp, terraform
+from hybridchat.lab.local import free_port
 from hybridchat.lab.make_exercises import build, strip_solutions
 from hybridchat.lab.shell import CommandFailed, command, run
 
@@ -26,11 +26,6 @@ SOLUTIONS = sorted(NOTEBOOKS.glob("0*.ipynb"))
 CELL_TIMEOUT = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def lab_env(tiny_model_dir, tmp_path_factory):
@@ -38,7 +33,7 @@ def lab_env(tiny_model_dir, tmp_path_factory):
     lab = tmp_path_factory.mktemp("lab")
     env = {
         "HYBRIDCHAT_LAB_DIR": str(lab),
-        "HYBRIDCHAT_LOCAL_PORT": str(_free_port()),
+        "HYBRIDCHAT_LOCAL_PORT": str(free_port()),
         "HYBRIDCHAT_LOCAL_MODEL": str(tiny_model_dir),
         "HYBRIDCHAT_STORE_URL": f"sqlite:///{lab}/history.db",
     }
@@ -76,7 +71,7 @@ def test_the_solution_notebooks_run_in_order_in_local_mode(lab_env, tmp_path):
     for path in SOLUTIONS:
         parameters = {"MODE": "local"}
         if path.name.startswith("05"):
-            parameters["APP_PORT"] = _free_port()
+            parameters["APP_PORT"] = free_port()
         texts[path.name] = outputs(execute(path, tmp_path / path.name, **parameters))
     assert "The local stand-in is up at" in texts["02_deploy_gemma.ipynb"]
     assert "✅ process_message_gemma" in texts["03_history_translators.ipynb"]

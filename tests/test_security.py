@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import sync_playwright
 
-from conftest import ServerThread
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.config import Settings
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.history import parse_gemma_prompt, process_message_gemma
 from hybridchat.store import Turn, open_store
 
@@ -32,7 +32,7 @@ def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, tmp_path):
     backends = {"gemma": VllmBackend(VllmClient(fault_server.url, model="m"), label="Gemma")}
     web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)
     dialogs: list[str] = []
-    with ServerThread(web) as url, sync_playwright() as playwright:
+    with BackgroundServer(web) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=shutil.which("chromium"),
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
@@ -61,7 +61,7 @@ def test_secrets_and_prompts_never_reach_the_logs_or_the_chat(tmp_path):
         "HYBRIDCHAT_SESSION_SECRET": "session-secret-FAKE-987654321",
     }
     password = "s3cret-Passw0rd-FAKE"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ, **secrets,
         "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_LOG_LEVEL": "DEBUG",
@@ -101,7 +101,7 @@ def test_no_endpoint_opens_another_visitors_session(tmp_path):
     alice = store.create_session("visitor:alice")
     store.append(alice, Turn(user="alice's secret plan", model="gemma", reply="noted"))
     backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
-    with ServerThread(create_app(Settings(store_url=store_url), backends=backends)) as url:
+    with BackgroundServer(create_app(Settings(store_url=store_url), backends=backends)) as url:
         config = httpx.get(f"{url}/config").json()
         mallory = {"visitor": "mallory", "session": alice}
         answers = []
@@ -137,13 +137,6 @@ def _raw_call(url: str, fn_index: int, data: list) -> str:
     return "\n".join(seen)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _wait(url: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
@@ -162,7 +155,7 @@ def down_app(tmp_path_factory):
     """The app with a Gemma that is down: every turn ends at once, with an error message."""
     store_url = f"sqlite:///{tmp_path_factory.mktemp('bad-input')}/h.db"
     backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), label="Gemma")}
-    with ServerThread(create_app(Settings(store_url=store_url), backends=backends)) as url:
+    with BackgroundServer(create_app(Settings(store_url=store_url), backends=backends)) as url:
         with closing(Client(url, verbose=False)) as client:
             yield client, store_url
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,26 +87,48 @@ def stop_local_servers() -> bool:
     return True
 
 
-class RunningApp:
-    """The chat app served from this Python process (a notebook kernel) in a thread."""
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    def __init__(self, settings: Settings | None = None, *, port: int = 7860):
+
+class BackgroundServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 from a thread of this process (a notebook
+    kernel, a test); started on creation, ``port=0`` picks a free port.
+
+    ``with BackgroundServer(app) as url: ...`` stops it at the end of the block.
+    """
+
+    def __init__(self, app: object, *, port: int = 0, timeout: float = 60):
         import uvicorn
 
-        from hybridchat.app import create_app
-
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(create_app(settings or Settings()), host="127.0.0.1", port=port, log_level="warning")
-        )
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"the app did not start on port {port} (is the port taken?)")
-            time.sleep(0.05)
+                raise RuntimeError(f"the server did not start on 127.0.0.1:{port} (is the port taken?)")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self._server.servers[0].sockets[0].getsockname()[1]}"
 
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RunningApp(BackgroundServer):
+    """The chat app served from this Python process (a notebook kernel) in a thread."""
+
+    def __init__(self, settings: Settings | None = None, *, port: int = 7860):
+        from hybridchat.app import create_app
+
+        super().__init__(create_app(settings or Settings()), port=port)
