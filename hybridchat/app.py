@@ -7,10 +7,10 @@ in their browser (``gr.BrowserState``), or by user name when login is on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,15 +71,14 @@ def build_ui(
             browser["visitor"] = uuid.uuid4().hex
         return f"visitor:{browser['visitor']}", browser
 
-    def session_list(owner: str) -> gr.Radio:
+    def session_choices(owner: str) -> list[tuple[str, str]]:
+        """The sidebar's entries: (title · date, session id), newest first."""
         try:
             sessions = service.store.list_sessions(owner)
         except HybridChatError as exc:
             gr.Warning(str(exc))
-            return gr.Radio(choices=[], value=None)
-        return gr.Radio(
-            choices=[(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions],
-        )
+            return []
+        return [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions]
 
     def resume(owner: str, browser: dict[str, Any]) -> Conversation:
         """The session this browser was in, if it is still there and its own."""
@@ -93,13 +92,12 @@ def build_ui(
     def start(browser: dict[str, Any] | None, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
         conversation = resume(owner, browser)
-        sessions = session_list(owner)
         choices = model_choices(service.backends)
         return (
             browser,
             conversation,
             to_messages(conversation.turns),
-            gr.Radio(choices=sessions.choices, value=conversation.session_id),
+            gr.Radio(choices=session_choices(owner), value=conversation.session_id),
             gr.Dropdown(choices=choices, value=choices[0][1]),
         )
 
@@ -119,7 +117,7 @@ def build_ui(
             return
         text = first.reply
         shown_at = None
-        for update in _chain(first, progress):
+        for update in itertools.chain([first], progress):
             if update.turn is None:
                 # The first piece at once, then at most one update per interval: Gradio re-sends
                 # the whole chat each time. Only the chat changes; the rest is sent at the end.
@@ -132,13 +130,12 @@ def build_ui(
             if update.notice:
                 gr.Warning(update.notice)
             browser["session"] = conversation.session_id
-            sessions = session_list(owner)
             yield (
                 to_messages(conversation.turns),
                 "",
                 conversation,
                 browser,
-                gr.Radio(choices=sessions.choices, value=conversation.session_id),
+                gr.Radio(choices=session_choices(owner), value=conversation.session_id),
             )
 
     def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
@@ -174,8 +171,7 @@ def build_ui(
             except HybridChatError as exc:
                 gr.Warning(str(exc))
         browser["session"] = None
-        sessions = session_list(owner)
-        return Conversation(owner), [], browser, gr.Radio(choices=sessions.choices, value=None)
+        return Conversation(owner), [], browser, gr.Radio(choices=session_choices(owner), value=None)
 
     with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as demo:
         browser = gr.BrowserState({"visitor": None, "session": None}, storage_key="hybridchat", secret=secret)
@@ -212,11 +208,6 @@ def build_ui(
             starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_visibility="private")
         delete_button.click(delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions], api_visibility="private")
     return demo
-
-
-def _chain(first, rest) -> Iterator:  # type: ignore[no-untyped-def]
-    yield first
-    yield from rest
 
 
 def create_app(
