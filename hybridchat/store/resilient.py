@@ -14,7 +14,7 @@ from collections import defaultdict
 import tenacity
 
 from hybridchat.errors import StoreUnavailable
-from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id
+from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class ResilientStore(HistoryStore):
                 return SessionSummary(
                     session_id=session_id,
                     user_id=owner,
-                    title=waiting[0].user if waiting else "",
+                    title=title_of(waiting[0].user) if waiting else "",
                     created_at=None,
                     updated_at=None,
                     turn_count=len(waiting),
