@@ -1,5 +1,6 @@
 """A vLLM stand-in whose cost is known exactly: the first token after ``ttft`` seconds, then one
-token every ``gap`` seconds, ``tokens`` in all. Speaks vLLM's OpenAI-compatible chat API.
+token every ``gap`` seconds, ``tokens`` in all (fewer if the request's ``max_tokens`` says so).
+Speaks vLLM's OpenAI-compatible chat API.
 
     python -m bench.paced_server --port 8100 --ttft 0.2 --tokens 50 --gap 0.02
 """
@@ -11,7 +12,7 @@ import asyncio
 import json
 import time
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 MODEL = "paced/gemma-stand-in"
@@ -29,10 +30,12 @@ def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]})
 
     @app.post("/v1/chat/completions")
-    async def chat() -> StreamingResponse:
+    async def chat(request: Request) -> StreamingResponse:
+        count = min(tokens, (await request.json()).get("max_tokens") or tokens)
+
         async def events():
             started = time.perf_counter()
-            for index in range(tokens):
+            for index in range(count):
                 # Sleep to an absolute schedule, so delays do not drift with event-loop load.
                 due = started + ttft + index * gap
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
@@ -40,7 +43,7 @@ def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
                          "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}]}
                 yield f"data: {json.dumps(chunk)}\n\n"
             usage = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL, "choices": [],
-                     "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1}}
+                     "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1}}
             yield f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

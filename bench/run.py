@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import timeit
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.queue_client import QueueClient, Reply
 from hybridchat import history
 from hybridchat.lab.local import free_port
 from hybridchat.store import Turn, open_store
@@ -76,23 +76,27 @@ def serving(argv: list[str], url: str, env: dict[str, str] | None = None) -> Ite
 
 
 @contextmanager
-def paced_server(pace: Pace) -> Iterator[str]:
-    port = free_port()
+def paced_server(pace: Pace, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """(its URL, its process)."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "bench.paced_server", "--port", str(port), "--ttft", str(pace.ttft),
             "--tokens", str(pace.tokens), "--gap", str(pace.gap)]
-    with serving(argv, f"{url}/health"):
-        yield url
+    with serving(argv, f"{url}/health") as process:
+        yield url, process
 
 
 @contextmanager
-def app_server(vllm_url: str, store_url: str, *, concurrency: int = 64, stream: bool = True) -> Iterator[tuple[str, int]]:
+def app_server(
+    vllm_url: str, store_url: str, *, concurrency: int = 64, stream: bool = True, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """The app as its own process on Gemma at ``vllm_url``: (its URL, its pid); ``env`` adds settings."""
     port = free_port()
     env = {
         "HYBRIDCHAT_MODE": "local", "HYBRIDCHAT_BACKENDS": "gemma", "HYBRIDCHAT_VLLM_URL": vllm_url,
         "HYBRIDCHAT_GEMMA_MODEL": "paced/gemma-stand-in", "HYBRIDCHAT_STORE_URL": store_url,
         "HYBRIDCHAT_CONCURRENCY": str(concurrency), "HYBRIDCHAT_STREAM": str(stream).lower(),
-        "HYBRIDCHAT_LOG_LEVEL": "WARNING",
+        "HYBRIDCHAT_LOG_LEVEL": "WARNING", **(env or {}),
     }
     argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
     with serving(argv, f"http://127.0.0.1:{port}/healthz", env) as process:
@@ -104,36 +108,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-class ChatClient:
-    """The app's ``/chat`` event through Gradio's queue API (join, then the SSE stream)."""
-
-    def __init__(self, base: str):
-        self.base = base
-        config = httpx.get(f"{base}/config").json()
-        self.fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
-
-    async def turn(self, http: httpx.AsyncClient, message: str, browser: dict) -> tuple[float, float, bool]:
-        """(seconds to the first reply text, seconds to the end, success)."""
-        session_hash = uuid.uuid4().hex[:12]
-        data = [message, None, "gemma", 0.5, 0.9, 64, "", browser]
-        started = time.perf_counter()
-        joined = await http.post(f"{self.base}/gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None})
-        joined.raise_for_status()
-        first = None
-        async with http.stream("GET", f"{self.base}/gradio_api/queue/data", params={"session_hash": session_hash}) as sse:
-            async for line in sse.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                if event["msg"] == "process_generating" and first is None:
-                    first = time.perf_counter() - started
-                if event["msg"] == "process_completed":
-                    total = time.perf_counter() - started
-                    return (first or total), total, bool(event.get("success"))
-        return float("nan"), time.perf_counter() - started, False
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -155,29 +129,29 @@ def seed_long_session(store_url: str, turns: int) -> str:
 
 
 async def overhead(base: str, pace: Pace, turns: int, long_session: str) -> dict:
-    client = ChatClient(base)
     results = {}
     async with httpx.AsyncClient(timeout=60) as http:
-        await client.turn(http, "warm up", {"visitor": "warm-up", "session": None})
+        client = QueueClient(base, http)
+        await client.turn("warm up", {"visitor": "warm-up", "session": None})
         for name, browser_of in (
             ("short history", lambda n: {"visitor": f"short-{n}", "session": None}),
             ("200-turn history", lambda n: {"visitor": "bench-long", "session": long_session}),
         ):
             firsts, totals = [], []
             for n in range(turns):
-                first, total, ok = await client.turn(http, f"message {n}", browser_of(n))
-                assert ok, f"turn {n} failed"
-                firsts.append((first - pace.ttft) * 1000)
-                totals.append((total - pace.total) * 1000)
+                reply = await client.turn(f"message {n}", browser_of(n))
+                assert reply.ok, f"turn {n} failed"
+                firsts.append((reply.first_s - pace.ttft) * 1000)
+                totals.append((reply.total_s - pace.total) * 1000)
             results[name] = {"overhead_ms": summary(totals), "ttft_added_ms": summary(firsts)}
     return results
 
 
 async def concurrency(base: str, pace: Pace, levels: list[int], turns_each: int) -> dict:
-    client = ChatClient(base)
     results = {}
     limits = httpx.Limits(max_connections=4 * max(levels), max_keepalive_connections=4 * max(levels))
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        client = QueueClient(base, http)
         for level in levels:
             latencies: list[float] = []
             errors = 0
@@ -187,11 +161,11 @@ async def concurrency(base: str, pace: Pace, levels: list[int], turns_each: int)
                 browser = {"visitor": f"load-{level}-{index}", "session": None}
                 for n in range(turns_each):
                     try:
-                        _, total, ok = await client.turn(http, f"turn {n}", browser)
+                        reply = await client.turn(f"turn {n}", browser)
                     except httpx.HTTPError:
-                        ok, total = False, float("nan")
-                    errors += not ok
-                    latencies.append(total)
+                        reply = Reply()
+                    errors += not reply.ok
+                    latencies.append(reply.total_s)
 
             started = time.perf_counter()
             await asyncio.gather(*(visitor(i) for i in range(level)))
@@ -251,10 +225,10 @@ def run(quick: bool, firestore: bool) -> dict:
 
     store_url = f"sqlite:///{scratch}/latency.db"
     long_session = seed_long_session(store_url, 200)
-    with paced_server(LATENCY_PACE) as vllm, app_server(vllm, store_url) as (base, _):
+    with paced_server(LATENCY_PACE) as (vllm, _), app_server(vllm, store_url) as (base, _):
         results["overhead"] = asyncio.run(overhead(base, LATENCY_PACE, turns, long_session))
 
-    with paced_server(LOAD_PACE) as vllm:
+    with paced_server(LOAD_PACE) as (vllm, _):
         with app_server(vllm, f"sqlite:///{scratch}/load.db") as (base, pid):
             time.sleep(1)
             idle = rss_mib(pid)

@@ -11,6 +11,8 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,10 +20,10 @@ import gradio as gr
 from fastapi import FastAPI
 
 from hybridchat.backends import ChatBackend, GenerationParams, build_backends
-from hybridchat.chat import ChatService, Conversation, InputRefused
+from hybridchat.chat import ChatService, Conversation, InputRefused, clean_message
 from hybridchat.config import Settings
-from hybridchat.errors import HybridChatError
-from hybridchat.store import Turn, open_store
+from hybridchat.errors import HybridChatError, SessionNotFound, StoreError
+from hybridchat.store import HistoryStore, Turn, open_store
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +73,48 @@ def build_ui(
             browser["visitor"] = uuid.uuid4().hex
         return f"visitor:{browser['visitor']}", browser
 
-    def session_choices(owner: str) -> list[tuple[str, str]]:
-        """The sidebar's entries: (title · date, session id), newest first."""
+    def sidebar(owner: str, selected: str | None) -> gr.Radio:
+        """The sidebar's entries, (title · date, session id) newest first; left as it is
+        (with a warning) while the store cannot list them."""
         try:
             sessions = service.store.list_sessions(owner)
         except HybridChatError as exc:
             gr.Warning(str(exc))
-            return []
-        return [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions]
+            return gr.skip()
+        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions]
+        return gr.Radio(choices=choices, value=selected)
 
     def resume(owner: str, browser: dict[str, Any]) -> Conversation:
-        """The session this browser was in, if it is still there and its own."""
+        """The session this browser was in, if it is still there and its own; ``StoreError``
+        while the store cannot say (the browser keeps its session for later)."""
         if browser.get("session"):
             try:
                 return service.open(owner, browser["session"])
-            except HybridChatError:
+            except SessionNotFound:
                 browser["session"] = None
         return Conversation(owner)
 
     def start(browser: dict[str, Any] | None, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
-        conversation = resume(owner, browser)
-        choices = model_choices(service.backends)
-        return (
-            browser,
-            conversation,
-            to_messages(conversation.turns),
-            gr.Radio(choices=session_choices(owner), value=conversation.session_id),
-            gr.Dropdown(choices=choices, value=choices[0][1]),
-        )
+        models = model_choices(service.backends)
+        choices = gr.Dropdown(choices=models, value=models[0][1])
+        try:
+            conversation = resume(owner, browser)
+        except StoreError as exc:
+            gr.Warning(f"Your chat cannot be loaded right now: {exc}")
+            return browser, None, [], gr.skip(), choices
+        return browser, conversation, to_messages(conversation.turns), sidebar(owner, conversation.session_id), choices
 
     def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
         if conversation is None or conversation.owner != owner:
-            conversation = resume(owner, browser)
+            try:
+                conversation = resume(owner, browser)
+            except StoreError as exc:
+                # Not a new chat in its place: the message waits in the box until it can go on.
+                gr.Warning(f"Your chat cannot be loaded right now, so the message was not sent: {exc}")
+                yield gr.skip(), message, None, browser, gr.skip()
+                return
         params = GenerationParams(
             temperature=temperature, top_p=top_p, max_tokens=int(max_tokens), system_prompt=persona or None
         )
@@ -115,7 +125,7 @@ def build_ui(
             gr.Warning(str(exc))
             yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
             return
-        text = first.reply
+        shown = clean_message(message, service.max_message_bytes)  # accepted: it is valid
         shown_at = None
         for update in itertools.chain([first], progress):
             if update.turn is None:
@@ -125,7 +135,7 @@ def build_ui(
                 if not stream or (shown_at is not None and now - shown_at < stream_interval):
                     continue
                 shown_at = now
-                yield to_messages(conversation.turns, (text, update.reply)), "", gr.skip(), gr.skip(), gr.skip()
+                yield to_messages(conversation.turns, (shown, update.reply)), "", gr.skip(), gr.skip(), gr.skip()
                 continue
             if update.notice:
                 gr.Warning(update.notice)
@@ -135,7 +145,7 @@ def build_ui(
                 "",
                 conversation,
                 browser,
-                gr.Radio(choices=session_choices(owner), value=conversation.session_id),
+                sidebar(owner, conversation.session_id),
             )
 
     def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
@@ -171,7 +181,7 @@ def build_ui(
             except HybridChatError as exc:
                 gr.Warning(str(exc))
         browser["session"] = None
-        return Conversation(owner), [], browser, gr.Radio(choices=session_choices(owner), value=None)
+        return Conversation(owner), [], browser, sidebar(owner, None)
 
     with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as demo:
         browser = gr.BrowserState({"visitor": None, "session": None}, storage_key="hybridchat", secret=secret)
@@ -214,14 +224,18 @@ def create_app(
     settings: Settings | None = None,
     *,
     backends: dict[str, ChatBackend] | None = None,
+    store: HistoryStore | None = None,
     auth: list[tuple[str, str]] | None = None,
     root_path: str | None = None,
 ) -> FastAPI:
-    """The app as ASGI: the chat UI at ``/`` and ``/healthz`` for probes."""
+    """The app as ASGI: the chat UI at ``/`` and ``/healthz`` for probes.
+
+    ``backends`` and ``store`` replace the ones ``settings`` describe."""
     settings = settings or Settings()
+    owned_store = None if store else open_store(settings.resolved_store_url)
     service = ChatService(
         backends or build_backends(settings),
-        open_store(settings.resolved_store_url),
+        store or owned_store,
         max_message_bytes=settings.max_message_bytes,
     )
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
@@ -233,7 +247,14 @@ def create_app(
         stream_interval=settings.stream_interval,
     )
     demo.queue(default_concurrency_limit=settings.concurrency)
-    app = FastAPI()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned_store is not None:
+            owned_store.close()  # a last try to save turns still waiting for the database
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -186,5 +186,16 @@ def _markdown(session_id: str) -> str:
     return "\n".join(lines)
 
 
+def main() -> None:
+    """The ``hybridchat`` command: hybridchat's own errors end it with their message, not a traceback."""
+    from hybridchat.errors import HybridChatError
+
+    try:
+        app()
+    except HybridChatError as exc:
+        typer.echo(f"hybridchat: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

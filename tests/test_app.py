@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from contextlib import closing
 
 import httpx
@@ -202,3 +205,21 @@ def test_behind_a_proxy_links_use_the_root_path_and_forwarded_host(stand_in, tmp
         forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": "chat.example.com"}
         assert httpx.get(f"{url}/config", headers=forwarded).json()["root"] == "https://chat.example.com/hybrid"
         assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("command", "told"),
+    [
+        (["sessions", "show", "nope"], "hybridchat: No session 'nope'."),
+        (["app", "--port", "9"], "hybridchat: The history file {blocked}/h.db cannot be opened"),
+    ],
+)
+def test_the_command_line_reports_errors_without_a_traceback(tmp_path, command, told):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a file where the store's folder should be
+    store = tmp_path / "h.db" if command[0] == "sessions" else blocked / "h.db"
+    env = {**os.environ, "HYBRIDCHAT_STORE_URL": f"sqlite:///{store}"}
+    result = subprocess.run([sys.executable, "-m", "hybridchat.cli", *command], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(told.format(blocked=blocked)), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

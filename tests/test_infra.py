@@ -6,22 +6,29 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
+from bench.run import serving
+from fault_server import REPLY
 from hybridchat import cli
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
+from hybridchat.lab.local import free_port
 from hybridchat.lab.terraform import parse
 from kube_api import fake_cluster
+from test_reliability import chat
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA, DEPLOY = ROOT / "infra", ROOT / "deploy"
@@ -192,6 +199,46 @@ def test_the_app_runs_locked_down():
     assert security["capabilities"]["drop"] == ["ALL"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def container_env(writable: Path) -> dict[str, str]:
+    """The environment the image sets (the runtime stage's ``ENV``), with its writable
+    ``/tmp`` volume at ``writable``."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    runtime = re.findall(r"^ENV (.+)$", dockerfile, re.MULTILINE)[-1]
+    pairs = dict(item.split("=", 1) for item in shlex.split(runtime))
+    pairs.pop("PATH")
+    return {name: value.replace("/tmp", str(writable)) for name, value in pairs.items()}
+
+
+def test_the_app_writes_only_in_its_writable_volume(tmp_path, fault_server, firestore_emulator):
+    """As in the container: root filesystem read-only, ``/tmp`` writable, the cluster's settings."""
+    volume, elsewhere = tmp_path / "tmp", tmp_path / "root"
+    volume.mkdir(), elsewhere.mkdir()
+    report = tmp_path / "refused-writes.txt"
+    settings = manifest("ConfigMap", "gradio-chat-config")["data"]
+    env = {
+        **settings, **container_env(volume),
+        "HYBRIDCHAT_VLLM_URL": fault_server.url, "HYBRIDCHAT_GEMMA_MODEL": "m",
+        "HYBRIDCHAT_GEMINI_URL": fault_server.url, "GOOGLE_API_KEY": "test-key",
+        "GOOGLE_CLOUD_PROJECT": firestore_emulator.project, "HYBRIDCHAT_SESSION_SECRET": "s" * 32,
+    }
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).parent / "read_only_root.py"), str(volume), str(report),
+            "hybridchat.cli", "app", "--port", str(port)]
+    os.chdir(elsewhere)  # the container's working directory is / (read-only)
+    try:
+        with serving(argv, f"http://127.0.0.1:{port}/healthz", env):
+            url = f"http://127.0.0.1:{port}"
+            assert httpx.get(url).status_code == 200  # the page, as a browser loads it
+            replies = [chat(url, "hello", {"visitor": "v", "session": None}, model=model) for model in ("gemma", "gemini")]
+    finally:
+        os.chdir(ROOT)
+    assert [reply.last_reply for reply in replies] == [REPLY, REPLY]
+    assert not any(reply.warnings for reply in replies), "the turns were saved"
+    refused = report.read_text() if report.exists() else ""
+    assert refused == "", f"the app wrote outside its volume:\n{refused}"
+    assert not any(elsewhere.iterdir())
 
 
 # --- the contract between the pieces ------------------------------------------------------------

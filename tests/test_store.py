@@ -177,15 +177,18 @@ def test_firestore_layout_is_one_document_per_session_and_per_turn(firestore_emu
 def test_firestore_down_then_back_loses_no_turn(firestore_emulator):
     firestore_emulator.reset()
     inner = FirestoreStore("chat-app-db", project=EMULATOR_PROJECT, timeout=1)
-    store = ResilientStore(inner, attempts=2, backoff=0.01)
+    store = ResilientStore(inner, attempts=2, backoff=0.01, retry_every=60)
     session = store.create_session("alice")
     store.append(session, turn(0))
 
-    firestore_emulator.stop()
+    firestore_emulator.stop(keep_data=True)
     try:
-        for n in (1, 2):
-            with pytest.raises(StoreUnavailable, match="kept and will be saved"):
-                store.append(session, turn(n))
+        with pytest.raises(StoreUnavailable, match="kept and will be saved"):
+            store.append(session, turn(1))
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="2 turn\\(s\\) are kept"):
+            store.append(session, turn(2))
+        assert time.monotonic() - started < 0.5, "known down: no second wait for the timeout"
         assert store.pending == 2
         with pytest.raises(StoreUnavailable, match="cannot be reached"):
             store.load(session)
@@ -193,16 +196,34 @@ def test_firestore_down_then_back_loses_no_turn(firestore_emulator):
         with pytest.raises(StoreUnavailable):
             store.append(offline, turn(9))
     finally:
-        firestore_emulator.start()  # the emulator keeps no data: the database comes back empty
+        firestore_emulator.start()
 
     _wait_until_answering(inner)
-    store.create_session("alice", session)  # as the app does for a session it knows
-    store.append(session, turn(3))  # writes what waited, in order, then this one
     store.flush()
     assert store.pending == 0
     fresh = FirestoreStore("chat-app-db", project=EMULATOR_PROJECT)
-    assert [t.user for t in fresh.load(session)] == ["question 1", "question 2", "question 3"]
+    assert [t.user for t in fresh.load(session)] == ["question 0", "question 1", "question 2"]
     assert [t.user for t in fresh.load(offline)] == ["question 9"]
+
+
+def test_turns_kept_while_down_are_saved_in_the_background(tmp_path):
+    path = tmp_path / "history.db"
+    store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=0.2)
+    session = store.create_session("alice")
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        for n in (0, 1):
+            with pytest.raises(StoreUnavailable):
+                store.append(session, turn(n))
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    deadline = time.monotonic() + 10
+    while store.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [t.user for t in SqliteStore(path).load(session)] == ["question 0", "question 1"]
+    store.close()
 
 
 def _wait_until_answering(store: HistoryStore, seconds: float = 30) -> None:
@@ -219,7 +240,7 @@ def _wait_until_answering(store: HistoryStore, seconds: float = 30) -> None:
 
 def test_sqlite_locked_then_free_loses_no_turn(tmp_path):
     path = tmp_path / "history.db"
-    store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=2, backoff=0.01)
+    store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=2, backoff=0.01, retry_every=0)
     session = store.create_session("alice")
     store.append(session, turn(0))
 

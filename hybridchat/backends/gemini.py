@@ -1,8 +1,9 @@
 """Gemini through ``google-genai``: Vertex AI (project + location + ADC) or an API key.
 
 ``HYBRIDCHAT_GEMINI_URL`` (``http_options.base_url``) points the real SDK at another
-endpoint, such as ``hybridchat serve-local``'s stand-in. The SDK retries 5xx and connection
-errors (``HttpRetryOptions``); quota, safety blocks and empty answers become clear messages.
+endpoint, such as ``hybridchat serve-local``'s stand-in. The SDK retries timeouts, quota
+errors (429) and 5xx (``HttpRetryOptions``); what still fails, and safety blocks and empty
+answers, become clear messages.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def make_gemini_client(settings: Settings) -> genai.Client:
         retry_options=types.HttpRetryOptions(
             attempts=settings.retry_attempts,
             initial_delay=settings.retry_backoff,
-            http_status_codes=[500, 502, 503, 504],
+            # Transient: timeouts, quota (Vertex AI's shared quota frees up within seconds), 5xx.
+            http_status_codes=[408, 429, 500, 502, 503, 504],
         ),
     )
     if settings.google_api_key is not None:

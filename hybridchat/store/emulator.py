@@ -10,8 +10,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -39,7 +41,11 @@ def emulator_jar() -> Path:
 class FirestoreEmulator:
     """Start with ``start()`` (or ``with``). It sets ``FIRESTORE_EMULATOR_HOST``; ``stop()``
     only stops the process (it can start again on the same port), the ``with`` block's end also
-    restores the variable."""
+    restores the variable.
+
+    The emulator keeps its documents in memory only: ``stop(keep_data=True)`` exports them
+    first and the next ``start()`` loads them back, as a real database outage would leave them.
+    """
 
     def __init__(self, port: int | None = None, project: str = "hybridchat-test"):
         self.jar = emulator_jar()
@@ -51,13 +57,16 @@ class FirestoreEmulator:
         self.host = f"127.0.0.1:{port}"
         self.process: subprocess.Popen[str] | None = None
         self._previous_host: str | None = None
+        self._exports = tempfile.TemporaryDirectory(prefix="firestore-emulator-")
+        self._import: Path | None = None
 
     def start(self, timeout: float = 60) -> None:
-        self.process = subprocess.Popen(
-            ["java", "-cp", str(self.jar), "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
-             "start", "--host=127.0.0.1", f"--port={self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
+        argv = ["java", "-cp", str(self.jar), "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
+                "start", "--host=127.0.0.1", f"--port={self.port}"]
+        if self._import is not None:
+            argv.append(f"--import-data={self._import}")
+            self._import = None
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
         for line in self.process.stdout:
@@ -85,9 +94,11 @@ class FirestoreEmulator:
         self.stop()
         raise RuntimeError("the Firestore emulator started but does not answer")
 
-    def stop(self) -> None:
+    def stop(self, *, keep_data: bool = False, database: str = "chat-app-db") -> None:
         if self.process is None:
             return
+        if keep_data:
+            self._import = self._export(database)
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
@@ -95,6 +106,17 @@ class FirestoreEmulator:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def _export(self, database: str) -> Path:
+        """Export ``database``'s documents; the path ``--import-data`` takes."""
+        target = Path(self._exports.name) / uuid.uuid4().hex
+        target.mkdir()
+        httpx.post(
+            f"http://{self.host}/emulator/v1/projects/{self.project}:export",
+            json={"database": f"projects/{self.project}/databases/{database}", "export_directory": str(target)},
+            timeout=60,
+        ).raise_for_status()
+        return next(target.glob("*/*.overall_export_metadata"))
 
     def reset(self, database: str = "chat-app-db") -> None:
         """Delete every document of ``database``."""
@@ -108,6 +130,7 @@ class FirestoreEmulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self._exports.cleanup()
         if self._previous_host is None:
             os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
         else:

@@ -45,7 +45,7 @@ class FirestoreStore(HistoryStore):
         *,
         project: str | None = None,
         client: firestore.Client | None = None,
-        timeout: float = 10.0,
+        timeout: float = 5.0,
     ):
         self.database = database
         # Every call is bounded: the client's default retries run for minutes when the

@@ -2,35 +2,45 @@
 
 Writes are retried with backoff; a write that still fails keeps its turn (or its new
 session) in memory, in order, reports ``StoreUnavailable``, and is written before anything
-else once the database answers again. Reads include the turns still waiting.
+else once the database answers again. While it is down, calls fail at once instead of each
+waiting out the database's timeout, and a background thread tries again every
+``retry_every`` seconds, so what waits is saved even if nobody sends another turn. Reads
+include the turns still waiting.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 
 import tenacity
 
-from hybridchat.errors import StoreUnavailable
+from hybridchat.errors import StoreError, StoreUnavailable
 from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of
 
 log = logging.getLogger(__name__)
 
 
 class ResilientStore(HistoryStore):
-    def __init__(self, inner: HistoryStore, *, attempts: int = 3, backoff: float = 0.2):
+    def __init__(self, inner: HistoryStore, *, attempts: int = 2, backoff: float = 0.2, retry_every: float = 5.0):
         self.inner = inner
+        self.retry_every = retry_every
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(StoreUnavailable),
             stop=tenacity.stop_after_attempt(attempts),
             wait=tenacity.wait_exponential(multiplier=backoff, max=5),
             reraise=True,
         )
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the waiting sessions and turns
+        self._writing = threading.Lock()  # one writer at a time keeps the turns in order
         self._unsaved_sessions: dict[str, str] = {}  # session id -> owner
         self._unsaved_turns: defaultdict[str, list[Turn]] = defaultdict(list)
+        self._down_until = 0.0  # monotonic time before which the database is not tried again
+        self._last_error = ""
+        self._closed = threading.Event()
+        self._retrier: threading.Thread | None = None
 
     @property
     def pending(self) -> int:
@@ -42,34 +52,49 @@ class ResilientStore(HistoryStore):
         session_id = session_id or new_id()
         with self._lock:
             self._unsaved_sessions[session_id] = user_id
-            try:
-                self.flush(session_id)
-            except StoreUnavailable:
-                log.warning("history store down: session kept in memory")
+        try:
+            self._flush_unless_down(session_id)
+        except StoreUnavailable:
+            log.warning("history store down: session kept in memory")
         return session_id
 
     def append(self, session_id: str, turn: Turn) -> None:
         with self._lock:
             self._unsaved_turns[session_id].append(turn)
-            self.flush(session_id)
+        self._flush_unless_down(session_id)
 
     def flush(self, session_id: str | None = None) -> None:
         """Write what is waiting (for one session, or all); ``StoreUnavailable`` if still down."""
+        with self._writing:
+            with self._lock:
+                sids = [session_id] if session_id else list({*self._unsaved_sessions, *self._unsaved_turns})
+            try:
+                for sid in sids:
+                    self._write_waiting(sid)
+            except StoreUnavailable as exc:
+                self._mark_down(str(exc))
+                raise StoreUnavailable(
+                    f"{exc} {self.pending} turn(s) are kept and will be saved when it is back."
+                ) from None
+            self._down_until = 0.0
+
+    def _write_waiting(self, sid: str) -> None:
         with self._lock:
-            for sid in [session_id] if session_id else list({*self._unsaved_sessions, *self._unsaved_turns}):
-                try:
-                    if sid in self._unsaved_sessions:
-                        self._retry(self.inner.create_session, self._unsaved_sessions[sid], sid)
-                        del self._unsaved_sessions[sid]
-                    waiting = self._unsaved_turns.get(sid, [])
-                    while waiting:
-                        self._retry(self.inner.append, sid, waiting[0])
-                        waiting.pop(0)
+            owner = self._unsaved_sessions.get(sid)
+        if owner is not None:
+            self._retry(self.inner.create_session, owner, sid)
+            with self._lock:
+                self._unsaved_sessions.pop(sid, None)
+        while True:
+            with self._lock:
+                waiting = self._unsaved_turns.get(sid)
+                if not waiting:
                     self._unsaved_turns.pop(sid, None)
-                except StoreUnavailable as exc:
-                    raise StoreUnavailable(
-                        f"{exc} {self.pending} turn(s) are kept and will be saved when it is back."
-                    ) from None
+                    return
+                turn = waiting[0]
+            self._retry(self.inner.append, sid, turn)
+            with self._lock:
+                waiting.pop(0)
 
     def load(self, session_id: str) -> list[Turn]:
         self._try_flush(session_id)
@@ -77,6 +102,7 @@ class ResilientStore(HistoryStore):
             waiting = list(self._unsaved_turns.get(session_id, []))
             if session_id in self._unsaved_sessions:
                 return waiting
+        self._raise_if_down()
         saved = self.inner.load(session_id)
         stored_ids = {turn.turn_id for turn in saved}
         return saved + [turn for turn in waiting if turn.turn_id not in stored_ids]
@@ -94,24 +120,66 @@ class ResilientStore(HistoryStore):
                     updated_at=None,
                     turn_count=len(waiting),
                 )
+        self._raise_if_down()
         return self.inner.get_session(session_id)
 
     def list_sessions(self, user_id: str | None) -> list[SessionSummary]:
         self._try_flush()
+        self._raise_if_down()
         return self.inner.list_sessions(user_id)
 
     def delete_session(self, session_id: str) -> None:
         with self._lock:
             self._unsaved_sessions.pop(session_id, None)
             self._unsaved_turns.pop(session_id, None)
+        self._raise_if_down()
         self._retry(self.inner.delete_session, session_id)
 
     def close(self) -> None:
+        """Stop retrying in the background, try once more to write what waits, and close."""
+        self._closed.set()
+        if self._retrier is not None:
+            self._retrier.join(timeout=30)
+        try:
+            self.flush()
+        except StoreUnavailable as exc:
+            log.error("closing with turns not saved: %s", exc)
         self.inner.close()
+
+    def _flush_unless_down(self, session_id: str | None = None) -> None:
+        self._raise_if_down()
+        self.flush(session_id)
+
+    def _raise_if_down(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(
+                f"{self._last_error} {self.pending} turn(s) are kept and will be saved when it is back."
+            )
+
+    def _mark_down(self, error: str) -> None:
+        self._last_error = error
+        self._down_until = time.monotonic() + self.retry_every
+        with self._lock:
+            if self._retrier is None:
+                self._retrier = threading.Thread(target=self._retry_in_background, name="store-retry", daemon=True)
+                self._retrier.start()
+
+    def _retry_in_background(self) -> None:
+        while not self._closed.wait(max(self.retry_every, 0.1)):
+            try:
+                self.flush()
+            except StoreError as exc:  # down still, or a session gone meanwhile: try again later
+                log.debug("history store retry failed: %s", exc)
+                continue
+            with self._lock:
+                if not self._unsaved_sessions and not self._unsaved_turns:
+                    log.info("history store back: the waiting turns are saved")
+                    self._retrier = None
+                    return
 
     def _try_flush(self, session_id: str | None = None) -> None:
         try:
-            self.flush(session_id)
+            self._flush_unless_down(session_id)
         except StoreUnavailable:
             pass  # reads still work from the database and the waiting turns
 

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS turns (
 
 
 class SqliteStore(HistoryStore):
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0):
+    def __init__(self, path: str | Path, *, busy_timeout: float = 2.0):
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

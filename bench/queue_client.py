@@ -1,0 +1,98 @@
+"""The app's ``chat`` event through Gradio's queue API (join, then the SSE stream), as a browser
+calls it: the benchmark's driver and the reliability tests' client.
+
+Unlike ``gradio_client`` it reports what a visitor sees besides the outputs: the time to the
+first update and the warnings (``gr.Warning``) shown on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from gradio_client.utils import apply_diff
+
+
+@dataclass
+class Reply:
+    """How one turn went: ``outputs`` are the event's final outputs (chat, message box,
+    conversation, browser state, sidebar), ``warnings`` what the visitor was told."""
+
+    first_s: float = float("nan")
+    total_s: float = float("nan")
+    ok: bool = False
+    outputs: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.outputs[0] if self.outputs else []
+
+    @property
+    def browser(self) -> dict[str, Any]:
+        return self.outputs[3]
+
+    @property
+    def last_reply(self) -> str:
+        return text_of(self.messages[-1]) if self.messages else ""
+
+
+def text_of(message: dict[str, Any]) -> str:
+    """A chat message's text, whether its content is a string or a list of text blocks."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(block.get("text", "") for block in content)
+
+
+class QueueClient:
+    def __init__(self, base: str, http: httpx.AsyncClient):
+        self.base, self.http = base, http
+        config = httpx.get(f"{base}/config").json()
+        self.fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+
+    async def turn(
+        self,
+        message: str,
+        browser: dict[str, Any],
+        *,
+        model: str = "gemma",
+        max_tokens: int = 64,
+        session_hash: str | None = None,
+        on_update: Callable[[list[Any]], None] | None = None,
+    ) -> Reply:
+        """Send ``message``; ``session_hash`` is one browser tab (a new one by default), and
+        ``on_update`` sees the outputs at each streamed update."""
+        session_hash = session_hash or uuid.uuid4().hex[:12]
+        data = [message, None, model, 0.5, 0.9, max_tokens, "", browser]
+        reply, outputs = Reply(), None
+        started = time.perf_counter()
+        joined = await self.http.post(f"{self.base}/gradio_api/queue/join", json={
+            "data": data, "fn_index": self.fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+        joined.raise_for_status()
+        async with self.http.stream("GET", f"{self.base}/gradio_api/queue/data", params={"session_hash": session_hash}) as sse:
+            async for line in sse.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                if event["msg"] == "log" and event.get("level") == "warning":
+                    reply.warnings.append(event["log"])
+                elif event["msg"] == "process_generating":
+                    if reply.first_s != reply.first_s:  # still NaN: this is the first update
+                        reply.first_s = time.perf_counter() - started
+                    data = event["output"]["data"]
+                    outputs = data if outputs is None else [apply_diff(old, diff) for old, diff in zip(outputs, data)]
+                    if on_update is not None:
+                        on_update(outputs)
+                elif event["msg"] == "process_completed":
+                    reply.total_s = time.perf_counter() - started
+                    reply.ok = bool(event.get("success"))
+                    reply.outputs = event["output"].get("data", [])
+                    if reply.first_s != reply.first_s:
+                        reply.first_s = reply.total_s
+                    return reply
+        reply.total_s = time.perf_counter() - started
+        return reply
