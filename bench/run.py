@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -52,9 +53,13 @@ LOAD_PACE = Pace(ttft=0.2, tokens=50, gap=0.02)
 
 
 @contextmanager
-def serving(argv: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """A server process, ready once ``url`` answers 200; stopped on exit."""
-    process = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def serving(
+    argv: list[str], url: str, env: dict[str, str] | None = None, output: IO[bytes] | None = None
+) -> Iterator[subprocess.Popen]:
+    """A server process, ready once ``url`` answers 200; stopped on exit. Its output goes to
+    ``output`` (discarded by default)."""
+    sink = output or subprocess.DEVNULL
+    process = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=sink, stderr=subprocess.STDOUT if output else sink)
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -12,8 +12,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
 import gradio as gr
@@ -75,11 +75,11 @@ def build_ui(
 
     def sidebar(owner: str, selected: str | None) -> gr.Radio:
         """The sidebar's entries, (title · date, session id) newest first; left as it is
-        (with a warning) while the store cannot list them."""
+        while the store cannot list them (the turn or page load has said why)."""
         try:
             sessions = service.store.list_sessions(owner)
         except HybridChatError as exc:
-            gr.Warning(str(exc))
+            log.debug("sessions not listed: %s", exc)
             return gr.skip()
         choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions]
         return gr.Radio(choices=choices, value=selected)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fault_server import FaultServer, create_fault_app
+
 from hybridchat.backends.local import LocalModel
 from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.store.emulator import EmulatorMissing, FirestoreEmulator

@@ -12,18 +12,17 @@ from contextlib import closing
 import httpx
 import pytest
 from gradio_client import Client
-
-from hybridchat.app import create_app, model_choices
-from hybridchat.chat import ChatService, Conversation
-from hybridchat.errors import SessionNotFound
-from hybridchat.backends import ChatBackend, GenerationParams, VllmBackend, VllmClient
-from hybridchat.backends.gemini import GeminiBackend
-from hybridchat.config import Settings
-from hybridchat.lab.local import BackgroundServer
-from hybridchat.history import Message, normalize_history
-from hybridchat.store import open_store
 from tests_support import api_key_client
 
+from hybridchat.app import create_app, model_choices
+from hybridchat.backends import ChatBackend, GenerationParams, VllmBackend, VllmClient
+from hybridchat.backends.gemini import GeminiBackend
+from hybridchat.chat import ChatService, Conversation
+from hybridchat.config import Settings
+from hybridchat.errors import SessionNotFound
+from hybridchat.history import Message, normalize_history
+from hybridchat.lab.local import BackgroundServer
+from hybridchat.store import open_store
 
 TOKENS = 12
 

@@ -7,13 +7,13 @@ import time
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from tests_support import api_key_client
 
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer
-from tests_support import api_key_client
 
 GEMINI = "Gemini 2.5 Flash (local stand-in)"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from google.genai import types
+from tests_support import api_key_client, vertex_client
 
 from hybridchat.backends import GenerationParams, build_backends, call_gemini_model
 from hybridchat.backends.gemini import GeminiBackend
@@ -20,7 +21,6 @@ from hybridchat.errors import (
 )
 from hybridchat.history import process_message_gemini, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
-from tests_support import api_key_client, vertex_client
 
 GREEDY = GenerationParams(temperature=0, max_tokens=12)
 NO_RETRY = types.HttpRetryOptions(attempts=1)

@@ -17,9 +17,11 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from fault_server import REPLY
+from kube_api import fake_cluster
+from test_reliability import chat
 
 from bench.run import serving
-from fault_server import REPLY
 from hybridchat import cli
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
@@ -27,8 +29,6 @@ from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
 from hybridchat.lab.local import free_port
 from hybridchat.lab.terraform import parse
-from kube_api import fake_cluster
-from test_reliability import chat
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA, DEPLOY = ROOT / "infra", ROOT / "deploy"

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from contextlib import closing
 
@@ -19,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import sync_playwright
 
+from bench.run import serving
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.config import Settings
-from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.history import parse_gemma_prompt, process_message_gemma
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.store import Turn, open_store
 
 
@@ -69,24 +69,16 @@ def test_secrets_and_prompts_never_reach_the_logs_or_the_chat(tmp_path):
         "HYBRIDCHAT_RETRY_ATTEMPTS": "1", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db",
     }
     log = tmp_path / "app.log"
-    with log.open("w") as sink:
-        app = subprocess.Popen(
-            [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port), "--auth", f"alice:{password}"],
-            env=env, stdout=sink, stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait(f"http://127.0.0.1:{port}/healthz")
-            shown = []
-            with closing(Client(f"http://127.0.0.1:{port}", auth=("alice", password), verbose=False)) as client:
-                for model in ("gemma", "gemini"):
-                    messages, *_ = client.predict(
-                        "my very private question", model, 0.5, 0.9, 32, "", {"visitor": "v", "session": None}, api_name="/chat"
-                    )
-                    shown.append(json.dumps(messages))
-            doctor = subprocess.run([sys.executable, "-m", "hybridchat.cli", "doctor"], env=env, capture_output=True, text=True)
-        finally:
-            app.terminate()
-            app.wait(timeout=15)
+    argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port), "--auth", f"alice:{password}"]
+    with log.open("wb") as sink, serving(argv, f"http://127.0.0.1:{port}/healthz", env, sink):
+        shown = []
+        with closing(Client(f"http://127.0.0.1:{port}", auth=("alice", password), verbose=False)) as client:
+            for model in ("gemma", "gemini"):
+                messages, *_ = client.predict(
+                    "my very private question", model, 0.5, 0.9, 32, "", {"visitor": "v", "session": None}, api_name="/chat"
+                )
+                shown.append(json.dumps(messages))
+        doctor = subprocess.run([sys.executable, "-m", "hybridchat.cli", "doctor"], env=env, capture_output=True, text=True)
     logged = log.read_text() + doctor.stdout + doctor.stderr
     assert "not reachable" in "".join(shown), "the turns did fail, so error paths were exercised"
     assert '"event": "turn"' in logged, "turns were logged"
@@ -135,19 +127,6 @@ def _raw_call(url: str, fn_index: int, data: list) -> str:
             if '"process_completed"' in line:
                 break
     return "\n".join(seen)
-
-
-
-def _wait(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not answer")
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
+from conftest import EMULATOR_PROJECT
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from conftest import EMULATOR_PROJECT
 from hybridchat.errors import SessionNotFound, StoreUnavailable
 from hybridchat.store import HistoryStore, ResilientStore, Turn, open_store
 from hybridchat.store.firestore import FirestoreStore

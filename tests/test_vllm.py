@@ -13,8 +13,8 @@ from hybridchat.errors import (
     BackendUnavailable,
     BadResponse,
 )
-from hybridchat.protocols.legacy import echoed
 from hybridchat.history import process_message_gemma, process_message_openai
+from hybridchat.protocols.legacy import echoed
 from hybridchat.serve_local import STAND_IN_PREFIX
 
 GREEDY = GenerationParams(temperature=0, max_tokens=12)

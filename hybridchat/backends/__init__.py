@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
+from hybridchat.backends.base import (
+    BackendHealth,
+    ChatBackend,
+    GenerationParams,
+    ReplyStream,
+    Usage,
+)
 from hybridchat.backends.gemini import GeminiBackend, call_gemini_model, gemini_label
 from hybridchat.backends.local import LocalBackend
 from hybridchat.backends.vllm import VllmBackend, VllmClient, call_gemma_model

@@ -22,7 +22,13 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import ValidationError
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
+from hybridchat.backends.base import (
+    BackendHealth,
+    ChatBackend,
+    GenerationParams,
+    ReplyStream,
+    Usage,
+)
 from hybridchat.config import Settings
 from hybridchat.errors import (
     BackendError,

@@ -22,7 +22,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
+from hybridchat.backends.base import (
+    BackendHealth,
+    ChatBackend,
+    GenerationParams,
+    ReplyStream,
+    Usage,
+)
 from hybridchat.config import DEFAULT_LOCAL_MODEL, Settings
 from hybridchat.errors import BackendError, BackendUnavailable
 from hybridchat.history import process_message_openai

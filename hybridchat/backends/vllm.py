@@ -22,7 +22,13 @@ import httpx
 import tenacity
 from pydantic import ValidationError
 
-from hybridchat.backends.base import BackendHealth, ChatBackend, GenerationParams, ReplyStream, Usage
+from hybridchat.backends.base import (
+    BackendHealth,
+    ChatBackend,
+    GenerationParams,
+    ReplyStream,
+    Usage,
+)
 from hybridchat.config import Settings
 from hybridchat.errors import (
     BackendError,
