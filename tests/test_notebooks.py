@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SOLUTIONS = sorted(NOTEBOOKS.glob("0*.ipynb"))
 CELL_TIMEOUT = 300
-
+FAKE_SECRETS = {
+    "HF_TOKEN": "hf_FAKEnotebookTOKEN0123456789",
+    "GOOGLE_API_KEY": "AIzaFAKE-notebook-key-0123456789",
+    "HYBRIDCHAT_SESSION_SECRET": "notebook-session-secret-FAKE",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,7 @@ def lab_env(tiny_model_dir, tmp_path_factory):
         "HYBRIDCHAT_LOCAL_PORT": str(free_port()),
         "HYBRIDCHAT_LOCAL_MODEL": str(tiny_model_dir),
         "HYBRIDCHAT_STORE_URL": f"sqlite:///{lab}/history.db",
+        **FAKE_SECRETS,  # the stand-ins accept any key: these only have to stay out of every output
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -82,6 +87,11 @@ def test_the_solution_notebooks_run_in_order_in_local_mode(lab_env, tmp_path):
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
     assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
+    saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
+    logs = [path.read_text(errors="replace") for path in Path(lab_env["HYBRIDCHAT_LAB_DIR"]).glob("*.log")]
+    assert len(saved) == len(SOLUTIONS) and logs, "every executed notebook and the stand-in's log are read"
+    for value in FAKE_SECRETS.values():
+        assert not any(value in text for text in saved + logs), f"a secret reached a notebook or log: {value[:8]}…"
 
 
 def test_nbval_runs_the_notebooks_too(lab_env):
