@@ -182,7 +182,7 @@ def test_only_the_owner_can_open_or_delete_a_session(tmp_path, stand_in):
 def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
     store_url = f"sqlite:///{tmp_path}/h.db"
     backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
-    web = create_app(Settings(store_url=store_url), backends=backends, auth=[("alice", "wonderland")])
+    web = create_app(Settings(store_url=store_url), backends=backends, auth=[("alice", "wonderland"), ("bob", "builder")])
     with BackgroundServer(web) as url:
         # Without login nothing answers, the chat queue included.
         assert httpx.get(f"{url}/config").status_code == 401
@@ -192,8 +192,15 @@ def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
         # Another browser of Alice's finds the same chat.
         with closing(Client(url, auth=("alice", "wonderland"), verbose=False)) as phone:
             messages, _, again, _ = say(phone, "Me again", "gemma", {"visitor": "her-phone", "session": browser["session"]})
+        # Bob, even with her browser's id and her session's id, gets a chat of his own.
+        with closing(Client(url, auth=("bob", "builder"), verbose=False)) as bob:
+            his, _, his_browser, sidebar = say(bob, "Show me hers", "gemma", dict(browser))
     assert again["session"] == browser["session"] and len(messages) == 4
-    assert [s.user_id for s in open_store(store_url).list_sessions(None)] == ["user:alice"]
+    assert texts(his)[::2] == ["Show me hers"] and his_browser["session"] != browser["session"]
+    assert [choice[1] for choice in sidebar["choices"]] == [his_browser["session"]]
+    store = open_store(store_url)
+    assert sorted(s.user_id for s in store.list_sessions(None)) == ["user:alice", "user:bob"]
+    assert [t.user for t in store.load(browser["session"])] == ["Hi", "Me again"]
 
 
 def test_behind_a_proxy_links_use_the_root_path_and_forwarded_host(stand_in, tmp_path):
