@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from hybridchat.backends import ChatBackend, GenerationParams, Usage
 from hybridchat.errors import BackendError, HybridChatError, SessionNotFound, StoreError
@@ -88,23 +89,20 @@ class ChatService:
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
         history = [[t.user, t.reply or None] for t in conversation.turns]
-        started, clock = utcnow(), time.monotonic()
-        pieces: list[str] = []
-        status, error = "ok", None
+        draft = _Draft(text, backend_name, params)
         reply = backend.stream(text, history, params)
         try:
             for piece in reply:
-                pieces.append(piece)
-                yield Progress("".join(pieces))
+                draft.pieces.append(piece)
+                yield Progress("".join(draft.pieces))
         except BackendError as exc:
-            status, error = ("interrupted" if pieces else "error"), str(exc)
+            draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
-            status = "interrupted"
-            self._finish(conversation, text, backend_name, pieces, params, started, clock, status, None, None)
+            draft.status = "interrupted"
+            self._save(conversation, draft.turn())
             raise
-        usage = getattr(reply, "usage", None)
-        turn, notice = self._finish(conversation, text, backend_name, pieces, params, started, clock, status, error, usage)
-        yield Progress(turn.reply, turn, notice)
+        turn = draft.turn(getattr(reply, "usage", None))
+        yield Progress(turn.reply, turn, self._save(conversation, turn))
 
     def open(self, owner: str, session_id: str) -> Conversation:
         """A saved session of ``owner``'s; ``SessionNotFound`` for anyone else's."""
@@ -116,33 +114,8 @@ class ChatService:
         self.open(owner, session_id)  # the same ownership check
         self.store.delete_session(session_id)
 
-    def _finish(
-        self,
-        conversation: Conversation,
-        text: str,
-        backend_name: str,
-        pieces: list[str],
-        params: GenerationParams,
-        started,  # type: ignore[no-untyped-def]
-        clock: float,
-        status: str,
-        error: str | None,
-        usage: Usage | None,
-    ) -> tuple[Turn, str | None]:
-        latency_ms = (time.monotonic() - clock) * 1000
-        turn = Turn(
-            user=text,
-            model=backend_name,
-            reply="".join(pieces),
-            params=params.model_dump(exclude_none=True),
-            started_at=started,
-            finished_at=utcnow(),
-            latency_ms=round(latency_ms, 1),
-            status=status,  # type: ignore[arg-type]
-            error=error,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-        )
+    def _save(self, conversation: Conversation, turn: Turn) -> str | None:
+        """Add ``turn`` to the conversation and the store; a notice if it could not be saved yet."""
         conversation.turns.append(turn)
         notice = None
         try:
@@ -154,13 +127,42 @@ class ChatService:
         log.info(json.dumps({
             "event": "turn",
             "session": conversation.session_id,
-            "model": backend_name,
-            "status": status,
+            "model": turn.model,
+            "status": turn.status,
             "latency_ms": turn.latency_ms,
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": turn.completion_tokens,
-            "message_chars": len(text),
+            "message_chars": len(turn.user),
             "reply_chars": len(turn.reply),
             "saved": notice is None,
         }))
-        return turn, notice
+        return notice
+
+
+@dataclass
+class _Draft:
+    """A turn while its reply streams."""
+
+    text: str
+    backend_name: str
+    params: GenerationParams
+    pieces: list[str] = field(default_factory=list)
+    status: str = "ok"
+    error: str | None = None
+    started: datetime = field(default_factory=utcnow)
+    clock: float = field(default_factory=time.monotonic)
+
+    def turn(self, usage: Usage | None = None) -> Turn:
+        return Turn(
+            user=self.text,
+            model=self.backend_name,
+            reply="".join(self.pieces),
+            params=self.params.model_dump(exclude_none=True),
+            started_at=self.started,
+            finished_at=utcnow(),
+            latency_ms=round((time.monotonic() - self.clock) * 1000, 1),
+            status=self.status,  # type: ignore[arg-type]
+            error=self.error,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+        )
