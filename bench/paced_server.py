@@ -20,6 +20,11 @@ MODEL = "paced/gemma-stand-in"
 
 def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
     app = FastAPI()
+    streams = {"now": 0, "most": 0}  # replies being streamed; the most at once tells the app's concurrency
+
+    @app.get("/streams")
+    async def stream_counts() -> JSONResponse:
+        return JSONResponse(streams)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -35,13 +40,18 @@ def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
 
         async def events():
             started = time.perf_counter()
-            for index in range(count):
-                # Sleep to an absolute schedule, so delays do not drift with event-loop load.
-                due = started + ttft + index * gap
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                chunk = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-                         "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
+            streams["now"] += 1
+            streams["most"] = max(streams["most"], streams["now"])
+            try:
+                for index in range(count):
+                    # Sleep to an absolute schedule, so delays do not drift with event-loop load.
+                    due = started + ttft + index * gap
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    chunk = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+                             "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+            finally:
+                streams["now"] -= 1
             usage = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL, "choices": [],
                      "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1}}
             yield f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n"

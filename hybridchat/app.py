@@ -246,6 +246,9 @@ def create_app(
         stream=settings.stream,
         stream_interval=settings.stream_interval,
     )
+    # Each streaming chat holds a worker thread; Gradio's pool (and its queue's slots) default
+    # to 40, below the concurrency asked for, and only launch() can raise it: set it here.
+    demo.max_threads = max(40, 2 * settings.concurrency)
     demo.queue(default_concurrency_limit=settings.concurrency)
 
     @asynccontextmanager

@@ -272,6 +272,26 @@ def test_the_app_killed_mid_reply_and_restarted_keeps_every_session(tmp_path):
 
 # --- load ----------------------------------------------------------------------------------------
 
+
+def test_the_app_streams_as_many_chats_at_once_as_its_concurrency_setting(tmp_path):
+    """Above Gradio's default of 40 worker threads too."""
+    chats = 48
+
+    async def at_once(url: str) -> list[Reply]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=4 * chats)) as http:
+            client = QueueClient(url, http)
+            return await asyncio.gather(*(client.turn(f"chat {n}", visitor(), max_tokens=1) for n in range(chats)))
+
+    with paced_server(Pace(ttft=3, tokens=1, gap=0)) as (vllm, _):
+        env = {"HYBRIDCHAT_CONCURRENCY": str(chats)}
+        with app_server(vllm, f"sqlite:///{tmp_path}/history.db", env=env) as (url, _):
+            replies = asyncio.run(at_once(url))
+        streams = httpx.get(f"{vllm}/streams").json()
+    assert all(reply.last_reply == paced_reply(1) for reply in replies)
+    assert streams["most"] == chats
+
+
+
 SESSIONS, TURNS, CLIENTS = 200, 10, 32
 LOAD_PACE = Pace(ttft=0.02, tokens=10, gap=0.005)
 
