@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import timeit
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,14 +164,16 @@ async def concurrency(base: str, pace: Pace, levels: list[int], turns_each: int)
 
             async def visitor(index: int) -> None:
                 nonlocal errors
-                browser = {"visitor": f"load-{level}-{index}", "session": None}
+                # One browser tab each, going on with its chat.
+                browser, tab = {"visitor": f"load-{level}-{index}", "session": None}, uuid.uuid4().hex[:12]
                 for n in range(turns_each):
                     try:
-                        reply = await client.turn(f"turn {n}", browser)
+                        reply = await client.turn(f"turn {n}", browser, session_hash=tab)
                     except httpx.HTTPError:
                         reply = Reply()
                     errors += not reply.ok
                     latencies.append(reply.total_s)
+                    browser = reply.browser if reply.ok else browser
 
             started = time.perf_counter()
             await asyncio.gather(*(visitor(i) for i in range(level)))

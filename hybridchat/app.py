@@ -131,11 +131,14 @@ def build_ui(
             if update.turn is None:
                 # The first piece at once, then at most one update per interval: Gradio re-sends
                 # the whole chat each time. Only the chat changes; the rest is sent at the end.
+                # The browser state and sidebar are given as they are, not gr.skip(): Gradio
+                # rebuilds a component for every skip, a third of its time under load.
                 now = time.monotonic()
                 if not stream or (shown_at is not None and now - shown_at < stream_interval):
                     continue
                 shown_at = now
-                yield to_messages(conversation.turns, (shown, update.reply)), "", gr.skip(), gr.skip(), gr.skip()
+                messages = to_messages(conversation.turns, (shown, update.reply))
+                yield messages, "", gr.skip(), browser, conversation.session_id
                 continue
             if update.notice:
                 gr.Warning(update.notice)

@@ -73,7 +73,9 @@ def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
 
     shown = send_and_watch(page, "What is the capital of France?", 0)
     assert len(shown) > 1, "the reply should appear piece by piece"
-    assert all(later.startswith(earlier[:10]) for earlier, later in zip(shown, shown[1:]))
+    # Append-only, as far as Markdown lets it show: a second "~" turns earlier text into strikethrough.
+    plain = ["".join(ch for ch in text if ch.isalnum()) for text in shown]
+    assert all(later.startswith(earlier[:10]) for earlier, later in zip(plain, plain[1:])), shown
 
     page.click("#model input")
     page.get_by_role("option", name=GEMINI).click()
