@@ -61,8 +61,8 @@ def build_ui(
     *,
     auth_enabled: bool,
     secret: str | None,
-    stream: bool = True,
-    stream_interval: float = 0.05,
+    stream: bool,
+    stream_interval: float,
 ) -> gr.Blocks:
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
         browser = dict(browser or {})
