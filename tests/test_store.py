@@ -263,3 +263,27 @@ def test_open_store_picks_by_url(tmp_path):
     for bad in ("postgres://x", "sqlite://", "history.db"):
         with pytest.raises(ValueError, match="store URL"):
             open_store(bad)
+
+
+def test_a_slow_write_of_one_session_does_not_hold_up_another(tmp_path):
+    held = threading.Event()
+    release = threading.Event()
+
+    class SlowForAlice(SqliteStore):
+        def append(self, session_id, turn):
+            if session_id == alice:
+                held.set()
+                release.wait(10)
+            super().append(session_id, turn)
+
+    store = ResilientStore(SlowForAlice(tmp_path / "history.db"))
+    alice, bob = store.create_session("alice"), store.create_session("bob")
+    writing = threading.Thread(target=store.append, args=(alice, turn(0)))
+    writing.start()
+    held.wait(10)
+    store.append(bob, turn(1))  # not queued behind Alice's write
+    assert writing.is_alive(), "Bob's turn was written while Alice's was still held"
+    release.set()
+    writing.join()
+    assert [t.user for t in store.load(alice)] == ["question 0"]
+    assert [t.user for t in store.load(bob)] == ["question 1"]

@@ -34,7 +34,8 @@ class ResilientStore(HistoryStore):
             reraise=True,
         )
         self._lock = threading.RLock()  # guards the waiting sessions and turns
-        self._writing = threading.Lock()  # one writer at a time keeps the turns in order
+        # One writer per session at a time keeps its turns in order; sessions write in parallel.
+        self._writers: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._unsaved_sessions: dict[str, str] = {}  # session id -> owner
         self._unsaved_turns: defaultdict[str, list[Turn]] = defaultdict(list)
         self._down_until = 0.0  # monotonic time before which the database is not tried again
@@ -65,18 +66,20 @@ class ResilientStore(HistoryStore):
 
     def flush(self, session_id: str | None = None) -> None:
         """Write what is waiting (for one session, or all); ``StoreUnavailable`` if still down."""
-        with self._writing:
-            with self._lock:
-                sids = [session_id] if session_id else list({*self._unsaved_sessions, *self._unsaved_turns})
-            try:
-                for sid in sids:
+        with self._lock:
+            sids = [session_id] if session_id else list({*self._unsaved_sessions, *self._unsaved_turns})
+        try:
+            for sid in sids:
+                with self._lock:
+                    writer = self._writers[sid]
+                with writer:
                     self._write_waiting(sid)
-            except StoreUnavailable as exc:
-                self._mark_down(str(exc))
-                raise StoreUnavailable(
-                    f"{exc} {self.pending} turn(s) are kept and will be saved when it is back."
-                ) from None
-            self._down_until = 0.0
+        except StoreUnavailable as exc:
+            self._mark_down(str(exc))
+            raise StoreUnavailable(
+                f"{exc} {self.pending} turn(s) are kept and will be saved when it is back."
+            ) from None
+        self._down_until = 0.0
 
     def _write_waiting(self, sid: str) -> None:
         with self._lock:
