@@ -20,7 +20,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from hybridchat.backends import ChatBackend, GenerationParams, build_backends
-from hybridchat.chat import ChatService, Conversation, InputRefused, clean_message
+from hybridchat.chat import ChatService, Conversation, InputRefused
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, SessionNotFound, StoreError
 from hybridchat.store import HistoryStore, Turn, open_store
@@ -125,7 +125,6 @@ def build_ui(
             gr.Warning(str(exc))
             yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
             return
-        shown = clean_message(message, service.max_message_bytes)  # accepted: it is valid
         shown_at = None
         for update in itertools.chain([first], progress):
             if update.turn is None:
@@ -137,7 +136,7 @@ def build_ui(
                 if not stream or (shown_at is not None and now - shown_at < stream_interval):
                     continue
                 shown_at = now
-                messages = to_messages(conversation.turns, (shown, update.reply))
+                messages = to_messages(conversation.turns, (update.message, update.reply))
                 yield messages, "", gr.skip(), browser, conversation.session_id
                 continue
             if update.notice:

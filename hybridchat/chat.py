@@ -55,8 +55,10 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Progress:
-    """The reply so far; ``turn`` is set once it is finished and saved (or kept)."""
+    """The reply so far to ``message`` (as sent: cleaned); ``turn`` is set once it is finished
+    and saved (or kept)."""
 
+    message: str
     reply: str
     turn: Turn | None = None
     notice: str | None = None
@@ -94,7 +96,7 @@ class ChatService:
         try:
             for piece in reply:
                 draft.pieces.append(piece)
-                yield Progress("".join(draft.pieces))
+                yield Progress(text, "".join(draft.pieces))
         except BackendError as exc:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
@@ -102,7 +104,7 @@ class ChatService:
             self._save(conversation, draft.turn())
             raise
         turn = draft.turn(getattr(reply, "usage", None))
-        yield Progress(turn.reply, turn, self._save(conversation, turn))
+        yield Progress(text, turn.reply, turn, self._save(conversation, turn))
 
     def open(self, owner: str, session_id: str) -> Conversation:
         """A saved session of ``owner``'s; ``SessionNotFound`` for anyone else's."""

@@ -153,12 +153,15 @@ def test_gemma_down_at_start_then_killed_mid_reply_then_back(tmp_path):
         down = chat(url, "anyone there?", visitor())
         assert "Gemma is not reachable" in down.last_reply and "Is the server running?" in down.last_reply
 
+        asked_while_streaming = []
         with paced_server(SLOW, port) as (_, server):
             def kill_after_a_few_tokens(outputs: list[Any]) -> None:
+                asked_while_streaming.append(text_of(outputs[0][-2]))
                 if "tok3" in text_of(outputs[0][-1]) and server.poll() is None:
                     server.kill()  # SIGKILL: the connection drops mid-stream
 
             cut = chat(url, "tell me a long story", down.browser, max_tokens=400, on_update=kill_after_a_few_tokens)
+        assert set(asked_while_streaming) == {"tell me a long story"}, "the visitor's own message shows"
         assert cut.ok and cut.last_reply.startswith(paced_reply(4))
         assert "*(interrupted)*" in cut.last_reply and "Gemma stopped answering mid-reply" in cut.last_reply
 
