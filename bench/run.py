@@ -30,7 +30,7 @@ import httpx
 
 from bench.queue_client import QueueClient, Reply
 from hybridchat import history
-from hybridchat.lab.local import free_port
+from hybridchat.lab.local import free_port, stop_process
 from hybridchat.store import Turn, open_store
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,11 +74,7 @@ def serving(
             time.sleep(0.1)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout=15)
 
 
 @contextmanager

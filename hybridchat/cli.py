@@ -86,16 +86,14 @@ def up(
     port: Annotated[int, typer.Option(help="The app's port.")] = 7860,
 ) -> None:
     """Start the local stand-in and the app together (the README's run command); Ctrl-C stops both."""
+    from hybridchat.lab.local import stop_process
+
     settings = Settings()
     stand_in = subprocess.Popen([sys.executable, "-m", "hybridchat.cli", "serve-local"])
     try:
         run_app(host="127.0.0.1", port=port, auth=[], auth_file=None, root_path="")
     finally:
-        stand_in.terminate()
-        try:
-            stand_in.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            stand_in.kill()
+        stop_process(stand_in)
         typer.echo(f"stopped the app and the stand-in on {settings.local_url}")
 
 

@@ -87,6 +87,15 @@ def stop_local_servers() -> bool:
     return True
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Ask a child process to stop (SIGTERM); kill it if it has not within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now."""
     with socket.socket() as sock:
