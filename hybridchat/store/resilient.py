@@ -76,9 +76,7 @@ class ResilientStore(HistoryStore):
                     self._write_waiting(sid)
         except StoreUnavailable as exc:
             self._mark_down(str(exc))
-            raise StoreUnavailable(
-                f"{exc} {self.pending} turn(s) are kept and will be saved when it is back."
-            ) from None
+            raise self._kept(str(exc)) from None
         self._down_until = 0.0
 
     def _write_waiting(self, sid: str) -> None:
@@ -155,9 +153,10 @@ class ResilientStore(HistoryStore):
 
     def _raise_if_down(self) -> None:
         if time.monotonic() < self._down_until:
-            raise StoreUnavailable(
-                f"{self._last_error} {self.pending} turn(s) are kept and will be saved when it is back."
-            )
+            raise self._kept(self._last_error)
+
+    def _kept(self, error: str) -> StoreUnavailable:
+        return StoreUnavailable(f"{error} {self.pending} turn(s) are kept and will be saved when it is back.")
 
     def _mark_down(self, error: str) -> None:
         self._last_error = error
