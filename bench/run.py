@@ -2,8 +2,9 @@
 
 The app runs as its own process against a paced token server (``bench.paced_server``) whose
 cost is known exactly; this process drives the app through Gradio's queue HTTP/SSE API, so the
-app's cost is the measured time minus the backend's. Prints a table and writes
-``bench/results/*.json``. ``--quick`` runs a tiny version (the smoke test uses it).
+app's cost is the measured time minus the backend's. Last, the real vLLM engine's prefix cache
+under the app's context fitting (``bench.prefix_cache``). Prints a table and writes
+``bench/results/*.json``. ``--quick`` runs a tiny version without vLLM (the smoke test uses it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import IO
 
 import httpx
 
+from bench import prefix_cache
+from bench.model_servers import ModelServer
 from bench.queue_client import QueueClient, Reply
 from hybridchat import history
 from hybridchat.lab.local import free_port, stop_process
@@ -249,6 +252,13 @@ def run(quick: bool, firestore: bool) -> dict:
         with FirestoreEmulator(project="hybridchat-bench") as emulator:
             url = f"firestore://chat-app-db?project={emulator.project}"
             results["store"]["firestore emulator"] = store_latency(url, [10] if quick else [10, 1000])
+    if not quick:  # the real vLLM engine: the tests run the same code on a short chat
+        engine = ModelServer("vllm", scratch)
+        engine.start()
+        try:
+            results["prefix_cache"] = prefix_cache.run(engine.url, turns=30)
+        finally:
+            engine.stop()
     return results
 
 
@@ -280,6 +290,8 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
                          "load of 1,000 turns < 100 ms (SQLite)" if store == "sqlite" and size == "1000" else "", met))
     memory = results["memory_mib"]
     rows.append(("app memory (RSS)", ", ".join(f"{k}: {v:.0f} MiB" for k, v in memory.items()), "", ""))
+    if "prefix_cache" in results:
+        rows += [(measure, result, "", "") for measure, result in prefix_cache.report(results["prefix_cache"])]
     return rows
 
 

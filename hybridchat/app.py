@@ -20,9 +20,9 @@ import gradio as gr
 from fastapi import FastAPI
 
 from hybridchat.backends import ChatBackend, GenerationParams, build_backends
-from hybridchat.chat import ChatService, Conversation, InputRefused
+from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
-from hybridchat.errors import HybridChatError, SessionNotFound, StoreError
+from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
 from hybridchat.store import HistoryStore, Turn, open_store
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,22 @@ def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
     ]
 
 
-def to_messages(turns: list[Turn], pending: tuple[str, str] | None = None) -> list[dict[str, str]]:
+_MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tokens limit)*"}
+
+
+def to_messages(turns: list[Turn], pending: Progress | None = None) -> list[dict[str, str]]:
     """The chat display of saved turns, plus a turn still streaming."""
     messages: list[dict[str, str]] = []
     for turn in turns:
-        messages.append({"role": "user", "content": turn.user})
-        reply = turn.reply
-        if turn.status == "interrupted":
-            reply += "\n\n*(interrupted)*"
-        if turn.error:
-            reply = f"{reply}\n\n⚠️ {turn.error}".strip()
-        messages.append({"role": "assistant", "content": reply})
+        messages += _shown(turn.user, turn.reply, turn.notice, _MARKS.get(turn.status), turn.error)
     if pending is not None:
-        messages += [{"role": "user", "content": pending[0]}, {"role": "assistant", "content": pending[1]}]
+        messages += _shown(pending.message, pending.reply, pending.context_note)
     return messages
+
+
+def _shown(message: str, reply: str, note: str | None = None, mark: str | None = None, error: str | None = None) -> list[dict[str, str]]:
+    parts = [f"ℹ️ *{note}*" if note else "", reply, mark or "", f"⚠️ {error}" if error else ""]
+    return [{"role": "user", "content": message}, {"role": "assistant", "content": "\n\n".join(p for p in parts if p)}]
 
 
 def build_ui(
@@ -136,7 +138,7 @@ def build_ui(
                 if not stream or (shown_at is not None and now - shown_at < stream_interval):
                     continue
                 shown_at = now
-                messages = to_messages(conversation.turns, (update.message, update.reply))
+                messages = to_messages(conversation.turns, update)
                 yield messages, "", gr.skip(), browser, conversation.session_id
                 continue
             if update.notice:

@@ -1,7 +1,9 @@
-"""One chat turn, independent of the UI: clean the input, stream the reply, save the turn.
+"""One chat turn, independent of the UI: clean the input, fit the context, stream the reply,
+save the turn.
 
 The conversation's context is the list of saved ``Turn``s, not what the UI shows, so an
 error shown in the chat is never sent to a model, and any backend can answer the next turn.
+What is sent is fitted to the model's context (``hybridchat.context``); the store keeps all.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hybridchat.backends import ChatBackend, GenerationParams, Usage
-from hybridchat.errors import BackendError, HybridChatError, SessionNotFound, StoreError
+from hybridchat.backends import ChatBackend, GenerationParams
+from hybridchat.context import KEEP, Fitted, fit_context
+from hybridchat.errors import BackendError, ContextOverflow, InputRefused, SessionNotFound, StoreError
 from hybridchat.store import HistoryStore, Turn
 from hybridchat.store.base import utcnow
 
@@ -24,10 +27,6 @@ log = logging.getLogger("hybridchat.turns")
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024
 # C0 controls except tab and newline, DEL, and lone UTF-16 surrogates (not encodable).
 _UNWANTED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
-
-
-class InputRefused(HybridChatError):
-    """The message or a setting was refused; the text says why."""
 
 
 def clean_message(text: str | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> str:
@@ -56,12 +55,13 @@ class Conversation:
 @dataclass(frozen=True)
 class Progress:
     """The reply so far to ``message`` (as sent: cleaned); ``turn`` is set once it is finished
-    and saved (or kept)."""
+    and saved (or kept). ``context_note``: earlier turns were left out of the context."""
 
     message: str
     reply: str
     turn: Turn | None = None
     notice: str | None = None
+    context_note: str | None = None
 
 
 class ChatService:
@@ -71,40 +71,63 @@ class ChatService:
         store: HistoryStore,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keep: float = KEEP,
     ):
         if not backends:
             raise ValueError("no backend is configured: set HYBRIDCHAT_BACKENDS")
         self.backends = backends
         self.store = store
         self.max_message_bytes = max_message_bytes
+        self.keep = keep
 
     def respond(
         self, conversation: Conversation, message: str, backend_name: str, params: GenerationParams
     ) -> Iterator[Progress]:
         """Stream the reply to ``message``; the last ``Progress`` carries the saved turn.
 
-        ``InputRefused`` (before anything is sent) for a bad message or model. Backend
-        failures do not raise: they end the turn, whose ``error`` says what happened.
+        ``InputRefused`` (before anything is sent) for a bad message or model, or a message
+        too long for the model's context. Backend failures do not raise: they end the turn,
+        whose ``error`` says what happened. A prompt the server finds too long for its context
+        is fitted again, smaller, and sent once more.
         """
         text = clean_message(message, self.max_message_bytes)
         backend = self.backends.get(backend_name)
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
-        history = [[t.user, t.reply or None] for t in conversation.turns]
+        start = self._context_start(conversation, backend_name)
         draft = _Draft(text, backend_name, params)
-        reply = backend.stream(text, history, params)
+        reply: Iterator[str] | None = None
         try:
-            for piece in reply:
-                draft.pieces.append(piece)
-                yield Progress(text, "".join(draft.pieces))
+            for attempt in range(2):
+                fitted = fit_context(
+                    backend, conversation.turns, text, params, start=start, keep=self.keep, shrink=attempt > 0
+                )
+                draft.fitted(fitted, start, backend.label)
+                reply = backend.stream(text, fitted.history, fitted.params)
+                try:
+                    for piece in reply:
+                        draft.pieces.append(piece)
+                        yield Progress(text, "".join(draft.pieces), context_note=draft.notice)
+                    break
+                except ContextOverflow:
+                    if attempt or draft.pieces:
+                        raise
         except BackendError as exc:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
             draft.status = "interrupted"
             self._save(conversation, draft.turn())
             raise
-        turn = draft.turn(getattr(reply, "usage", None))
-        yield Progress(text, turn.reply, turn, self._save(conversation, turn))
+        turn = draft.turn(reply)
+        yield Progress(text, turn.reply, turn, self._save(conversation, turn), turn.notice)
+
+    @staticmethod
+    def _context_start(conversation: Conversation, backend_name: str) -> int:
+        """Where this model's last context began: its prompt keeps that beginning."""
+        for turn in reversed(conversation.turns):
+            if turn.model == backend_name and turn.context_start is not None:
+                return turn.context_start
+        return 0
 
     def open(self, owner: str, session_id: str) -> Conversation:
         """A saved session of ``owner``'s; ``SessionNotFound`` for anyone else's."""
@@ -134,6 +157,7 @@ class ChatService:
             "latency_ms": turn.latency_ms,
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": turn.completion_tokens,
+            "context_start": turn.context_start,
             "message_chars": len(turn.user),
             "reply_chars": len(turn.reply),
             "saved": notice is None,
@@ -151,10 +175,25 @@ class _Draft:
     pieces: list[str] = field(default_factory=list)
     status: str = "ok"
     error: str | None = None
+    context_start: int | None = None
+    notice: str | None = None
     started: datetime = field(default_factory=utcnow)
     clock: float = field(default_factory=time.monotonic)
 
-    def turn(self, usage: Usage | None = None) -> Turn:
+    def fitted(self, fitted: Fitted, previous_start: int, model: str) -> None:
+        """Record what is sent; a notice only when this turn leaves out more than the last."""
+        self.params, self.context_start = fitted.params, fitted.start
+        self.notice = (
+            f"{fitted.not_sent} earlier turn{'s were' if fitted.not_sent != 1 else ' was'} not sent to "
+            f"{model}, to fit its context. They stay saved in this chat."
+            if fitted.start > previous_start and fitted.not_sent else None
+        )
+
+    def turn(self, reply: Iterator[str] | None = None) -> Turn:
+        # Backends report usage and the finish reason through a ReplyStream; plain iterators don't.
+        usage = getattr(reply, "usage", None)
+        if self.status == "ok" and getattr(reply, "finish_reason", None) == "length":
+            self.status = "cut_off"
         return Turn(
             user=self.text,
             model=self.backend_name,
@@ -167,4 +206,6 @@ class _Draft:
             error=self.error,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            context_start=self.context_start,
+            notice=self.notice,
         )

@@ -43,6 +43,10 @@ def serve_local(
     model: Annotated[
         str, typer.Option(help="Hub id, model directory or .gguf file (default HYBRIDCHAT_LOCAL_MODEL).")
     ] = "",
+    served_model_name: Annotated[
+        str, typer.Option(help="The name /v1/models gives, as vLLM's flag (default local-stand-in/MODEL).")
+    ] = "",
+    max_model_len: Annotated[int, typer.Option(help="Context length in tokens, as vLLM's flag (default the model's).")] = 0,
 ) -> None:
     """Serve the local model as stand-ins for Gemma (vLLM APIs) and Gemini (its REST API)."""
     from hybridchat.backends.local import LocalModel, default_model_source
@@ -56,8 +60,9 @@ def serve_local(
     url = f"http://{host}:{port}"
     typer.echo(f"Local stand-in for Gemma and Gemini: {url} (model: {source})")
     typer.echo(f"  vLLM OpenAI API: {url}/v1   legacy: {url}/generate   Gemini: HYBRIDCHAT_GEMINI_URL={url}")
-    typer.echo("  Answers 503 until the model has loaded; Ctrl-C stops it.")
-    serve(lambda: LocalModel.load(source, token=token), host, port, settings.log_level)
+    typer.echo("  Loading the model; like vLLM, it listens once loaded. Ctrl-C stops it.")
+    loaded = LocalModel.load(source, token=token, max_model_len=max_model_len or None)
+    serve(loaded, host, port, settings.log_level, served_model_name or None)
 
 
 @app.command("app")
@@ -86,11 +91,14 @@ def up(
     port: Annotated[int, typer.Option(help="The app's port.")] = 7860,
 ) -> None:
     """Start the local stand-in and the app together (the README's run command); Ctrl-C stops both."""
-    from hybridchat.lab.local import stop_process
+    from hybridchat.lab.local import stop_process, wait_until_serving
 
     settings = Settings()
     stand_in = subprocess.Popen([sys.executable, "-m", "hybridchat.cli", "serve-local"])
     try:
+        # The stand-in listens once its model has loaded: until then the app could only say
+        # that Gemma and Gemini are not reachable.
+        wait_until_serving(settings.local_url, stand_in)
         run_app(host="127.0.0.1", port=port, auth=[], auth_file=None, root_path="")
     finally:
         stop_process(stand_in)

@@ -8,7 +8,10 @@ The variable names are a contract with the Kubernetes manifests and the notebook
                            mode, the ``hybridchat serve-local`` address in local mode
 ``HYBRIDCHAT_VLLM_API``    ``openai`` (vLLM's OpenAI server) or ``legacy`` (``/generate``)
 ``HYBRIDCHAT_GEMMA_MODEL`` served model name; discovered from ``/v1/models`` when unset
+``HYBRIDCHAT_GEMMA_CONTEXT_TOKENS`` Gemma's context length; vLLM's ``max_model_len`` when unset
 ``HYBRIDCHAT_GEMINI_MODEL`` default ``gemini-2.5-flash``
+``HYBRIDCHAT_GEMINI_CONTEXT_TOKENS`` most prompt tokens for Gemini; its ``input_token_limit``
+                           when unset
 ``GOOGLE_CLOUD_PROJECT``   Vertex AI project (else taken from application default credentials)
 ``GOOGLE_CLOUD_LOCATION``  Vertex AI location, default ``global``
 ``GOOGLE_API_KEY``         Gemini API-key mode instead of Vertex AI
@@ -47,8 +50,16 @@ class Settings(BaseSettings):
     vllm_url: str | None = None
     vllm_api: Literal["openai", "legacy"] = "openai"
     gemma_model: str | None = None
+    gemma_context_tokens: int | None = Field(
+        default=None, ge=64, description="Gemma's context length in tokens (prompt and reply); "
+        "asked from vLLM's /v1/models (max_model_len) when unset"
+    )
 
     gemini_model: str = "gemini-2.5-flash"
+    gemini_context_tokens: int | None = Field(
+        default=None, ge=64, description="most prompt tokens sent to Gemini; the model's "
+        "input_token_limit when unset"
+    )
     gemini_url: str | None = None
     google_cloud_project: str | None = Field(
         default=None, validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "google_cloud_project")

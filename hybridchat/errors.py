@@ -1,11 +1,14 @@
 """Errors whose ``str()`` is fit to show a workshop user, with no stack trace.
 
     HybridChatError
+    ├── InputRefused             a message or setting refused before anything was sent
     ├── BackendError             a model could not answer (``backend`` names which)
     │   ├── BackendUnavailable   nothing listens at its address
     │   ├── BackendLoading       up, but the model is still loading (HTTP 503)
     │   ├── BackendTimeout       no answer in time
     │   ├── BackendRejected      the request was refused (4xx other than quota)
+    │   │   ├── ContextOverflow  the prompt does not fit the model's context
+    │   │   └── ModelNotFound    the server does not serve the model asked for
     │   ├── QuotaExceeded        rate limit or quota (HTTP 429)
     │   ├── ContentBlocked       a safety filter blocked the prompt or the reply
     │   ├── EmptyResponse        an answer with no text in it
@@ -21,6 +24,10 @@ from __future__ import annotations
 
 class HybridChatError(Exception):
     """Base of every error hybridchat raises on purpose."""
+
+
+class InputRefused(HybridChatError):
+    """The message or a setting was refused; the text says why."""
 
 
 class BackendError(HybridChatError):
@@ -46,6 +53,22 @@ class BackendTimeout(BackendError):
 
 class BackendRejected(BackendError):
     """The backend refused the request (a client error)."""
+
+
+class ContextOverflow(BackendRejected):
+    """The prompt (with room for the reply) is longer than the model's context.
+
+    ``limit`` is the context length in tokens when the server said it, ``prompt_tokens`` the
+    prompt's size when it counted it."""
+
+    def __init__(self, message: str, *, limit: int | None = None, prompt_tokens: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.limit = limit
+        self.prompt_tokens = prompt_tokens
+
+
+class ModelNotFound(BackendRejected):
+    """The server does not serve the model named in the request (HTTP 404)."""
 
 
 class QuotaExceeded(BackendError):

@@ -12,16 +12,19 @@ reach "Gemma" and "Gemini" through their real clients over real HTTP, with no cl
   (Vertex AI) — plus ``:streamGenerateContent?alt=sse`` and ``GET`` of the model.
 
 Every answer names the stand-in (model ``local-stand-in/<model>``) so nobody mistakes it for
-Gemma or Gemini. Like vLLM, it answers 503 until its model has loaded.
+Gemma or Gemini. Where a visitor would notice, it behaves as vLLM 0.32 does (the same scenario
+tests run against both): it listens only once its model has loaded; ``/v1/models`` gives the
+context length (``max_model_len``) and ``/tokenize`` counts tokens; a prompt longer than the
+context, ``max_tokens`` above it and an unknown model name get vLLM's own errors; a reply
+stopped by ``max_tokens`` ends with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,8 +33,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.genai import types
 from pydantic import ValidationError
 
-from hybridchat.backends.base import GenerationParams
+from hybridchat.backends.base import GenerationParams, ReplyStream
 from hybridchat.backends.local import LocalModel
+from hybridchat.errors import ContextOverflow
 from hybridchat.history import looks_like_gemma_prompt, normalize_history, parse_gemma_prompt
 from hybridchat.protocols import gemini as gemini_wire
 from hybridchat.protocols import legacy, openai
@@ -42,47 +46,40 @@ STAND_IN_PREFIX = "local-stand-in/"
 _DEFAULT_MAX_TOKENS = 512
 
 
-class _NotReady(Exception):
-    def __init__(self, message: str, status: int):
+class _Refused(Exception):
+    """A request refused with ``status``, worded as vLLM words it."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
         self.status = status
+        self.param = param
 
 
-class _ModelSlot:
-    """The model, loaded in the background so the server answers (503) from the start."""
+def create_app(model: LocalModel, served_model_name: str | None = None) -> FastAPI:
+    """The stand-in server for a loaded ``model`` (``serve`` loads it before listening, as vLLM
+    does), under ``served_model_name`` (default ``local-stand-in/<model>``)."""
+    app = FastAPI(title="hybridchat local stand-in")
+    served = served_model_name or f"{STAND_IN_PREFIX}{model.name}"
 
-    def __init__(self, model: LocalModel | Callable[[], LocalModel]):
-        self._model = model if isinstance(model, LocalModel) else None
-        self._loader = None if isinstance(model, LocalModel) else model
-        self._failure: str | None = None
+    @app.exception_handler(_Refused)
+    def _refused(request: Request, exc: _Refused) -> JSONResponse:
+        return _error(request, exc.status, str(exc), exc.param)
 
-    def start_loading(self) -> None:
-        if self._loader is not None:
-            threading.Thread(target=self._load, name="load-local-model", daemon=True).start()
-
-    def _load(self) -> None:
-        try:
-            self._model = self._loader()  # type: ignore[misc]
-        except Exception as exc:
-            log.error("the local model failed to load: %s", exc)
-            self._failure = f"the local model failed to load ({type(exc).__name__}: {exc})"
-
-    def get(self) -> LocalModel:
-        if self._model is not None:
-            return self._model
-        if self._failure is not None:
-            raise _NotReady(self._failure, 500)
-        raise _NotReady("the local model is still loading", 503)
-
-
-def create_app(model: LocalModel | Callable[[], LocalModel]) -> FastAPI:
-    """The stand-in server for ``model`` (or a loader for it, run in the background)."""
-    slot = _ModelSlot(model)
-    app = FastAPI(title="hybridchat local stand-in", on_startup=[slot.start_loading])
-
-    @app.exception_handler(_NotReady)
-    def _not_ready(request: Request, exc: _NotReady) -> JSONResponse:
-        return _error(request, exc.status, str(exc))
+    @app.exception_handler(ContextOverflow)
+    def _overflow(request: Request, exc: ContextOverflow) -> JSONResponse:
+        if request.url.path.startswith(("/v1/", "/generate", "/tokenize")):
+            message = (
+                f"This model's maximum context length is {exc.limit} tokens. However, your prompt "
+                f"contains {exc.prompt_tokens} input tokens, which exceeds this limit even without "
+                "any output tokens. Please reduce the length of the input prompt. "
+                f"(parameter=input_tokens, value={exc.prompt_tokens})"
+            )
+            return _error(request, 400, message, "input_tokens")
+        message = (
+            f"The input token count ({exc.prompt_tokens}) exceeds the maximum number of tokens "
+            f"allowed ({_gemini_input_limit(model)})."
+        )
+        return _error(request, 400, message)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,95 +87,127 @@ def create_app(model: LocalModel | Callable[[], LocalModel]) -> FastAPI:
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         return _error(request, 400, f"invalid request: {where}: {first['msg']}")
 
+    def check_model(name: str | None) -> None:
+        # vLLM takes a request without a model as one for the model it serves.
+        if name and name != served:
+            raise _Refused(404, f"The model `{name}` does not exist.", "model")
+
+    def checked(max_tokens: int | None) -> int | None:
+        if max_tokens is not None and max_tokens > model.context_length:
+            raise _Refused(
+                400,
+                f"max_tokens={max_tokens} cannot be greater than max_model_len={model.context_length}. "
+                f"Please request fewer output tokens. (parameter=max_tokens, value={max_tokens})",
+                "max_tokens",
+            )
+        return max_tokens
+
     @app.get("/health")
     def health() -> Response:
-        slot.get()
         return Response(status_code=200)
 
     @app.get("/v1/models")
     def models() -> openai.ModelList:
-        served = slot.get()
-        return openai.ModelList(data=[openai.ModelCard(id=_served_name(served), created=int(time.time()))])
+        card = openai.ModelCard(id=served, created=int(time.time()), root=model.name, max_model_len=model.context_length)
+        return openai.ModelList(data=[card])
+
+    @app.post("/tokenize")
+    def tokenize(body: openai.TokenizeRequest) -> openai.TokenizeResponse:
+        check_model(body.model)
+        if body.messages is not None:
+            history = [message.model_dump() for message in body.messages]
+            ids = model.token_ids([{"role": m.role, "content": m.content} for m in normalize_history(history)])
+        else:
+            ids = model.token_ids(body.prompt or "")
+        return openai.TokenizeResponse(count=len(ids), max_model_len=model.context_length, tokens=ids)
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(body: openai.ChatCompletionRequest) -> Any:
-        served = slot.get()
+        check_model(body.model)
         history = [message.model_dump() for message in body.messages]
         messages = [{"role": m.role, "content": m.content} for m in normalize_history(history)]
-        params = _params(body.temperature, body.top_p, body.max_completion_tokens or body.max_tokens, body.stop)
-        ident, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), _served_name(served)
+        params = _params(body.temperature, body.top_p, checked(body.max_completion_tokens or body.max_tokens), body.stop)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        reply = model.stream(messages, params)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_chat_chunks(served, messages, params, ident, created, name, usage))
-        reply = "".join(served.stream(messages, params))
+            return _sse(_chat_chunks(reply, ident, created, served, usage))
+        text = "".join(reply)
         return openai.ChatCompletion(
             id=ident,
             created=created,
-            model=name,
-            choices=[openai.ChatChoice(message=openai.AssistantMessage(content=reply), finish_reason="stop")],
-            usage=_usage(served, messages, reply),
+            model=served,
+            choices=[openai.ChatChoice(message=openai.AssistantMessage(content=text), finish_reason=reply.finish_reason)],
+            usage=_usage(reply),
         )
 
     @app.post("/v1/completions", response_model=None)
     def completions(body: openai.CompletionRequest) -> Any:
-        served = slot.get()
-        conversation = _conversation_of(body.prompt)
-        params = _params(body.temperature, body.top_p, body.max_tokens, body.stop)
-        ident, created, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), _served_name(served)
+        check_model(body.model)
+        params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
+        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        reply = model.stream(_conversation_of(body.prompt), params)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_completion_chunks(served, conversation, params, ident, created, name, usage))
-        reply = "".join(served.stream(conversation, params))
+            return _sse(_completion_chunks(reply, ident, created, served, usage))
+        text = "".join(reply)
         return openai.Completion(
             id=ident,
             created=created,
-            model=name,
-            choices=[openai.CompletionChoice(text=reply, finish_reason="stop")],
-            usage=_usage(served, conversation, reply),
+            model=served,
+            choices=[openai.CompletionChoice(text=text, finish_reason=reply.finish_reason)],
+            usage=_usage(reply),
         )
 
     @app.post("/generate")
     def generate(body: legacy.GenerateRequest) -> legacy.GenerateResponse:
-        served = slot.get()
-        params = _params(body.temperature, body.top_p, body.max_tokens, body.stop)
-        reply = "".join(served.stream(_conversation_of(body.prompt), params))
+        params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
+        reply = "".join(model.stream(_conversation_of(body.prompt), params))
         return legacy.GenerateResponse(predictions=[reply if body.raw_response else legacy.echoed(body.prompt, reply)])
 
-    @app.get("/{version}/models/{model}")
-    @app.get("/{version}/publishers/google/models/{model}")  # Vertex AI's models.get
-    @app.get("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}")
-    def gemini_model(model: str, request: Request) -> Response:
-        served = slot.get()
+    @app.get("/{version}/models/{name}")
+    @app.get("/{version}/publishers/google/models/{name}")  # Vertex AI's models.get
+    @app.get("/{version}/projects/{project}/locations/{location}/publishers/google/models/{name}")
+    def gemini_model(name: str, request: Request) -> Response:
         prefix = "publishers/google/models/" if "/publishers/" in request.url.path else "models/"
         found = types.Model(
-            name=f"{prefix}{model}",
-            display_name=f"{_served_name(served)} (standing in for {model})",
-            version=_served_name(served),
+            name=f"{prefix}{name}",
+            display_name=f"{served} (standing in for {name})",
+            version=served,
+            input_token_limit=_gemini_input_limit(model),
+            output_token_limit=model.context_length - _gemini_input_limit(model),
         )
         return Response(found.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
 
     @app.post("/{version}/models/{target}")
     @app.post("/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}")
     def gemini_generate(target: str, body: gemini_wire.GenerateContentRequest, request: Request) -> Response:
-        served = slot.get()
-        model, _, action = target.rpartition(":")
-        if action not in ("generateContent", "streamGenerateContent"):
+        name, _, action = target.rpartition(":")
+        if action not in ("generateContent", "streamGenerateContent", "countTokens"):
             return _error(request, 404, f"unknown method {action!r}")
         messages = _gemini_messages(body)
+        if action == "countTokens":
+            counted = types.CountTokensResponse(total_tokens=len(model.token_ids(messages)))
+            return Response(counted.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
         config = body.generation_config or types.GenerationConfig()
+        prompt_tokens = len(model.token_ids(messages))
+        if prompt_tokens > _gemini_input_limit(model):
+            raise ContextOverflow("", limit=_gemini_input_limit(model), prompt_tokens=prompt_tokens)
         params = _params(config.temperature, config.top_p, config.max_output_tokens, config.stop_sequences)
-        version = f"{_served_name(served)} (standing in for {model})"
+        version = f"{served} (standing in for {name})"
+        reply = model.stream(messages, params)
         if action == "streamGenerateContent":
-            return _sse(_gemini_chunks(served, messages, params, version), separator="\r\n\r\n")
-        reply = "".join(served.stream(messages, params))
-        done = _gemini_response(reply, types.FinishReason.STOP, version, served, messages)
-        return Response(gemini_wire.dump(done), media_type="application/json")
+            return _sse(_gemini_chunks(reply, version), separator="\r\n\r\n")
+        text = "".join(reply)
+        return Response(gemini_wire.dump(_gemini_response(text, reply, version)), media_type="application/json")
 
     return app
 
 
-def _served_name(model: LocalModel) -> str:
-    return f"{STAND_IN_PREFIX}{model.name}"
+def _gemini_input_limit(model: LocalModel) -> int:
+    """Gemini's input limit leaves out the reply; the local model's context holds both, so the
+    stand-in offers half of it to each."""
+    return model.context_length // 2
 
 
 def _params(temperature: float | None, top_p: float | None, max_tokens: int | None, stop: Any) -> GenerationParams:
@@ -216,89 +245,58 @@ def _gemini_messages(body: gemini_wire.GenerateContentRequest) -> list[dict[str,
     return [{"role": m.role, "content": m.content} for m in normalize_history(history)]
 
 
-def _usage(model: LocalModel, conversation: str | list[dict[str, str]], reply: str) -> openai.Usage:
-    prompt_tokens, completion_tokens = model.count_tokens(conversation), model.count_tokens(reply)
-    return openai.Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+def _usage(reply: ReplyStream) -> openai.Usage | None:
+    if reply.usage is None:
+        return None
+    prompt, completion = reply.usage.prompt_tokens, reply.usage.completion_tokens
+    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _chat_chunks(
-    model: LocalModel,
-    messages: list[dict[str, str]],
-    params: GenerationParams,
-    ident: str,
-    created: int,
-    name: str,
-    include_usage: bool,
-) -> Iterator[str]:
+def _chat_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
     def chunk(delta: openai.Delta, finish: str | None = None) -> str:
         choice = openai.ChatChunkChoice(delta=delta, finish_reason=finish)
         return openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[choice]).model_dump_json()
 
     yield chunk(openai.Delta(role="assistant", content=""))
-    reply = []
-    for piece in model.stream(messages, params):
-        reply.append(piece)
+    for piece in reply:
         yield chunk(openai.Delta(content=piece))
-    yield chunk(openai.Delta(), finish="stop")
+    yield chunk(openai.Delta(), finish=reply.finish_reason)
     if include_usage:
-        usage = _usage(model, messages, "".join(reply))
-        yield openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=usage).model_dump_json()
+        yield openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=_usage(reply)).model_dump_json()
     yield "[DONE]"
 
 
-def _completion_chunks(
-    model: LocalModel,
-    conversation: str | list[dict[str, str]],
-    params: GenerationParams,
-    ident: str,
-    created: int,
-    name: str,
-    include_usage: bool,
-) -> Iterator[str]:
+def _completion_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
     def chunk(text: str, finish: str | None = None, usage: openai.Usage | None = None) -> str:
         choices = [] if usage else [openai.CompletionChoice(text=text, finish_reason=finish)]
         return openai.Completion(id=ident, created=created, model=name, choices=choices, usage=usage).model_dump_json()
 
-    reply = []
-    for piece in model.stream(conversation, params):
-        reply.append(piece)
+    for piece in reply:
         yield chunk(piece)
-    yield chunk("", finish="stop")
+    yield chunk("", finish=reply.finish_reason)
     if include_usage:
-        yield chunk("", usage=_usage(model, conversation, "".join(reply)))
+        yield chunk("", usage=_usage(reply))
     yield "[DONE]"
 
 
-def _gemini_chunks(
-    model: LocalModel, messages: list[dict[str, str]], params: GenerationParams, version: str
-) -> Iterator[str]:
-    reply = []
-    for piece in model.stream(messages, params):
-        reply.append(piece)
+def _gemini_chunks(reply: ReplyStream, version: str) -> Iterator[str]:
+    for piece in reply:
         yield gemini_wire.dump(_gemini_response(piece, None, version))
-    yield gemini_wire.dump(_gemini_response("", types.FinishReason.STOP, version, model, messages, "".join(reply)))
+    yield gemini_wire.dump(_gemini_response("", reply, version))
 
 
-def _gemini_response(
-    text: str,
-    finish: types.FinishReason | None,
-    version: str,
-    model: LocalModel | None = None,
-    messages: list[dict[str, str]] | None = None,
-    whole_reply: str | None = None,
-) -> types.GenerateContentResponse:
-    usage = None
-    if model is not None and messages is not None:
-        counted = _usage(model, messages, text if whole_reply is None else whole_reply)
-        usage = types.GenerateContentResponseUsageMetadata(
-            prompt_token_count=counted.prompt_tokens,
-            candidates_token_count=counted.completion_tokens,
-            total_token_count=counted.total_tokens,
-        )
+def _gemini_response(text: str, finished: ReplyStream | None, version: str) -> types.GenerateContentResponse:
+    """A response or chunk; ``finished``: the exhausted reply, for its finish reason and usage."""
+    usage, finish = None, None
+    if finished is not None:
+        finish = types.FinishReason.MAX_TOKENS if finished.finish_reason == "length" else types.FinishReason.STOP
+        counted = _usage(finished)
+        if counted is not None:
+            usage = types.GenerateContentResponseUsageMetadata(
+                prompt_token_count=counted.prompt_tokens,
+                candidates_token_count=counted.completion_tokens,
+                total_token_count=counted.total_tokens,
+            )
     return types.GenerateContentResponse(
         candidates=[
             types.Candidate(
@@ -327,12 +325,12 @@ def _sse(events: Iterator[str], separator: str = "\n\n") -> StreamingResponse:
     return StreamingResponse(frames(), media_type="text/event-stream")
 
 
-def _error(request: Request, status: int, message: str) -> JSONResponse:
+def _error(request: Request, status: int, message: str, param: str | None = None) -> JSONResponse:
     """An error body in the protocol the request used."""
     path = request.url.path
-    if path.startswith(("/v1/", "/generate", "/health")) and not path.startswith("/v1/models/"):
-        body = openai.ErrorResponse(error=openai.ErrorInfo(message=message, type=_ERROR_TYPES.get(status, "Error"), code=status))
-        return JSONResponse(body.model_dump(), status_code=status)
+    if path.startswith(("/v1/", "/generate", "/health", "/tokenize")) and not path.startswith("/v1/models/"):
+        info = openai.ErrorInfo(message=message, type=_ERROR_TYPES.get(status, "Error"), param=param, code=status)
+        return JSONResponse(openai.ErrorResponse(error=info).model_dump(), status_code=status)
     status_name = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}.get(status, "INTERNAL")
     return JSONResponse(gemini_wire.error_body(status, status_name, message), status_code=status)
 
@@ -340,9 +338,16 @@ def _error(request: Request, status: int, message: str) -> JSONResponse:
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
 
 
-def serve(model: LocalModel | Callable[[], LocalModel], host: str, port: int, log_level: str = "info") -> None:
-    """Run the stand-in server until interrupted."""
+def serve(model: LocalModel, host: str, port: int, log_level: str = "info", served_model_name: str | None = None) -> None:
+    """Run the stand-in server for a loaded model until interrupted. Stopped, it breaks off the
+    replies still streaming after a second, as vLLM does, rather than finishing them."""
     import uvicorn
 
-    uvicorn.run(create_app(model), host=host, port=port, log_level=log_level.lower())
+    uvicorn.run(
+        create_app(model, served_model_name),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=1,
+    )
 

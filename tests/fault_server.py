@@ -2,9 +2,10 @@
 
 Modes: ``ok``, ``loading`` (503), ``server_error`` (500), ``bad_request`` (400), ``quota``
 (429), ``slow`` (answers after ``delay`` s), ``malformed`` (not JSON), ``truncated`` (SSE
-that stops early), ``flaky`` (503 for the first ``failures`` requests, then ok); Gemini only:
+that stops early), ``flaky`` (503 for the first ``failures`` generation requests, then ok); Gemini only:
 ``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``; vLLM chat only: ``html`` (a
-hostile reply). ``requests`` counts what came.
+hostile reply), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
+stopped). ``requests`` counts what came.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 REPLY = "fault server says hi"
+ENGINE_DEAD = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                         "type": "InternalServerError", "param": None, "code": 500}}
 # A reply that would run script if the chat rendered model output as live HTML.
 HOSTILE_REPLY = (
     '**bold** <img src=x onerror="window.__xss=1;alert(1)"> '
@@ -60,11 +63,11 @@ def _candidate(text: str | None, finish: str | None) -> dict:
 def create_fault_app(control: FaultServer) -> FastAPI:
     app = FastAPI()
 
-    def status_fault(gemini: bool) -> Response | None:
+    def status_fault(gemini: bool, generating: bool = False) -> Response | None:
         """The error answer the current mode calls for, if it is an error status."""
         mode = control.mode
         if mode == "flaky":
-            if control.failures > 0:
+            if control.failures > 0 and generating:
                 control.failures -= 1
                 mode = "loading"
             else:
@@ -100,7 +103,7 @@ def create_fault_app(control: FaultServer) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body = await request.json()
-        if fault := status_fault(False):
+        if fault := status_fault(False, generating=True):
             return fault
         text = HOSTILE_REPLY if control.mode == "html" else REPLY
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m"),
@@ -109,12 +112,17 @@ def create_fault_app(control: FaultServer) -> FastAPI:
             return sse(["{not json"])
         if control.mode == "truncated":
             return sse([json.dumps(chunk)])
+        if control.mode == "engine_dead":  # vLLM 0.32's stream when its engine process is killed
+            return sse([json.dumps(chunk), json.dumps(ENGINE_DEAD), "[DONE]"])
+        if control.mode == "abort":  # vLLM 0.32's stream when its API server is stopped (SIGTERM)
+            aborted = {**chunk, "choices": [{**chunk["choices"][0], "finish_reason": "abort"}]}
+            return sse([json.dumps(aborted), "[DONE]"])
         return sse([json.dumps(chunk), "[DONE]"])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         await request.json()
-        if fault := status_fault(False):
+        if fault := status_fault(False, generating=True):
             return fault
         if control.mode == "malformed":
             return Response("{not json", media_type="application/json")
@@ -124,7 +132,7 @@ def create_fault_app(control: FaultServer) -> FastAPI:
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         body = await request.json()
-        if fault := status_fault(False):
+        if fault := status_fault(False, generating=True):
             return fault
         if control.mode == "malformed":
             return JSONResponse({"outputs": []})
@@ -140,7 +148,7 @@ def create_fault_app(control: FaultServer) -> FastAPI:
     @app.post("/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}")
     async def gemini_generate(target: str, request: Request) -> Response:
         await request.json()
-        if fault := status_fault(True):
+        if fault := status_fault(True, generating=True):
             return fault
         mode = control.mode
         body = {

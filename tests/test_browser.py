@@ -21,7 +21,7 @@ GEMINI = "Gemini 2.5 Flash (local stand-in)"
 @pytest.fixture(scope="module")
 def app_url(stand_in, tmp_path_factory):
     backends = {
-        "gemma": VllmBackend(VllmClient(stand_in), label="Gemma 3 (local stand-in)"),
+        "gemma": VllmBackend(VllmClient(stand_in), label="Gemma"),
         "gemini": GeminiBackend(api_key_client(stand_in), label=GEMINI),
     }
     settings = Settings(store_url=f"sqlite:///{tmp_path_factory.mktemp('browser')}/history.db")

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from hybridchat.backends import GenerationParams, LocalBackend, build_backends
+from hybridchat.backends import Finish, GenerationParams, LocalBackend, build_backends
 from hybridchat.backends.local import LocalModel, _until_stop, default_model_source
 from hybridchat.config import Settings
+from hybridchat.errors import ContextOverflow
 from hybridchat.lab.local import free_port
 
 GREEDY = GenerationParams(temperature=0, max_tokens=8)
@@ -99,7 +100,10 @@ def test_generation_params_refuse_out_of_range_values():
     ],
 )
 def test_streaming_stops_before_a_stop_string_and_never_shows_part_of_it(pieces, stops, expected):
-    assert list(_until_stop(pieces, stops)) == expected
+    passed = list(_until_stop(pieces, stops))
+    assert [p for p in passed if isinstance(p, str)] == expected
+    stopped = "".join(pieces) != "".join(expected)
+    assert (passed[-1] == Finish("stop")) == stopped, "a stop string ends the reply as 'stop'"
 
 
 def test_local_backend_streams_and_is_deterministic_when_greedy(tiny_model):
@@ -111,10 +115,18 @@ def test_local_backend_streams_and_is_deterministic_when_greedy(tiny_model):
     assert tiny_model.count_tokens("The capital of France is Paris.") > 0
 
 
-def test_a_history_longer_than_the_context_keeps_its_newest_part(tiny_model):
-    huge = [["word " * 300, "reply " * 300]] * 3
-    assert tiny_model.count_tokens([{"role": "user", "content": "word " * 2000}]) > 512
-    assert LocalBackend(model=tiny_model).complete("and now?", huge, GREEDY)
+def test_the_local_model_refuses_what_does_not_fit_and_reports_a_cut_off_reply(tiny_model):
+    """As vLLM does: a prompt over the context is refused, max_tokens cut to the room left."""
+    limit = tiny_model.context_length
+    with pytest.raises(ContextOverflow) as refused:
+        tiny_model.stream([{"role": "user", "content": "word " * limit}], GREEDY)
+    assert refused.value.limit == limit and refused.value.prompt_tokens > limit
+    sentence = "The capital of France is Paris. "
+    prompt = sentence * (limit // tiny_model.count_tokens(sentence) - 2)
+    room = limit - tiny_model.count_tokens(prompt)
+    assert 0 < room < 400
+    reply = tiny_model.stream(prompt, GenerationParams(temperature=0, max_tokens=400))
+    assert "".join(reply) and reply.usage.completion_tokens == room and reply.finish_reason == "length"
 
 
 def test_closing_the_stream_early_stops_generation(tiny_model):
@@ -153,7 +165,7 @@ def test_the_bundled_smollm2_gguf_loads_converts_once_and_answers(tmp_path):
 # --- the serve-local command ----------------------------------------------------------------------
 
 
-def test_serve_local_command_answers_503_then_serves_and_stops_on_ctrl_c(tiny_model_dir):
+def test_serve_local_command_listens_once_loaded_then_serves_and_stops_on_ctrl_c(tiny_model_dir):
     port = free_port()
     command = [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(port), "--model", str(tiny_model_dir)]
     env = {**os.environ, "HYBRIDCHAT_LOG_LEVEL": "WARNING"}
@@ -170,8 +182,7 @@ def test_serve_local_command_answers_503_then_serves_and_stops_on_ctrl_c(tiny_mo
             if statuses and statuses[-1] == 200:
                 break
             time.sleep(0.05)
-        assert statuses and statuses[-1] == 200, statuses
-        assert set(statuses) <= {200, 503}
+        assert statuses == [200], "like vLLM, nothing listens until the model has loaded"
         models = httpx.get(f"{url}/v1/models").json()
         assert models["data"][0]["id"] == f"local-stand-in/{tiny_model_dir.name}"
     finally:

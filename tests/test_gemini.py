@@ -62,9 +62,11 @@ def test_registry_in_local_mode_reaches_the_stand_in(stand_in, monkeypatch):
     monkeypatch.setenv("HYBRIDCHAT_GEMINI_URL", stand_in)
     monkeypatch.setenv("HYBRIDCHAT_VLLM_URL", stand_in)
     backends = build_backends(Settings())
-    assert [b.label for b in backends.values()] == ["Gemma 3 (local stand-in)", "Gemini 2.5 Flash (local stand-in)"]
+    assert [b.label for b in backends.values()] == ["Gemma", "Gemini 2.5 Flash (local stand-in)"]
     for backend in backends.values():
         assert backend.complete("Hi", [], GREEDY)
+    # Gemma's label names what its server really serves, once asked.
+    assert backends["gemma"].label.startswith(f"Gemma ({STAND_IN_PREFIX}")
 
 
 def test_vertex_mode_without_credentials_is_a_clear_message(monkeypatch, tmp_path):

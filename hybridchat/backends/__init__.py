@@ -9,9 +9,12 @@ from __future__ import annotations
 from hybridchat.backends.base import (
     BackendHealth,
     ChatBackend,
+    ContextWindow,
+    Finish,
     GenerationParams,
     ReplyStream,
     Usage,
+    estimate_tokens,
 )
 from hybridchat.backends.gemini import GeminiBackend, call_gemini_model, gemini_label
 from hybridchat.backends.local import LocalBackend
@@ -21,6 +24,8 @@ from hybridchat.config import Settings
 __all__ = [
     "BackendHealth",
     "ChatBackend",
+    "ContextWindow",
+    "Finish",
     "GeminiBackend",
     "GenerationParams",
     "LocalBackend",
@@ -31,6 +36,7 @@ __all__ = [
     "build_backends",
     "call_gemini_model",
     "call_gemma_model",
+    "estimate_tokens",
 ]
 
 
@@ -40,16 +46,13 @@ def build_backends(settings: Settings) -> dict[str, ChatBackend]:
     Nothing is contacted here: each backend connects on first use and reports problems
     through ``health()`` and its errors.
     """
-    local = settings.mode == "local"
     backends: dict[str, ChatBackend] = {}
     for name in settings.backends:
         if name == "gemma":
-            backends[name] = VllmBackend(
-                VllmClient.from_settings(settings),
-                label="Gemma 3 (local stand-in)" if local else "Gemma 3 12B (self-hosted)",
-            )
+            # The label names the model the server really serves, once it has said.
+            backends[name] = VllmBackend(VllmClient.from_settings(settings), label="Gemma")
         elif name == "gemini":
-            where = "local stand-in" if local else (
+            where = "local stand-in" if settings.mode == "local" else (
                 "Gemini API" if settings.google_api_key is not None else "Vertex AI"
             )
             backends[name] = GeminiBackend(

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hybridchat.history import process_message_openai
+
 
 class GenerationParams(BaseModel):
     """Sampling options for one turn; the defaults are the codelab's slider defaults."""
@@ -30,27 +32,62 @@ class Usage:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class Finish:
+    """Why a reply ended, as the model's server said: ``"stop"`` or ``"length"`` (max tokens)."""
+
+    reason: str
+
+
 class ReplyStream(Iterator[str]):
     """A reply's text pieces; once exhausted, ``usage`` holds the token counts the backend
-    reported (``None`` when it reports none). Wraps a generator that yields the pieces and,
-    last, a ``Usage``."""
+    reported and ``finish_reason`` why it ended (each ``None`` when not reported). Wraps a
+    generator that yields the pieces and, at the end, a ``Usage`` and a ``Finish``."""
 
-    def __init__(self, pieces: Iterator[str | Usage]):
+    def __init__(self, pieces: Iterator[str | Usage | Finish]):
         self._pieces = pieces
         self.usage: Usage | None = None
+        self.finish_reason: str | None = None
 
     def __next__(self) -> str:
         while True:
             item = next(self._pieces)
             if isinstance(item, Usage):
                 self.usage = item
-                continue
-            return item
+            elif isinstance(item, Finish):
+                self.finish_reason = item.reason
+            else:
+                return item
 
     def close(self) -> None:
         close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
+
+
+@dataclass(frozen=True)
+class ContextWindow:
+    """How many tokens a model takes in one call. ``includes_reply``: the reply's tokens count
+    against it too (vLLM's ``max_model_len``), not only the prompt's (Gemini's input limit)."""
+
+    tokens: int
+    includes_reply: bool = True
+
+
+# Per message: the chat template's markers (role, turn start and end); per prompt: a default
+# system prompt some templates add (SmolLM2's is 21 tokens) and the reply's opening.
+_MESSAGE_OVERHEAD, _PROMPT_OVERHEAD = 8, 64
+
+
+def estimate_tokens(message: str, history: Iterable[Any], system_prompt: str | None = None) -> int:
+    """An upper bound on the prompt's tokens without a tokenizer: every token of a byte-level
+    BPE or SentencePiece vocabulary covers at least one byte of text.
+
+    >>> estimate_tokens("Hi", [["Hello", "Hi there"]])  # 15 bytes, 3 messages
+    103
+    """
+    messages = process_message_openai(message, history, system_prompt)
+    return sum(len(m["content"].encode("utf-8")) + _MESSAGE_OVERHEAD for m in messages) + _PROMPT_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -96,6 +133,15 @@ class ChatBackend(ABC):
     @abstractmethod
     def health(self) -> BackendHealth:
         """Check reachability without generating anything; never raises."""
+
+    def context_window(self) -> ContextWindow | None:
+        """The model's context length, when known (``None``: the server's refusal tells)."""
+        return None
+
+    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
+        """Tokens of this turn's prompt: exact where the model's server counts them, else
+        ``estimate_tokens``. May raise ``BackendError``."""
+        return estimate_tokens(message, history, params.system_prompt)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {self.label}>"

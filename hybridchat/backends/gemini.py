@@ -9,6 +9,7 @@ answers, become clear messages.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,9 +26,12 @@ from pydantic import ValidationError
 from hybridchat.backends.base import (
     BackendHealth,
     ChatBackend,
+    ContextWindow,
+    Finish,
     GenerationParams,
     ReplyStream,
     Usage,
+    estimate_tokens,
 )
 from hybridchat.config import Settings
 from hybridchat.errors import (
@@ -36,6 +40,7 @@ from hybridchat.errors import (
     BackendUnavailable,
     BadResponse,
     ContentBlocked,
+    ContextOverflow,
     EmptyResponse,
     NeedsCredentials,
     status_error,
@@ -52,6 +57,8 @@ try:  # google-genai sends through httpx2 when it is installed, else httpx
 except ImportError:
     _TIMEOUTS, _TRANSPORT_ERRORS = (httpx.TimeoutException,), (httpx.TransportError,)
 
+# Gemini's refusal of a prompt over the model's input limit.
+_INPUT_LIMIT = re.compile(r"exceeds the maximum number of tokens allowed \((\d+)\)")
 _BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 # The stand-in server accepts any key; it is not a secret.
 LOCAL_STAND_IN_KEY = "local-stand-in"
@@ -118,6 +125,7 @@ class GeminiBackend(ChatBackend):
         self._client = client
         self._settings = settings
         self._client_lock = threading.Lock()
+        self._input_limit = settings.gemini_context_tokens if settings else None
         self.model = model
         self.name = name
         self.label = label or gemini_label(model, "Gemini API")
@@ -139,8 +147,8 @@ class GeminiBackend(ChatBackend):
         contents = process_message_gemini(message, history)
         return ReplyStream(self._pieces(contents, config))
 
-    def _pieces(self, contents: list[types.Content], config: types.GenerateContentConfig) -> Iterator[str | Usage]:
-        produced, usage = False, None
+    def _pieces(self, contents: list[types.Content], config: types.GenerateContentConfig) -> Iterator[str | Usage | Finish]:
+        produced, usage, finish = False, None, None
         with self._errors():
             chunks = self.client.models.generate_content_stream(
                 model=self.model, contents=contents, config=config
@@ -150,6 +158,8 @@ class GeminiBackend(ChatBackend):
                 if text:
                     produced = True
                     yield text
+                if chunk.candidates and chunk.candidates[0].finish_reason:
+                    finish = "length" if _name(chunk.candidates[0].finish_reason) == "MAX_TOKENS" else "stop"
                 counted = chunk.usage_metadata
                 if counted is not None and counted.prompt_token_count is not None:
                     usage = Usage(counted.prompt_token_count, counted.candidates_token_count or 0)
@@ -157,6 +167,30 @@ class GeminiBackend(ChatBackend):
             raise self._empty(None)
         if usage is not None:
             yield usage
+        if finish is not None:
+            yield Finish(finish)
+
+    def context_window(self) -> ContextWindow | None:
+        """The model's ``input_token_limit`` (the reply has a limit of its own), asked once."""
+        if self._input_limit is None:
+            try:
+                with self._errors():
+                    self._input_limit = self.client.models.get(model=self.model).input_token_limit or 0
+            except BackendError:
+                return None  # the turn itself will say what is wrong; asked again next turn
+        return ContextWindow(self._input_limit, includes_reply=False) if self._input_limit else None
+
+    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
+        """Gemini's own count (``countTokens``); the system instruction is counted as one
+        more content, as the API-key endpoint takes no system instruction there."""
+        history = list(history)
+        contents = process_message_gemini(message, history)
+        system = system_instruction(history, params.system_prompt)
+        if system:
+            contents.insert(0, types.Content(role="user", parts=[types.Part(text=system)]))
+        with self._errors():
+            counted = self.client.models.count_tokens(model=self.model, contents=contents).total_tokens
+        return counted if counted is not None else estimate_tokens(message, history, params.system_prompt)
 
     def generate(self, contents: list[types.Content], params: GenerationParams) -> str:
         """One whole reply to ready-made ``contents`` (the notebook-facing path)."""
@@ -223,6 +257,15 @@ class GeminiBackend(ChatBackend):
         except BackendError:
             raise
         except genai_errors.APIError as exc:
+            found = _INPUT_LIMIT.search(exc.message or "") if exc.code == 400 else None
+            if found:
+                raise ContextOverflow(
+                    f"This conversation is too long for {self.display} ({found.group(1)} tokens at most). "
+                    "Start a new chat.",
+                    backend=self.display,
+                    status_code=400,
+                    limit=int(found.group(1)),
+                ) from None
             if exc.code == 503:
                 raise BackendUnavailable(
                     f"{self.display} is overloaded right now (HTTP 503). Try again shortly, or switch model.",

@@ -25,12 +25,14 @@ from typing import Any
 from hybridchat.backends.base import (
     BackendHealth,
     ChatBackend,
+    ContextWindow,
+    Finish,
     GenerationParams,
     ReplyStream,
     Usage,
 )
 from hybridchat.config import DEFAULT_LOCAL_MODEL, Settings
-from hybridchat.errors import BackendError, BackendUnavailable
+from hybridchat.errors import BackendError, BackendUnavailable, ContextOverflow
 from hybridchat.history import process_message_openai
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,11 @@ def default_model_source() -> str:
 class LocalModel:
     """A causal LM and its tokenizer; generates one request at a time (CPU-bound)."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str):
+    def __init__(self, model: Any, tokenizer: Any, name: str, *, max_model_len: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self._max_model_len = max_model_len
         self._lock = threading.Lock()
 
     @classmethod
@@ -65,35 +68,52 @@ class LocalModel:
         *,
         cache_dir: Path | str = DEFAULT_CACHE_DIR,
         token: str | None = None,
+        max_model_len: int | None = None,
     ) -> LocalModel:
-        """Load from a Hub id, a directory or a ``.gguf`` file (see the module docstring)."""
+        """Load from a Hub id, a directory or a ``.gguf`` file (see the module docstring);
+        ``max_model_len`` caps the context below the model's own, as vLLM's flag does."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         source = source or default_model_source()
-        path = Path(source).expanduser()
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise FileNotFoundError(f"no GGUF file at {path}")
-            directory = _converted_gguf(path, Path(cache_dir).expanduser())
-            name = path.name.split(".")[0]
-        else:
-            directory = path if path.is_dir() else source
-            name = Path(source).name
+        directory = model_directory(source, cache_dir)
+        name = Path(source).name.split(".")[0] if source.endswith(".gguf") else Path(source).name
         log.info("loading local model %s", name)
         tokenizer = AutoTokenizer.from_pretrained(directory, token=token)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype="float32", token=token)
         model.eval()
-        return cls(model, tokenizer, name)
+        return cls(model, tokenizer, name, max_model_len=max_model_len)
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the model takes, prompt and reply together: its position embeddings, or less."""
+        own = int(self.model.config.max_position_embeddings)
+        return min(own, self._max_model_len) if self._max_model_len else own
+
+    def token_ids(self, conversation: str | list[dict[str, str]]) -> list[int]:
+        """The prompt's tokens: a raw prompt as is, chat messages through the chat template."""
+        return self._encode(conversation)["input_ids"][0].tolist()
 
     def count_tokens(self, conversation: str | list[dict[str, str]]) -> int:
-        return int(self._encode(conversation)["input_ids"].shape[-1])
+        return len(self.token_ids(conversation))
 
-    def stream(self, conversation: str | list[dict[str, str]], params: GenerationParams) -> Iterator[str]:
-        """Yield the continuation of a raw prompt, or the reply to chat messages.
+    def stream(self, conversation: str | list[dict[str, str]], params: GenerationParams) -> ReplyStream:
+        """The continuation of a raw prompt, or the reply to chat messages, piece by piece;
+        ``usage`` and ``finish_reason`` (``"stop"`` or ``"length"``) once exhausted.
 
-        Stops at any of ``params.stop`` (never yielding it); closing the iterator early
-        stops the generation too.
+        As vLLM does: a prompt that leaves no room in the context is a ``ContextOverflow``, and
+        ``max_tokens`` is cut to the room there is. Stops at any of ``params.stop`` (never
+        yielding it); closing the stream early stops the generation too.
         """
+        inputs = self._encode(conversation)
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        if prompt_tokens >= self.context_length:
+            raise ContextOverflow(
+                f"The prompt is {prompt_tokens} tokens; {self.name} takes {self.context_length} in all.",
+                backend=self.name, limit=self.context_length, prompt_tokens=prompt_tokens,
+            )
+        return ReplyStream(self._generate(inputs, params, min(params.max_tokens, self.context_length - prompt_tokens)))
+
+    def _generate(self, inputs: Any, params: GenerationParams, max_new_tokens: int) -> Iterator[str | Usage | Finish]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         cancelled = threading.Event()
@@ -102,7 +122,6 @@ class LocalModel:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return cancelled.is_set()
 
-        inputs = self._newest_that_fits(self._encode(conversation), room_for=params.max_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
@@ -110,31 +129,48 @@ class LocalModel:
             else {"do_sample": False}
         )
         failure: list[BaseException] = []
+        output: list[Any] = []
 
         def generate() -> None:
             try:
                 with self._lock:
-                    self.model.generate(
+                    output.append(self.model.generate(
                         **inputs,
                         **sampling,
-                        max_new_tokens=params.max_tokens,
+                        max_new_tokens=max_new_tokens,
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_Cancelled()]),
                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                    )
+                    ))
             except BaseException as exc:  # surfaced to the consumer below
                 failure.append(exc)
                 streamer.end()
 
         worker = threading.Thread(target=generate, name="local-generate", daemon=True)
         worker.start()
+        stopped = False
         try:
-            yield from _until_stop(streamer, params.stop)
+            for piece in _until_stop(streamer, params.stop):
+                if isinstance(piece, Finish):
+                    stopped = True
+                else:
+                    yield piece
         finally:
             cancelled.set()
-        worker.join()
+            worker.join()
         if failure:
             raise BackendError(f"The local model failed: {type(failure[0]).__name__}", backend=self.name)
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        new = output[0][0, prompt_tokens:].tolist()
+        yield Usage(prompt_tokens, len(new))
+        ended = stopped or (new and new[-1] in self._end_ids) or len(new) < max_new_tokens
+        yield Finish("stop" if ended else "length")
+
+    @property
+    def _end_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = configured if isinstance(configured, list) else [configured]
+        return {token for token in [*ids, self.tokenizer.eos_token_id] if token is not None}
 
     def _encode(self, conversation: str | list[dict[str, str]]) -> Any:
         if isinstance(conversation, str):
@@ -142,14 +178,6 @@ class LocalModel:
         return self.tokenizer.apply_chat_template(
             conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-
-    def _newest_that_fits(self, inputs: Any, room_for: int) -> Any:
-        """Keep the newest context that leaves room for the reply, rather than failing."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and inputs["input_ids"].shape[-1] + room_for > limit:
-            keep = max(limit - room_for, 1)
-            return {key: value[:, -keep:] for key, value in inputs.items()}
-        return inputs
 
 
 class LocalBackend(ChatBackend):
@@ -187,16 +215,13 @@ class LocalBackend(ChatBackend):
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
     ) -> Iterator[str]:
         params = params or GenerationParams()
-        messages = process_message_openai(message, history, params.system_prompt)
+        return self.model.stream(process_message_openai(message, history, params.system_prompt), params)
 
-        def pieces() -> Iterator[str | Usage]:
-            reply = []
-            for piece in self.model.stream(messages, params):
-                reply.append(piece)
-                yield piece
-            yield Usage(self.model.count_tokens(messages), self.model.count_tokens("".join(reply)))
+    def context_window(self) -> ContextWindow:
+        return ContextWindow(self.model.context_length)
 
-        return ReplyStream(pieces())
+    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
+        return self.model.count_tokens(process_message_openai(message, history, params.system_prompt))
 
     def health(self) -> BackendHealth:
         if self._model is None:
@@ -204,8 +229,9 @@ class LocalBackend(ChatBackend):
         return BackendHealth(True, f"{self._model.name} is loaded", self._model.name)
 
 
-def _until_stop(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
-    """Pass text through up to the first stop string, holding back what may start one."""
+def _until_stop(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str | Finish]:
+    """Pass text through up to the first stop string, holding back what may start one; a
+    ``Finish`` says a stop string ended it."""
     stops = [stop for stop in stops if stop]
     if not stops:
         yield from (piece for piece in pieces if piece)
@@ -217,6 +243,7 @@ def _until_stop(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
         if hits:
             if head := pending[: min(hits)]:
                 yield head
+            yield Finish("stop")
             return
         held = max((n for stop in stops for n in range(1, len(stop)) if pending.endswith(stop[:n])), default=0)
         if ready := pending[: len(pending) - held]:
@@ -224,6 +251,17 @@ def _until_stop(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
         pending = pending[len(pending) - held :]
     if pending:
         yield pending
+
+
+def model_directory(source: str, cache_dir: Path | str = DEFAULT_CACHE_DIR) -> Path | str:
+    """What ``from_pretrained`` (and ``vllm serve``) can load for ``source``: a GGUF file's
+    converted copy (made once), a directory as is, else the Hub id."""
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return _converted_gguf(path, Path(cache_dir).expanduser())
+    return path if path.is_dir() else source
 
 
 def _converted_gguf(path: Path, cache_dir: Path) -> Path:

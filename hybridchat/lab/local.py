@@ -29,20 +29,35 @@ def lab_dir() -> Path:
     return path
 
 
-def _health(url: str) -> int | None:
+def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
-        return None
+        return False
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, *, timeout: float = 600, log: str = "its output") -> None:
+    """Wait until the server ``process`` started answers at ``url``: like vLLM, the stand-in
+    listens only once its model has loaded. A bar shows the seconds waited."""
+    from tqdm.auto import tqdm
+
+    started = time.monotonic()
+    with tqdm(desc="Loading the local model", unit="s", bar_format="{desc}: {elapsed}") as bar:
+        while not _answers(url):
+            if process.poll() is not None:
+                raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {log}")
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"the stand-in did not load its model in {timeout:g} s; see {log}")
+            time.sleep(0.5)
+            bar.refresh()
+        bar.set_description("The local model is loaded")
 
 
 def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) -> str:
     """Start ``hybridchat serve-local`` unless it already answers; wait until its model is loaded."""
-    from tqdm.auto import tqdm
-
     settings = settings or Settings()
     url = settings.local_url
-    if _health(url) == 200:
+    if _answers(url):
         print(f"The local stand-in is already up at {url}")
         return url
     log = (lab_dir() / "serve-local.log").open("ab")
@@ -51,17 +66,7 @@ def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) ->
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     (lab_dir() / _PID_FILE).write_text(str(process.pid))
-    started = time.monotonic()
-    with tqdm(total=int(timeout), desc="Loading the local model", unit="s") as bar:
-        while (status := _health(url)) != 200:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {log.name}")
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"the stand-in did not load its model in {timeout:g} s; see {log.name}")
-            time.sleep(0.5)
-            bar.n = int(time.monotonic() - started)
-            bar.set_postfix_str("loading (503)" if status == 503 else "starting")
-        bar.set_postfix_str("ready")
+    wait_until_serving(url, process, timeout=timeout, log=log.name)
     print(f"The local stand-in is up at {url}")
     return url
 

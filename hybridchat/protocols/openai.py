@@ -119,7 +119,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "vllm"
-    max_model_len: int | None = None  # vLLM extension
+    # vLLM extensions: where the weights came from, and the context length in tokens.
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):
@@ -130,11 +133,29 @@ class ModelList(BaseModel):
 class ErrorInfo(BaseModel):
     message: str
     type: str
+    param: str | None = None
     code: int
 
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+class TokenizeRequest(_Request):
+    """vLLM's ``POST /tokenize`` (not in OpenAI's API): a raw ``prompt``, or chat ``messages``
+    rendered with the model's chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
 
 
 def error_message(body: Any) -> str | None:

@@ -50,8 +50,13 @@ class Turn(BaseModel):
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    status: Literal["ok", "interrupted", "error"] = "ok"
+    # ok; cut_off: stopped at max_tokens; interrupted: broken off mid-reply; error: no reply
+    status: Literal["ok", "cut_off", "interrupted", "error"] = "ok"
     error: str | None = None
+    # The context sent: earlier turns from this index on (this model's next turns start there
+    # too, so the prompt's beginning stays the same), and why earlier ones were left out.
+    context_start: int | None = None
+    notice: str | None = None
     turn_id: str = Field(default_factory=new_id)
 
 

@@ -1,0 +1,113 @@
+"""Fit a conversation into the model's context before each call; the store keeps it whole.
+
+* The persona and the new message are always sent; failed turns (no reply) never are.
+* When the conversation, with room for a reply, no longer fits, the oldest turns are dropped
+  in one block, down to ``KEEP`` (70%) of the budget. The beginning of the prompt then stays
+  the same for the next several turns, so vLLM's prefix cache keeps hitting; dropping one
+  turn at a time would change it every turn (``bench/`` measures both).
+* ``max_tokens`` is cut to the room the context leaves.
+* A message that does not fit even alone is refused before anything is sent.
+
+Sizes are exact where the model's server counts tokens (vLLM's ``/tokenize``, Gemini's
+``countTokens``, the local tokenizer). An upper bound from the text's bytes decides first, so
+a chat well inside the context costs no counting call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from hybridchat.backends.base import ChatBackend, GenerationParams, estimate_tokens
+from hybridchat.errors import InputRefused
+from hybridchat.store import Turn
+
+KEEP = 0.7
+# Room kept for the reply where it shares the context: max_tokens, but at most an eighth of
+# the context (and at least 64 tokens): a long chat is not cut to make room for 4,096 tokens.
+_REPLY_SHARE, _MIN_REPLY = 8, 64
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What to send for one turn."""
+
+    start: int  # index of the first turn considered; this model's next turns start here too
+    history: list[list[str]]  # [message, reply] pairs to send
+    not_sent: int  # turns with a reply before ``start``
+    params: GenerationParams  # max_tokens cut to the room left
+
+
+def sendable(turn: Turn) -> bool:
+    """A turn the model may see again: it has a reply (a failed turn has none)."""
+    return turn.status != "error" and bool(turn.reply)
+
+
+def fit_context(
+    backend: ChatBackend,
+    turns: Sequence[Turn],
+    message: str,
+    params: GenerationParams,
+    *,
+    start: int = 0,
+    keep: float = KEEP,
+    shrink: bool = False,
+) -> Fitted:
+    """The turns from ``start`` on that fit ``backend``'s context with ``message``.
+
+    ``shrink``: the server refused the last fit as too long (its count and ours differ, or
+    its context is smaller than it said): drop a block whatever our count says.
+    ``InputRefused`` when ``message`` and the persona alone do not fit.
+    """
+    pairs = [(index, [turn.user, turn.reply]) for index, turn in enumerate(turns) if index >= start and sendable(turn)]
+    window = backend.context_window()
+
+    @cache
+    def size(k: int, limit: float) -> tuple[int, bool]:
+        """Prompt tokens with the pairs from ``k`` on, and whether counted exactly; the upper
+        bound where it is within ``limit``."""
+        history = [pair for _, pair in pairs[k:]]
+        upper = estimate_tokens(message, history, params.system_prompt)
+        if upper <= limit:
+            return upper, False
+        return backend.count_tokens(message, history, params), True
+
+    def fitted(k: int, prompt: tuple[int, bool]) -> Fitted:
+        first = pairs[k][0] if k < len(pairs) else len(turns)
+        not_sent = sum(1 for turn in turns[:first] if sendable(turn))
+        sent = params
+        if window is not None and window.includes_reply and prompt[0] + params.max_tokens > window.tokens:
+            exact = prompt[0] if prompt[1] else backend.count_tokens(message, [p for _, p in pairs[k:]], params)
+            sent = params.model_copy(update={"max_tokens": max(1, min(params.max_tokens, window.tokens - exact))})
+        return Fitted(first if k else start, [pair for _, pair in pairs[k:]], not_sent, sent)
+
+    if window is None and not shrink:
+        return fitted(0, (0, True))
+    if window is None:  # the server refused but did not say its limit: drop from what was sent
+        budget = float(size(0, 0)[0])
+    elif window.includes_reply:
+        budget = window.tokens - min(params.max_tokens, max(_MIN_REPLY, window.tokens // _REPLY_SHARE))
+    else:
+        budget = window.tokens
+    if not shrink and (whole := size(0, budget))[0] <= budget:
+        return fitted(0, whole)
+    alone = size(len(pairs), keep * budget)
+    if alone[0] > budget:
+        what = f"its context is {window.tokens:,} tokens" if window else "what its server accepts"
+        room = ", with room for a reply" if window and window.includes_reply else ""
+        raise InputRefused(
+            f"That message is {alone[0]:,} tokens; {backend.label} takes {int(budget):,} at most "
+            f"({what}{room}). Shorten it, or send it in parts."
+        )
+    # The fewest turns dropped that bring the prompt within keep × budget (or budget, when the
+    # message alone is over that): sizes only shrink as k grows, so bisect.
+    target = keep * budget if alone[0] <= keep * budget else budget
+    low, high = 1, len(pairs)
+    while low < high:
+        middle = (low + high) // 2
+        if size(middle, target)[0] <= target:
+            high = middle
+        else:
+            low = middle + 1
+    return fitted(high, size(high, target))

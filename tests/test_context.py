@@ -1,0 +1,193 @@
+"""Context that fits: a chat longer than the model's context goes on, the store keeps it whole.
+
+Against the in-process tiny model (a 512-token context, exact counts from its tokenizer) and the
+stand-in over HTTP (vLLM's /tokenize, /v1/models and its 400s); the same scenarios run against
+the real vLLM engine in test_vllm_engine.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hybridchat.backends import (
+    ChatBackend,
+    GenerationParams,
+    LocalBackend,
+    VllmBackend,
+    VllmClient,
+    estimate_tokens,
+)
+from hybridchat.chat import ChatService, Conversation
+from hybridchat.context import fit_context
+from hybridchat.errors import InputRefused
+from hybridchat.history import normalize_history, process_message_openai
+from hybridchat.serve_local import STAND_IN_PREFIX
+from hybridchat.store import Turn, open_store
+
+PARAMS = GenerationParams(temperature=0, max_tokens=16)
+SENTENCE = "The capital of France is Paris. "
+
+
+class Recording(ChatBackend):
+    """A real backend that also notes the history each turn was sent with."""
+
+    def __init__(self, inner: ChatBackend):
+        self.inner, self.name, self.label = inner, inner.name, inner.label
+        self.histories: list[list] = []
+
+    def stream(self, message, history, params=None):
+        self.histories.append(normalize_history(history))
+        return self.inner.stream(message, history, params)
+
+    def health(self):
+        return self.inner.health()
+
+    def context_window(self):
+        return self.inner.context_window()
+
+    def count_tokens(self, message, history, params):
+        return self.inner.count_tokens(message, history, params)
+
+
+def chat(service: ChatService, conversation: Conversation, messages: list[str], model: str = "local") -> list[Turn]:
+    for message in messages:
+        *_, last = service.respond(conversation, message, model, PARAMS)
+        assert last.turn is not None
+    return conversation.turns
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/history.db", resilient=False)
+    yield store
+    store.close()
+
+
+def message(number: int, sentences: int = 4) -> str:
+    return f"Question {number}: " + SENTENCE * sentences
+
+
+def test_a_chat_that_outgrows_the_context_goes_on_and_the_store_keeps_it_whole(tiny_model, store):
+    backend = Recording(LocalBackend(model=tiny_model))
+    service = ChatService({"local": backend}, store)
+    conversation = Conversation("alice")
+    turns = chat(service, conversation, [message(n) for n in range(14)])
+
+    assert [t.status for t in turns] == ["cut_off"] * 14, "every turn answered (the tiny model runs to max tokens)"
+    assert [t.user for t in store.load(conversation.session_id)] == [message(n) for n in range(14)]
+    limit = tiny_model.context_length
+    assert all(t.prompt_tokens + t.completion_tokens <= limit for t in turns)
+    starts = [t.context_start for t in turns]
+    assert starts == sorted(starts) and starts[-1] > 0, "the oldest turns were left out"
+    # Told once per block left out, in the chat: on the turns whose start moved, only.
+    moved = [i for i in range(1, 14) if starts[i] > starts[i - 1]]
+    assert [i for i, t in enumerate(turns) if t.notice] == moved
+    first = turns[moved[0]]
+    assert first.notice == f"{starts[moved[0]]} earlier turns were not sent to {backend.label}, to fit its context. They stay saved in this chat."
+    # What the model saw: the newest turns from the start on, then the new message.
+    sent = backend.histories[-1]
+    assert [m.content for m in sent if m.role == "user"] == [message(n) for n in range(starts[-1], 13)]
+
+
+def test_turns_are_left_out_in_blocks_so_the_prompts_beginning_stays_the_same(tiny_model, store):
+    """vLLM's prefix cache hits only while the prompt keeps its beginning: after a block is left
+    out the start stays put for several turns; leaving one turn out at a time moves it every turn."""
+    messages = [message(n) for n in range(16)]
+    blocks = chat(ChatService({"local": LocalBackend(model=tiny_model)}, store), Conversation("a"), messages)
+    one_by_one = chat(ChatService({"local": LocalBackend(model=tiny_model)}, store, keep=1.0), Conversation("b"), messages)
+
+    def moves(turns: list[Turn]) -> int:
+        return sum(1 for before, after in zip(turns, turns[1:]) if after.context_start != before.context_start)
+
+    assert one_by_one[-1].context_start > 0 and blocks[-1].context_start > 0
+    assert moves(blocks) * 2 <= moves(one_by_one), (moves(blocks), moves(one_by_one))
+    # Each block leaves the prompt at most 70% of the budget: more than one turn at a time.
+    assert all(after.context_start - before.context_start >= 2
+               for before, after in zip(blocks, blocks[1:]) if after.context_start != before.context_start)
+
+
+def test_failed_turns_are_never_sent(tiny_model, store, closed_port_url):
+    local = Recording(LocalBackend(model=tiny_model))
+    down = VllmBackend(VllmClient(closed_port_url, model="m", retry_attempts=1, connect_timeout=1), name="down")
+    service = ChatService({"local": local, "down": down}, store)
+    conversation = Conversation("alice")
+    chat(service, conversation, ["first"])
+    chat(service, conversation, ["lost question"], model="down")
+    chat(service, conversation, ["third"])
+    assert [t.status for t in conversation.turns] == ["cut_off", "error", "cut_off"]
+    assert [m.content for m in local.histories[-1] if m.role == "user"] == ["first"]
+
+
+def test_a_message_too_long_for_the_context_is_refused_before_sending(tiny_model, store):
+    service = ChatService({"local": LocalBackend(model=tiny_model)}, store)
+    conversation = Conversation("alice")
+    huge = SENTENCE * 200
+    size = tiny_model.count_tokens(process_message_openai(huge, []))
+    with pytest.raises(InputRefused) as refused:
+        next(service.respond(conversation, huge, "local", PARAMS))
+    # Room for the reply: max_tokens, at most an eighth of the context.
+    budget = tiny_model.context_length - min(PARAMS.max_tokens, tiny_model.context_length // 8)
+    assert str(refused.value) == (
+        f"That message is {size:,} tokens; {service.backends['local'].label} takes {budget} at most "
+        f"(its context is {tiny_model.context_length} tokens, with room for a reply). Shorten it, or send it in parts."
+    )
+    assert conversation.turns == [] and store.list_sessions("alice") == []
+
+
+def test_max_tokens_is_cut_to_what_the_context_leaves(tiny_model, store):
+    service = ChatService({"local": LocalBackend(model=tiny_model)}, store)
+    conversation = Conversation("alice")
+    long = GenerationParams(temperature=0, max_tokens=4096)  # the app's slider goes this far
+    *_, last = service.respond(conversation, SENTENCE * 20, "local", long)
+    turn = last.turn
+    assert turn.status == "cut_off" and turn.error is None
+    assert turn.params["max_tokens"] == tiny_model.context_length - turn.prompt_tokens == turn.completion_tokens
+
+
+def test_a_context_smaller_than_configured_is_learned_from_the_servers_refusal(stand_in, tiny_model, tiny_model_dir, store):
+    """Configured far too large (and the model name too, so /v1/models is not asked), the first
+    fit is refused with vLLM's 400; the limit it names is learned, the turn fitted again and answered."""
+    client = VllmClient(stand_in, model=f"{STAND_IN_PREFIX}{tiny_model_dir.name}", context_tokens=100_000)
+    backend = Recording(VllmBackend(client))
+    service = ChatService({"gemma": backend}, store)
+    conversation = Conversation("alice")
+    turns = chat(service, conversation, [message(n) for n in range(10)], model="gemma")
+    assert [t.status for t in turns] == ["cut_off"] * 10
+    assert turns[-1].context_start > 0 and any(t.notice for t in turns)
+    assert backend.context_window().tokens == tiny_model.context_length
+    assert len(backend.histories) == 11, "one turn was sent twice: refused, then fitted to the limit"
+
+
+def test_the_stand_in_counts_with_its_tokenizer_over_http(stand_in, tiny_model):
+    backend = VllmBackend(VllmClient(stand_in))
+    history = [["Hi", "Hello!"]]
+    exact = tiny_model.count_tokens(process_message_openai("And you?", history, "Be brief."))
+    assert backend.count_tokens("And you?", history, GenerationParams(system_prompt="Be brief.")) == exact
+    assert backend.context_window().tokens == tiny_model.context_length
+
+
+def test_without_a_known_context_everything_from_the_start_is_sent(tiny_model):
+    class Unknown(Recording):
+        def context_window(self):
+            return None
+
+    turns = [Turn(user=f"q{n}", model="local", reply=f"a{n}") for n in range(5)]
+    fitted = fit_context(Unknown(LocalBackend(model=tiny_model)), turns, "next", PARAMS, start=2)
+    assert fitted.history == [["q2", "a2"], ["q3", "a3"], ["q4", "a4"]]
+    assert fitted.params == PARAMS and fitted.not_sent == 2
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    message=st.text(min_size=1, max_size=200),
+    history=st.lists(st.tuples(st.text(max_size=80), st.text(max_size=80)), max_size=4),
+    persona=st.none() | st.text(max_size=60),
+)
+def test_the_estimate_is_never_below_the_tokenizers_count(tiny_model, message, history, persona):
+    """The estimate lets a chat well inside the context skip the counting call; it must be an
+    upper bound, or a prompt it lets through could be refused."""
+    pairs = [list(pair) for pair in history]
+    exact = tiny_model.count_tokens(process_message_openai(message, pairs, persona))
+    assert estimate_tokens(message, pairs, persona) >= exact

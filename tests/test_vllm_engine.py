@@ -1,0 +1,233 @@
+"""Gemma scenarios against the real vLLM engine and against our stand-in, the same tests for both.
+
+The real engine is vLLM 0.32's CPU build started with the container arguments of
+`deploy/gemma3-12b-deploy.yaml` (what differs here is listed in `model_servers.SUBSTITUTIONS`), so
+these tests also prove the manifest's flags parse on a real vLLM. The app is driven through its
+`/chat` endpoint as a browser does; the store is read back afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+from bench import prefix_cache
+from bench.model_servers import CONTEXT, ModelServer
+
+from bench.queue_client import QueueClient, Reply, text_of
+from hybridchat.app import create_app
+from hybridchat.config import Settings
+from hybridchat.lab.local import BackgroundServer
+from hybridchat.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = "Please summarise this text. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 30
+NOTICE = "earlier turns were not sent to Gemma"
+CUT_OFF = "*(stopped at the max-tokens limit)*"
+
+
+@pytest.fixture(scope="module", params=["stand-in", "vllm"])
+def gemma(request, tmp_path_factory) -> ModelServer:
+    server = ModelServer(request.param, tmp_path_factory.mktemp(request.param))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(gemma, tmp_path_factory):
+    """The app as configured from settings, with Gemma at ``gemma`` (its model name discovered)."""
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('engine-app')}/history.db"
+    settings = Settings(
+        vllm_url=gemma.url, backends=["gemma"], store_url=store_url, stream_interval=0, retry_backoff=0.01
+    )
+    with BackgroundServer(create_app(settings)) as url:
+        yield url, store_url
+
+
+def chat(url: str, message: str, browser: dict[str, Any], max_tokens: int = 24, on_update=None) -> Reply:
+    async def turn() -> Reply:
+        async with httpx.AsyncClient(timeout=300) as http:
+            return await QueueClient(url, http).turn(message, browser, max_tokens=max_tokens, on_update=on_update)
+
+    return asyncio.run(turn())
+
+
+def visitor() -> dict[str, Any]:
+    return {"visitor": uuid.uuid4().hex, "session": None}
+
+
+def saved(store_url: str, session: str):
+    store = open_store(store_url, resilient=False)
+    try:
+        return store.load(session)
+    finally:
+        store.close()
+
+
+def doctor(gemma: ModelServer, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "HYBRIDCHAT_VLLM_URL": gemma.url,
+        "HYBRIDCHAT_BACKENDS": "gemma",
+        "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/doctor.db",
+        "COLUMNS": "300",  # one table row per line
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "hybridchat.cli", "doctor"], env=environment, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_three_turn_chat_streams_carries_its_context_logs_usage_and_saves_every_turn(app, caplog):
+    url, store_url = app
+    browser, updates = visitor(), []
+    messages = ["My name is Ada.", "What is my name?", "Thank you!"]
+    with caplog.at_level(logging.INFO, logger="hybridchat.turns"):
+        for message in messages:
+            reply = chat(url, message, browser, on_update=updates.append)
+            assert reply.ok and not reply.warnings, reply.warnings
+            browser = reply.browser
+    assert len(updates) > 3, "the replies streamed"
+    turns = saved(store_url, browser["session"])
+    assert [t.user for t in turns] == messages
+    assert all(t.status in ("ok", "cut_off") and t.reply for t in turns)
+    # The server's own counts: each prompt held the whole conversation before it.
+    for before, after in zip(turns, turns[1:]):
+        assert after.prompt_tokens > before.prompt_tokens + before.completion_tokens
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hybridchat.turns"]
+    assert [(line["prompt_tokens"], line["completion_tokens"]) for line in logged] == [
+        (t.prompt_tokens, t.completion_tokens) for t in turns
+    ]
+
+
+def test_a_chat_longer_than_the_context_goes_on_says_so_and_keeps_every_turn(app):
+    url, store_url = app
+    browser = visitor()
+    for _ in range(8):
+        reply = chat(url, LONG, browser, max_tokens=16)
+        assert reply.ok and not reply.warnings, reply.warnings
+        browser = reply.browser
+    short = chat(url, "Hi", browser, max_tokens=16)
+    assert short.ok and not short.warnings, short.warnings
+    turns = saved(store_url, short.browser["session"])
+    assert len(turns) == 9 and all(t.status in ("ok", "cut_off") and t.reply for t in turns), [t.error for t in turns]
+    assert all(t.prompt_tokens + t.completion_tokens <= CONTEXT for t in turns)
+    noticed = [i for i, t in enumerate(turns) if t.notice]
+    assert noticed and turns[-1].context_start > 0
+    # In the chat, once per block left out: on those turns' replies only.
+    shown = [text_of(m) for m in short.messages[1::2]]
+    assert [i for i, text in enumerate(shown) if NOTICE in text] == noticed
+
+
+def test_a_message_longer_than_the_context_is_refused_and_stays_in_the_box(app):
+    url, _ = app
+    huge = "word " * 6000  # 30 kB: under the app's size limit, over a 2,048-token context
+    reply = chat(url, huge, visitor())
+    assert reply.ok and reply.outputs[1] == huge, "the message stays in the box"
+    assert len(reply.warnings) == 1 and reply.warnings[0].startswith("That message is ")
+    assert f"its context is {CONTEXT:,} tokens" in reply.warnings[0]
+
+
+def test_max_tokens_above_the_context_is_cut_to_the_room_left(app):
+    url, store_url = app
+    reply = chat(url, "Say hello.", visitor(), max_tokens=4096)  # the slider's maximum
+    assert reply.ok and not reply.warnings, reply.warnings
+    turn = saved(store_url, reply.browser["session"])[-1]
+    assert turn.status in ("ok", "cut_off") and turn.reply
+    assert turn.params["max_tokens"] == CONTEXT - turn.prompt_tokens
+
+
+def test_a_reply_stopped_at_max_tokens_is_saved_and_shown_as_cut_off(app):
+    url, store_url = app
+    reply = chat(url, "Tell me a long story about a dragon.", visitor(), max_tokens=5)
+    turn = saved(store_url, reply.browser["session"])[-1]
+    assert turn.status == "cut_off" and turn.completion_tokens == 5
+    assert reply.last_reply == f"{turn.reply}\n\n{CUT_OFF}"
+
+
+def test_doctor_checks_the_model_name_against_what_the_server_serves(gemma, tmp_path):
+    right = doctor(gemma, tmp_path, HYBRIDCHAT_GEMMA_MODEL=gemma.served_name)
+    assert right.returncode == 0, right.stdout
+    assert f"Gemma ({gemma.served_name})" in right.stdout and f"context {CONTEXT:,} tokens" in right.stdout
+    wrong = doctor(gemma, tmp_path, HYBRIDCHAT_GEMMA_MODEL="google/gemma-3-27b-it")
+    assert wrong.returncode == 1
+    assert f"does not serve 'google/gemma-3-27b-it' (HYBRIDCHAT_GEMMA_MODEL); it serves '{gemma.served_name}'" in wrong.stdout
+
+
+def test_legacy_mode_doctor_probes_generate(gemma, tmp_path):
+    """vLLM itself has no /generate (only the Model Garden container has); the stand-in, standing
+    in for that container, has."""
+    legacy = doctor(gemma, tmp_path, HYBRIDCHAT_VLLM_API="legacy")
+    if gemma.kind == "vllm":
+        assert legacy.returncode == 1 and "has no /generate (HTTP 404)" in legacy.stdout
+    else:
+        assert legacy.returncode == 0 and "answers /generate" in legacy.stdout
+
+
+def test_notebook_04s_package_cell_answers_through_the_served_model(gemma, stand_in):
+    notebook = nbformat.read(ROOT / "notebooks" / "04_model_callers.ipynb", as_version=4)
+    cell = next(c.source for c in notebook.cells if "build_backends(settings)" in c.source)
+    settings = Settings(vllm_url=gemma.url, gemini_url=stand_in, backends=["gemma", "gemini"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(cell, {"settings": settings, "MODE": "local"})
+    label, _, reply = printed.getvalue().splitlines()[0].partition(": ")
+    assert label == f"Gemma ({gemma.served_name})", "named as the server serves it"
+    assert len(reply) > 2, "a non-empty reply, as its repr"
+
+
+def test_the_prefix_cache_benchmark_runs_on_the_real_engine(gemma):
+    """bench.prefix_cache at a small size, so it cannot rot (its numbers are not asserted here)."""
+    if gemma.kind != "vllm":
+        pytest.skip("the prefix cache and its /metrics are the real engine's")
+    results = prefix_cache.run(gemma.url, turns=15)
+    assert set(results["per_turn"]) == set(prefix_cache.POLICIES)
+    assert all(len(rows) == 15 for rows in results["per_turn"].values())
+    assert results["summary"]["from_turn"] < 15, "the chat outgrew the context"
+    assert [measure for measure, _ in prefix_cache.report(results)][-1] == "prefix cache, time to first token"
+
+
+def test_a_server_restarted_mid_reply_under_another_name_then_the_next_turn_works(app, gemma):
+    """Runs last: it restarts the server. Stopped mid-reply, the visitor keeps what came, in our
+    words; while it is down, the chat says so; back under another name, the app finds it."""
+    url, store_url = app
+    first = chat(url, "Hello!", visitor(), max_tokens=8)
+    browser = first.browser
+    stopping = threading.Event()
+
+    def stop_after_a_few_pieces(outputs: list[Any]) -> None:
+        if not stopping.is_set() and len(text_of(outputs[0][-1]).split()) >= 3:
+            stopping.set()
+            threading.Thread(target=gemma.stop).start()
+
+    broken = chat(url, "Write a long story about a dragon.", browser, max_tokens=600, on_update=stop_after_a_few_pieces)
+    assert stopping.is_set(), "the reply should still have been streaming"
+    shown = broken.last_reply
+    assert "*(interrupted)*" in shown and "⚠️ Gemma" in shown, shown
+    for internal in ("EngineCore", "stack trace", "Traceback"):
+        assert internal not in shown
+    while gemma.process.poll() is None:  # the stop runs in its thread
+        threading.Event().wait(0.2)
+    down = chat(url, "Are you there?", broken.browser)
+    assert "listens only once its model has loaded" in down.last_reply
+
+    gemma.start(served_name="hybridchat/gemma-restarted")
+    back = chat(url, "And now?", down.browser)
+    assert back.ok and not back.warnings, back.warnings
+    turns = saved(store_url, back.browser["session"])
+    assert [t.status for t in turns][1:3] == ["interrupted", "error"] and turns[1].reply, "the partial reply is kept"
+    assert turns[3].status in ("ok", "cut_off") and turns[3].reply
