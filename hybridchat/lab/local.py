@@ -42,7 +42,7 @@ def wait_until_serving(url: str, process: subprocess.Popen, *, timeout: float = 
     from tqdm.auto import tqdm
 
     started = time.monotonic()
-    with tqdm(desc="Loading the local model", unit="s", bar_format="{desc}: {elapsed}") as bar:
+    with tqdm(desc="Loading the local model", unit="s", bar_format="{desc}{elapsed}") as bar:
         while not _answers(url):
             if process.poll() is not None:
                 raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {log}")
