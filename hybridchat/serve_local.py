@@ -67,7 +67,7 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
 
     @app.exception_handler(ContextOverflow)
     def _overflow(request: Request, exc: ContextOverflow) -> JSONResponse:
-        if request.url.path.startswith(("/v1/", "/generate", "/tokenize")):
+        if _speaks_vllm(request):
             message = (
                 f"This model's maximum context length is {exc.limit} tokens. However, your prompt "
                 f"contains {exc.prompt_tokens} input tokens, which exceeds this limit even without "
@@ -325,10 +325,15 @@ def _sse(events: Iterator[str], separator: str = "\n\n") -> StreamingResponse:
     return StreamingResponse(frames(), media_type="text/event-stream")
 
 
+def _speaks_vllm(request: Request) -> bool:
+    """Whether the request used vLLM's protocol (else Gemini's, whose paths can start /v1/ too)."""
+    path = request.url.path
+    return path.startswith(("/v1/", "/generate", "/health", "/tokenize")) and not path.startswith("/v1/models/")
+
+
 def _error(request: Request, status: int, message: str, param: str | None = None) -> JSONResponse:
     """An error body in the protocol the request used."""
-    path = request.url.path
-    if path.startswith(("/v1/", "/generate", "/health", "/tokenize")) and not path.startswith("/v1/models/"):
+    if _speaks_vllm(request):
         info = openai.ErrorInfo(message=message, type=_ERROR_TYPES.get(status, "Error"), param=param, code=status)
         return JSONResponse(openai.ErrorResponse(error=info).model_dump(), status_code=status)
     status_name = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}.get(status, "INTERNAL")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests_support import api_key_client, vertex_client
 
 from hybridchat.backends import (
     ChatBackend,
+    ContextWindow,
+    GeminiBackend,
     GenerationParams,
     LocalBackend,
     VllmBackend,
@@ -20,6 +23,7 @@ from hybridchat.backends import (
     estimate_tokens,
 )
 from hybridchat.chat import ChatService, Conversation
+from hybridchat.config import Settings
 from hybridchat.context import fit_context
 from hybridchat.errors import InputRefused
 from hybridchat.history import normalize_history, process_message_openai
@@ -158,6 +162,25 @@ def test_a_context_smaller_than_configured_is_learned_from_the_servers_refusal(s
     assert turns[-1].context_start > 0 and any(t.notice for t in turns)
     assert backend.context_window().tokens == tiny_model.context_length
     assert len(backend.histories) == 11, "one turn was sent twice: refused, then fitted to the limit"
+
+
+@pytest.mark.parametrize("make_client", [api_key_client, vertex_client], ids=["api key", "vertex ai"])
+def test_gemini_through_the_real_sdk_fits_a_long_chat(stand_in, tiny_model, store, make_client):
+    """Exact counts from countTokens; the input limit from models.get where the SDK gives it (the
+    Gemini API; Vertex AI's model resource has none), else, as when it is configured too large,
+    learned from Gemini's own 400."""
+    limit = tiny_model.context_length // 2  # the stand-in's Gemini input limit
+    vertex = make_client is vertex_client
+    backend = GeminiBackend(make_client(stand_in), label="Gemini")
+    assert backend.context_window() == (None if vertex else ContextWindow(limit, includes_reply=False))
+    contents = process_message_openai("And you?", [["Hi", "Hello!"]])
+    assert backend.count_tokens("And you?", [["Hi", "Hello!"]], PARAMS) == tiny_model.count_tokens(contents)
+    for configured in (None, 100_000):
+        gemini = GeminiBackend(make_client(stand_in), settings=Settings(gemini_context_tokens=configured), label="Gemini")
+        turns = chat(ChatService({"gemini": gemini}, store), Conversation("g"), [message(n) for n in range(6)], "gemini")
+        assert all(t.status in ("ok", "cut_off") for t in turns), [t.error for t in turns]
+        assert turns[-1].context_start > 0 and all(t.prompt_tokens <= limit for t in turns)
+        assert gemini.context_window().tokens == limit
 
 
 def test_the_stand_in_counts_with_its_tokenizer_over_http(stand_in, tiny_model):

@@ -125,7 +125,8 @@ class GeminiBackend(ChatBackend):
         self._client = client
         self._settings = settings
         self._client_lock = threading.Lock()
-        self._input_limit = settings.gemini_context_tokens if settings else None
+        self._configured_limit = settings.gemini_context_tokens if settings else None
+        self._input_limit: int | None = None  # from models.get (0: it gave none) or a refusal
         self.model = model
         self.name = name
         self.label = label or gemini_label(model, "Gemini API")
@@ -171,14 +172,17 @@ class GeminiBackend(ChatBackend):
             yield Finish(finish)
 
     def context_window(self) -> ContextWindow | None:
-        """The model's ``input_token_limit`` (the reply has a limit of its own), asked once."""
+        """Most prompt tokens (the reply has a limit of its own): the smaller of the configured
+        limit and the model's ``input_token_limit`` (asked once; Vertex AI does not give it) or
+        the limit Gemini named when it refused a prompt."""
         if self._input_limit is None:
             try:
                 with self._errors():
                     self._input_limit = self.client.models.get(model=self.model).input_token_limit or 0
             except BackendError:
-                return None  # the turn itself will say what is wrong; asked again next turn
-        return ContextWindow(self._input_limit, includes_reply=False) if self._input_limit else None
+                pass  # the turn itself will say what is wrong; asked again next turn
+        known = [limit for limit in (self._configured_limit, self._input_limit) if limit]
+        return ContextWindow(min(known), includes_reply=False) if known else None
 
     def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
         """Gemini's own count (``countTokens``); the system instruction is counted as one
@@ -259,6 +263,7 @@ class GeminiBackend(ChatBackend):
         except genai_errors.APIError as exc:
             found = _INPUT_LIMIT.search(exc.message or "") if exc.code == 400 else None
             if found:
+                self._input_limit = int(found.group(1))
                 raise ContextOverflow(
                     f"This conversation is too long for {self.display} ({found.group(1)} tokens at most). "
                     "Start a new chat.",
