@@ -49,7 +49,7 @@ $(VLLM)/.installed:
 test: setup browser $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/pytest
 
-# Prints a table and writes bench/results/*.json (about 6 minutes on 2 cores).
+# Prints a table and writes bench/results/*.json (about 5 minutes on 2 cores).
 bench: setup $(VLLM)/.installed
 	$(BIN)/python -m bench.run
 
