@@ -61,13 +61,14 @@ class QueueClient:
         *,
         model: str = "gemma",
         max_tokens: int = 64,
+        temperature: float = 0.5,
         session_hash: str | None = None,
         on_update: Callable[[list[Any]], None] | None = None,
     ) -> Reply:
         """Send ``message``; ``session_hash`` is one browser tab (a new one by default), and
         ``on_update`` sees the outputs at each streamed update."""
         session_hash = session_hash or uuid.uuid4().hex[:12]
-        data = [message, None, model, 0.5, 0.9, max_tokens, "", browser]
+        data = [message, None, model, temperature, 0.9, max_tokens, "", browser]
         reply, outputs = Reply(), None
         started = time.perf_counter()
         joined = await self.http.post(f"{self.base}/gradio_api/queue/join", json={

@@ -85,7 +85,7 @@ class ChatService:
     ) -> Iterator[Progress]:
         """Stream the reply to ``message``; the last ``Progress`` carries the saved turn.
 
-        ``InputRefused`` (before anything is sent) for a bad message or model, or a message
+        ``InputRefused`` (before the reply starts) for a bad message or model, or a message
         too long for the model's context. Backend failures do not raise: they end the turn,
         whose ``error`` says what happened. A prompt the server finds too long for its context
         is fitted again, smaller, and sent once more.
@@ -94,24 +94,28 @@ class ChatService:
         backend = self.backends.get(backend_name)
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
-        start = self._context_start(conversation, backend_name)
+        previous = start = self._context_start(conversation, backend_name)
         draft = _Draft(text, backend_name, params)
         reply: Iterator[str] | None = None
+        refused, overcount = False, 1.0
         try:
-            for attempt in range(2):
+            for _ in range(2):
                 fitted = fit_context(
-                    backend, conversation.turns, text, params, start=start, keep=self.keep, shrink=attempt > 0
+                    backend, conversation.turns, text, params, start=start, keep=self.keep,
+                    shrink=refused, overcount=overcount,
                 )
-                draft.fitted(fitted, start, backend.label)
+                draft.fitted(fitted, previous, backend.label)
                 reply = backend.stream(text, fitted.history, fitted.params)
                 try:
                     for piece in reply:
                         draft.pieces.append(piece)
                         yield Progress(text, "".join(draft.pieces), context_note=draft.notice)
                     break
-                except ContextOverflow:
-                    if attempt or draft.pieces:
+                except ContextOverflow as exc:
+                    if refused or draft.pieces:
                         raise
+                    # Shrunk from where the refused fit began, by as much as the server counted more.
+                    refused, start, overcount = True, fitted.start, _overcount(exc, fitted)
         except BackendError as exc:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
@@ -123,9 +127,9 @@ class ChatService:
 
     @staticmethod
     def _context_start(conversation: Conversation, backend_name: str) -> int:
-        """Where this model's last context began: its prompt keeps that beginning."""
+        """Where this model's last answered context began: its prompt keeps that beginning."""
         for turn in reversed(conversation.turns):
-            if turn.model == backend_name and turn.context_start is not None:
+            if turn.model == backend_name and turn.context_start is not None and turn.status != "error":
                 return turn.context_start
         return 0
 
@@ -165,6 +169,13 @@ class ChatService:
         return notice
 
 
+def _overcount(refused: ContextOverflow, fitted: Fitted) -> float:
+    """How many times more tokens the server counted in the refused prompt than we did."""
+    if refused.prompt_tokens and fitted.prompt_tokens:
+        return refused.prompt_tokens / fitted.prompt_tokens
+    return 1.0
+
+
 @dataclass
 class _Draft:
     """A turn while its reply streams."""
@@ -194,6 +205,8 @@ class _Draft:
         usage = getattr(reply, "usage", None)
         if self.status == "ok" and getattr(reply, "finish_reason", None) == "length":
             self.status = "cut_off"
+        if self.status == "error":
+            self.notice = None  # nothing reached the model: the next answered turn tells
         return Turn(
             user=self.text,
             model=self.backend_name,

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from functools import cache
 
 from hybridchat.backends.base import ChatBackend, GenerationParams, estimate_tokens
-from hybridchat.errors import InputRefused
+from hybridchat.errors import BackendError, InputRefused
 from hybridchat.store import Turn
 
 KEEP = 0.7
-# Room kept for the reply where it shares the context: max_tokens, but at most an eighth of
-# the context (and at least 64 tokens): a long chat is not cut to make room for 4,096 tokens.
+# Room kept for the reply where it shares the context: max_tokens, but no more than an eighth
+# of the context (or 64 tokens, where that is more): a long chat is not cut for 4,096 tokens.
 _REPLY_SHARE, _MIN_REPLY = 8, 64
 
 
@@ -37,6 +37,7 @@ class Fitted:
     history: list[list[str]]  # [message, reply] pairs to send
     not_sent: int  # turns with a reply before ``start``
     params: GenerationParams  # max_tokens cut to the room left
+    prompt_tokens: int | None = None  # the prompt's size as we counted it (None: not counted)
 
 
 def sendable(turn: Turn) -> bool:
@@ -53,12 +54,14 @@ def fit_context(
     start: int = 0,
     keep: float = KEEP,
     shrink: bool = False,
+    overcount: float = 1.0,
 ) -> Fitted:
     """The turns from ``start`` on that fit ``backend``'s context with ``message``.
 
-    ``shrink``: the server refused the last fit as too long (its count and ours differ, or
-    its context is smaller than it said): drop a block whatever our count says.
-    ``InputRefused`` when ``message`` and the persona alone do not fit.
+    ``shrink``: the server refused the last fit as too long (its context is smaller than it
+    said, or it counts more than we do: ``overcount`` times, where it said how many): drop a
+    block whatever our count says. ``InputRefused`` when ``message`` and the persona alone do
+    not fit.
     """
     pairs = [(index, [turn.user, turn.reply]) for index, turn in enumerate(turns) if index >= start and sendable(turn)]
     window = backend.context_window()
@@ -71,16 +74,20 @@ def fit_context(
         upper = estimate_tokens(message, history, params.system_prompt)
         if upper <= limit:
             return upper, False
-        return backend.count_tokens(message, history, params), True
+        try:
+            return backend.count_tokens(message, history, params), True
+        except BackendError:  # the count failed, not the chat: the bound is safe, if wasteful
+            return upper, False
 
     def fitted(k: int, prompt: tuple[int, bool]) -> Fitted:
         first = pairs[k][0] if k < len(pairs) else len(turns)
         not_sent = sum(1 for turn in turns[:first] if sendable(turn))
         sent = params
         if window is not None and window.includes_reply and prompt[0] + params.max_tokens > window.tokens:
-            exact = prompt[0] if prompt[1] else backend.count_tokens(message, [p for _, p in pairs[k:]], params)
+            exact = prompt[0] if prompt[1] else size(k, 0)[0]
             sent = params.model_copy(update={"max_tokens": max(1, min(params.max_tokens, window.tokens - exact))})
-        return Fitted(first if k else start, [pair for _, pair in pairs[k:]], not_sent, sent)
+        counted = prompt[0] if window is not None or shrink else None
+        return Fitted(first if k else start, [pair for _, pair in pairs[k:]], not_sent, sent, counted)
 
     if window is None and not shrink:
         return fitted(0, (0, True))
@@ -90,6 +97,7 @@ def fit_context(
         budget = window.tokens - min(params.max_tokens, max(_MIN_REPLY, window.tokens // _REPLY_SHARE))
     else:
         budget = window.tokens
+    stated, budget = budget, budget / max(overcount, 1.0)  # ``budget`` in our count's tokens
     if not shrink and (whole := size(0, budget))[0] <= budget:
         return fitted(0, whole)
     alone = size(len(pairs), keep * budget)
@@ -97,8 +105,8 @@ def fit_context(
         what = f"its context is {window.tokens:,} tokens" if window else "what its server accepts"
         room = ", with room for a reply" if window and window.includes_reply else ""
         raise InputRefused(
-            f"That message is {alone[0]:,} tokens; {backend.label} takes {int(budget):,} at most "
-            f"({what}{room}). Shorten it, or send it in parts."
+            f"That message is {round(alone[0] * max(overcount, 1.0)):,} tokens; {backend.label} takes "
+            f"{int(stated):,} at most ({what}{room}). Shorten it, or send it in parts."
         )
     # The fewest turns dropped that bring the prompt within keep × budget (or budget, when the
     # message alone is over that): sizes only shrink as k grows, so bisect.

@@ -1,7 +1,7 @@
 """Errors whose ``str()`` is fit to show a workshop user, with no stack trace.
 
     HybridChatError
-    ├── InputRefused             a message or setting refused before anything was sent
+    ├── InputRefused             a message or setting refused before the reply starts
     ├── BackendError             a model could not answer (``backend`` names which)
     │   ├── BackendUnavailable   nothing listens at its address
     │   ├── BackendLoading       up, but the model is still loading (HTTP 503)

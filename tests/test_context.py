@@ -25,7 +25,7 @@ from hybridchat.backends import (
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.context import fit_context
-from hybridchat.errors import InputRefused
+from hybridchat.errors import BackendUnavailable, InputRefused
 from hybridchat.history import normalize_history, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
 from hybridchat.store import Turn, open_store
@@ -81,8 +81,6 @@ def test_a_chat_that_outgrows_the_context_goes_on_and_the_store_keeps_it_whole(t
 
     assert [t.status for t in turns] == ["cut_off"] * 14, "every turn answered (the tiny model runs to max tokens)"
     assert [t.user for t in store.load(conversation.session_id)] == [message(n) for n in range(14)]
-    limit = tiny_model.context_length
-    assert all(t.prompt_tokens + t.completion_tokens <= limit for t in turns)
     starts = [t.context_start for t in turns]
     assert starts == sorted(starts) and starts[-1] > 0, "the oldest turns were left out"
     # Told once per block left out, in the chat: on the turns whose start moved, only.
@@ -179,8 +177,47 @@ def test_gemini_through_the_real_sdk_fits_a_long_chat(stand_in, tiny_model, stor
         gemini = GeminiBackend(make_client(stand_in), settings=Settings(gemini_context_tokens=configured), label="Gemini")
         turns = chat(ChatService({"gemini": gemini}, store), Conversation("g"), [message(n) for n in range(6)], "gemini")
         assert all(t.status in ("ok", "cut_off") for t in turns), [t.error for t in turns]
-        assert turns[-1].context_start > 0 and all(t.prompt_tokens <= limit for t in turns)
-        assert gemini.context_window().tokens == limit
+        assert turns[-1].context_start > 0 and gemini.context_window().tokens == limit
+
+
+def test_a_server_that_counts_more_than_we_did_gets_a_smaller_prompt_next(stand_in, store):
+    """Our count said it fits, the server (same limit) refused: the retry leaves out more turns
+    from where the refused fit began, rather than sending the same prompt again."""
+
+    class Undercounting(Recording):
+        def count_tokens(self, message, history, params):
+            return self.inner.count_tokens(message, history, params) // 2
+
+    backend = Undercounting(VllmBackend(VllmClient(stand_in)))
+    turns = chat(ChatService({"gemma": backend}, store), Conversation("u"), [message(n) for n in range(10)], "gemma")
+    assert [t.status for t in turns] == ["cut_off"] * 10, [t.error for t in turns]
+    assert len(backend.histories) > 10, "some turns were refused once, then sent smaller"
+    # The server said how many tokens it counted: the retry drops a block by that much, so the
+    # prompt's beginning moves by several turns at a time, not one per turn.
+    starts = [t.context_start for t in turns]
+    assert starts[-1] > 0 and all(b - a >= 2 for a, b in zip(starts, starts[1:]) if b != a), starts
+
+
+def test_a_count_that_fails_falls_back_to_the_estimate(tiny_model, store):
+    class Uncountable(Recording):
+        def count_tokens(self, message, history, params):
+            raise BackendUnavailable("the tokenizer route is down", backend="local")
+
+    turns = chat(ChatService({"local": Uncountable(LocalBackend(model=tiny_model))}, store), Conversation("c"),
+                 [message(n) for n in range(8)])
+    assert [t.status for t in turns] == ["cut_off"] * 8 and turns[-1].context_start > 0
+
+
+def test_the_next_turn_starts_where_the_last_answered_one_did():
+    """A failed turn fitted a context that never reached the model: it neither moves the start
+    nor takes the notice."""
+    conversation = Conversation("a", turns=[
+        Turn(user="a", model="gemma", reply="b", context_start=0),
+        Turn(user="c", model="gemma", reply="", status="error", context_start=1),
+        Turn(user="d", model="gemini", reply="e", context_start=2),
+    ])
+    assert ChatService._context_start(conversation, "gemma") == 0
+    assert ChatService._context_start(conversation, "gemini") == 2
 
 
 def test_the_stand_in_counts_with_its_tokenizer_over_http(stand_in, tiny_model):

@@ -129,11 +129,14 @@ def test_server_error_is_reported_without_retry(fault_server):
     assert fault_server.posts() == 1
 
 
-def test_client_error_shows_the_servers_reason_and_is_not_retried(fault_server):
+def test_a_client_error_keeps_the_servers_reason_for_the_log_and_is_not_retried(fault_server, caplog):
     fault_server.mode = "bad_request"
     backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
-    with pytest.raises(BackendRejected, match=r"refused the request \(HTTP 400\): max_tokens is too large"):
-        backend.complete("Hi", [])
+    with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm"):
+        with pytest.raises(BackendRejected) as refused:
+            backend.complete("Hi", [])
+    assert str(refused.value) == "Gemma refused the request (HTTP 400)"
+    assert "HTTP 400: max_tokens is too large for this model" in caplog.text
     assert fault_server.posts() == 1
 
 

@@ -58,7 +58,7 @@ except ImportError:
     _TIMEOUTS, _TRANSPORT_ERRORS = (httpx.TimeoutException,), (httpx.TransportError,)
 
 # Gemini's refusal of a prompt over the model's input limit.
-_INPUT_LIMIT = re.compile(r"exceeds the maximum number of tokens allowed \((\d+)\)")
+_INPUT_LIMIT = re.compile(r"input token count \((\d+)\) exceeds the maximum number of tokens allowed \((\d+)\)")
 _BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 # The stand-in server accepts any key; it is not a secret.
 LOCAL_STAND_IN_KEY = "local-stand-in"
@@ -263,13 +263,14 @@ class GeminiBackend(ChatBackend):
         except genai_errors.APIError as exc:
             found = _INPUT_LIMIT.search(exc.message or "") if exc.code == 400 else None
             if found:
-                self._input_limit = int(found.group(1))
+                self._input_limit = int(found.group(2))
                 raise ContextOverflow(
-                    f"This conversation is too long for {self.display} ({found.group(1)} tokens at most). "
+                    f"This conversation is too long for {self.display} ({self._input_limit:,} tokens at most). "
                     "Start a new chat.",
                     backend=self.display,
                     status_code=400,
-                    limit=int(found.group(1)),
+                    limit=self._input_limit,
+                    prompt_tokens=int(found.group(1)),
                 ) from None
             if exc.code == 503:
                 raise BackendUnavailable(

@@ -65,6 +65,7 @@ _NEXT_TURN = re.compile(r"<end_of_turn>|<start_of_turn>|user's turn:", re.IGNORE
 # vLLM's refusals of a prompt or max_tokens that does not fit: "This model's maximum context
 # length is 2048 tokens. However, …" and "max_tokens=4096 cannot be greater than max_model_len=2048".
 _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+) tokens|max_model_len=(\d+)")
+_PROMPT_SIZE = re.compile(r"your prompt contains (?:at least )?(\d+) input tokens")
 _TEMPLATE_STOPS: dict[Template, tuple[str, ...]] = {
     "gemma": ("<end_of_turn>",),
     "codelab": ("User's Turn:",),
@@ -153,16 +154,17 @@ class VllmClient:
             )
         self._model = card.id
         self._max_model_len = card.max_model_len or self._max_model_len
+        self._can_tokenize = self.api == "openai"  # a proxy's 404 while the server restarted is forgotten
 
     def context_window(self) -> ContextWindow | None:
         """The context length (prompt and reply): the smaller of the configured one and what
         the server said (``/v1/models``, ``/tokenize``, or a refusal naming its limit)."""
         if not (self._context_tokens or self._max_model_len or self._context_asked) and self.api == "openai":
-            self._context_asked = True
             try:
                 self.discover()
+                self._context_asked = True  # asked once; a server may not tell (not vLLM)
             except BackendError:
-                pass  # the turn itself will say what is wrong
+                pass  # the turn itself will say what is wrong; asked again next turn
         known = [tokens for tokens in (self._context_tokens, self._max_model_len) if tokens]
         return ContextWindow(min(known)) if known else None
 
@@ -326,8 +328,10 @@ class VllmClient:
         raise self._refusal(response.status_code, detail)
 
     def _refusal(self, status: int, detail: str | None) -> BackendError:
-        """Our own sentence for an error status; the server's text only goes to the log."""
-        log.warning("%s answered HTTP %s: %s", self.display, status, shorten(detail or "(no message)", 200))
+        """Our own sentence for an error status; the server's reason (its first line: later ones
+        may echo the request) only goes to the log."""
+        reason = shorten((detail or "(no message)").splitlines()[0], 160)
+        log.warning("%s answered HTTP %s: %s", self.display, status, reason)
         if status == 503:
             return self._loading()
         if status == 404 and detail and "does not exist" in detail:
@@ -339,14 +343,16 @@ class VllmClient:
         found = _CONTEXT_LIMIT.search(detail or "") if status == 400 else None
         if found:
             self._max_model_len = int(found.group(1) or found.group(2))
+            size = _PROMPT_SIZE.search(detail or "")
             return ContextOverflow(
                 f"This conversation is too long for {self.display}'s context "
                 f"({self._max_model_len:,} tokens). Start a new chat, or switch model.",
                 backend=self.display,
                 status_code=status,
                 limit=self._max_model_len,
+                prompt_tokens=int(size.group(1)) if size else None,
             )
-        return status_error(self.display, status, detail)
+        return status_error(self.display, status)
 
     def _sse_events(self, response: httpx.Response) -> Iterator[Any]:
         """The JSON payloads of an SSE stream, which must end with ``data: [DONE]``."""
@@ -361,7 +367,7 @@ class VllmClient:
                 if message := openai.error_message(event):
                     # vLLM's own text ("EngineCore encountered an issue. See stack trace…") is
                     # for its operator, not a visitor.
-                    log.warning("%s failed mid-reply: %s", self.display, shorten(message, 200))
+                    log.warning("%s failed mid-reply: %s", self.display, shorten(message.splitlines()[0], 160))
                     raise BadResponse(
                         f"{self.display}'s server failed mid-reply; it may be restarting. "
                         "Try again in a minute, or switch model.",
