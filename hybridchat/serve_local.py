@@ -21,9 +21,11 @@ stopped by ``max_tokens`` ends with ``finish_reason: "length"``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,9 +59,24 @@ class _Refused(Exception):
 
 def create_app(model: LocalModel, served_model_name: str | None = None) -> FastAPI:
     """The stand-in server for a loaded ``model`` (``serve`` loads it before listening, as vLLM
-    does), under ``served_model_name`` (default ``local-stand-in/<model>``)."""
+    does), under ``served_model_name`` (default ``local-stand-in/<model>``).
+
+    Unlike vLLM, it keeps its last generation requests, with their replies, for the workshop's
+    checkers: ``GET /stand-in/requests?after=ID`` (memory only, on 127.0.0.1 by default)."""
     app = FastAPI(title="hybridchat local stand-in")
     served = served_model_name or f"{STAND_IN_PREFIX}{model.name}"
+    recorded: deque[dict[str, Any]] = deque(maxlen=50)
+    ids = itertools.count(1)
+
+    def record(path: str, params: GenerationParams, reply: ReplyStream, **sent: Any) -> ReplyStream:
+        entry = {"id": next(ids), "path": path, **sent, "temperature": params.temperature, "top_p": params.top_p,
+                 "max_tokens": params.max_tokens, "stop": list(params.stop), "reply": None}
+        recorded.append(entry)
+        return _Kept(reply, entry)
+
+    @app.get("/stand-in/requests")
+    def requests(after: int = 0) -> list[dict[str, Any]]:
+        return [entry for entry in list(recorded) if entry["id"] > after]
 
     @app.exception_handler(_Refused)
     def _refused(request: Request, exc: _Refused) -> JSONResponse:
@@ -128,7 +145,7 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         messages = [{"role": m.role, "content": m.content} for m in normalize_history(history)]
         params = _params(body.temperature, body.top_p, checked(body.max_completion_tokens or body.max_tokens), body.stop)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        reply = model.stream(messages, params)
+        reply = record("/v1/chat/completions", params, model.stream(messages, params), model=body.model, messages=messages)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_chat_chunks(reply, ident, created, served, usage))
@@ -146,7 +163,8 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         check_model(body.model)
         params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        reply = model.stream(_conversation_of(body.prompt), params)
+        reply = record("/v1/completions", params, model.stream(_conversation_of(body.prompt), params),
+                       model=body.model, prompt=body.prompt)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_completion_chunks(reply, ident, created, served, usage))
@@ -162,7 +180,7 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
     @app.post("/generate")
     def generate(body: legacy.GenerateRequest) -> legacy.GenerateResponse:
         params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
-        reply = "".join(model.stream(_conversation_of(body.prompt), params))
+        reply = "".join(record("/generate", params, model.stream(_conversation_of(body.prompt), params), prompt=body.prompt))
         return legacy.GenerateResponse(predictions=[reply if body.raw_response else legacy.echoed(body.prompt, reply)])
 
     @app.get("/{version}/models/{name}")
@@ -195,13 +213,35 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
             raise ContextOverflow("", limit=_gemini_input_limit(model), prompt_tokens=prompt_tokens)
         params = _params(config.temperature, config.top_p, config.max_output_tokens, config.stop_sequences)
         version = f"{served} (standing in for {name})"
-        reply = model.stream(messages, params)
+        contents = [{"role": c.role, "text": "".join(p.text or "" for p in c.parts or [])} for c in body.contents]
+        reply = record(f"gemini:{action}", params, model.stream(messages, params), model=name, contents=contents)
         if action == "streamGenerateContent":
             return _sse(_gemini_chunks(reply, version), separator="\r\n\r\n")
         text = "".join(reply)
         return Response(gemini_wire.dump(_gemini_response(text, reply, version)), media_type="application/json")
 
     return app
+
+
+class _Kept(ReplyStream):
+    """A reply that, once read to the end, is also kept in its request's record."""
+
+    def __init__(self, reply: ReplyStream, entry: dict[str, Any]):
+        super().__init__(iter(()))
+        self._reply, self._entry, self._text = reply, entry, []
+
+    def __next__(self) -> str:
+        try:
+            piece = next(self._reply)
+        except StopIteration:
+            self.usage, self.finish_reason = self._reply.usage, self._reply.finish_reason
+            self._entry["reply"] = "".join(self._text)
+            raise
+        self._text.append(piece)
+        return piece
+
+    def close(self) -> None:
+        self._reply.close()
 
 
 def _gemini_input_limit(model: LocalModel) -> int:

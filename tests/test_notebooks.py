@@ -3,20 +3,26 @@ right hint, checkers that can fail, and the exact gcp-mode commands."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import cloud_doubles
+import fake_google
+import kube_api
 import nbformat
 import papermill
 import pytest
+from conftest import EMULATOR_PROJECT
 from google.genai import types
 
 from hybridchat.lab import check, gcp, terraform
-from hybridchat.lab.local import free_port
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.lab.make_exercises import build, strip_solutions
 from hybridchat.lab.shell import CommandFailed, command, run
 
@@ -254,3 +260,128 @@ def test_pod_status_reads_kubectl_output():
     ready = {"items": [{"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]}
     assert gcp.pod_status(json.dumps(ready))[0] == "Ready"
     assert gcp.pod_status('{"items": []}')[0] == "Missing"
+
+
+# --- gcp mode: every notebook against the cloud CLIs' doubles ---------------------------------------
+
+GCP_PROJECT = EMULATOR_PROJECT  # the Firestore emulator's project stands in for the learner's
+
+
+@pytest.fixture(scope="module")
+def cloud(lab_env, stand_in, firestore_emulator, tmp_path_factory):
+    """gcp mode on this machine: the CLIs are doubles first on PATH (their state and command log
+    in ``folder``); Gemini is the stand-in reached in Vertex AI mode with application-default
+    credentials; Firestore is the emulator.
+
+    `kubectl port-forward service/gemma-service` leads to the stand-in too, not the real vLLM:
+    notebook 04 teaches a raw completion in Gemma's chat template, which only Gemma (or the
+    stand-in, which re-renders it) answers; SmolLM2 on vLLM answers it with "<end_of_turn>". The
+    real engine runs the app's chat path, and notebook 04's package cell, in test_vllm_engine.py.
+    """
+    folder = tmp_path_factory.mktemp("cloud")
+    with kube_api.fake_cluster(folder) as kubeconfig, BackgroundServer(fake_google.create_app()) as google:
+        credentials = fake_google.application_default_credentials(folder)
+        app_env = {
+            "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in,
+            "GOOGLE_CLOUD_PROJECT": GCP_PROJECT, "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+            "FIRESTORE_EMULATOR_HOST": firestore_emulator.host, "HYBRIDCHAT_STORE_URL": "firestore://chat-app-db",
+            "HYBRIDCHAT_LOG_LEVEL": "WARNING",
+        }
+        state = cloud_doubles.initial_state(GCP_PROJECT, gemma_url=stand_in, app_env=app_env)
+        cloud_doubles.install(folder / "bin", folder / "state", state, kubeconfig)
+        env = {
+            **{k: v for k, v in app_env.items() if k != "HYBRIDCHAT_MODE"},
+            "PATH": f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}",
+            "HF_ENDPOINT": google, "HYBRIDCHAT_LAB_POLL_SECONDS": "0.2",
+        }
+        saved = {key: os.environ.get(key) for key in [*env, "GOOGLE_API_KEY"]}
+        os.environ.update(env)
+        os.environ.pop("GOOGLE_API_KEY", None)  # Vertex AI with credentials, as on a real project
+        try:
+            yield folder / "state"
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            app = json.loads((folder / "state" / "state.json").read_text())["app"]
+            if app:  # the app skaffold started, if a failure left it running
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(app["pid"], signal.SIGTERM)
+
+
+P = GCP_PROJECT
+WAIT_FOR_GEMMA = ["kubectl get pods -l app=gemma-server -o json"]  # once per poll
+LOAD_BALANCER = ["kubectl get service gradio-chat-service -o 'jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}'"]
+# The workshop's script: every cloud command the notebooks run in gcp mode, in order.
+GCP_COMMANDS = {
+    "00_setup.ipynb": [
+        # which tools are here
+        "gcloud --version", "terraform version", "kubectl version --client", "skaffold --version",
+        # the preflight: read-only
+        "gcloud auth list --filter=status:ACTIVE '--format=value(account)'",
+        "gcloud auth application-default print-access-token",
+        f"gcloud projects describe {P} '--format=value(projectNumber)'",
+        f"gcloud billing projects describe {P} '--format=value(billingEnabled)'",
+        f"gcloud services list --enabled --project={P} '--format=value(config.name)'",
+        f"gcloud compute regions describe us-central1 --project={P} --format=json",
+        # then the first things made
+        "gcloud config get-value project",
+        f"gcloud services enable cloudresourcemanager.googleapis.com storage.googleapis.com --project={P}",
+        f"gcloud storage buckets create gs://{P}_cloudbuild --project={P} --location=us-central1",
+    ],
+    "01_provision_infra.ipynb": [
+        "terraform fmt -check -recursive <repo>/infra",
+        f"gcloud projects describe {P} '--format=value(projectNumber)'",
+        "terraform -chdir=<repo>/infra init -input=false",
+        "terraform -chdir=<repo>/infra plan -input=false -out=tfplan",
+        "terraform -chdir=<repo>/infra apply -input=false tfplan",
+        f"gcloud container clusters get-credentials gradio-chat-cluster --region=us-central1 --project={P}",
+    ],
+    "02_deploy_gemma.ipynb": [
+        "kubectl create secret generic hf-secret '--from-literal=hf_api_token=****'",
+        "kubectl apply -f <repo>/deploy/gemma3-12b-deploy.yaml",
+        # Pending (its events shown once), Pending, Running not yet Ready, Ready
+        *WAIT_FOR_GEMMA, "kubectl get events --field-selector involvedObject.kind=Pod --sort-by=.lastTimestamp",
+        *WAIT_FOR_GEMMA * 3,
+    ],
+    "03_history_translators.ipynb": [],
+    "04_model_callers.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
+    "05_launch_app.ipynb": [
+        f"skaffold run --default-repo=us-central1-docker.pkg.dev/{P}/chat-app-repo",
+        *LOAD_BALANCER * 3,  # no IP yet, no IP yet, the IP
+    ],
+    "06_chat_history.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
+    "07_cleanup.ipynb": [
+        "kubectl delete --ignore-not-found -f <repo>/deploy/chat-deploy.yaml",
+        "kubectl delete --ignore-not-found -f <repo>/deploy/gemma3-12b-deploy.yaml",
+        "kubectl delete secret hf-secret --ignore-not-found",
+        "terraform -chdir=<repo>/infra destroy -input=false -auto-approve",
+        f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
+    ],
+}
+
+
+def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
+    texts, ran = {}, {}
+    for path in SOLUTIONS:
+        parameters = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT}
+        if path.name.startswith("07"):
+            parameters["CONFIRM_DESTROY"] = True
+        texts[path.name] = outputs(execute(path, tmp_path / path.name, **parameters))
+        ran[path.name] = cloud_doubles.commands(cloud)
+    assert ran == GCP_COMMANDS
+    assert texts["00_setup.ipynb"].count("✅") == 7, "every preflight check passed"
+    assert "2 Insufficient nvidia.com/gpu" in texts["02_deploy_gemma.ipynb"], "the Pending pod's events are shown"
+    for caller in ("call_gemma_model", "call_gemini_model"):
+        assert f"✅ {caller} answered" in texts["04_model_callers.ipynb"]
+    assert "not checked here" not in texts["04_model_callers.ipynb"], "what was sent was checked"
+    assert "saved as session" in texts["05_launch_app.ipynb"], "one turn through the app skaffold started"
+    assert "gemini: '" in texts["06_chat_history.ipynb"]
+    # What 01-05 created, 07 deleted; the app skaffold started is stopped.
+    left = json.loads((cloud / "state.json").read_text())
+    assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], [], {}, None)
+    assert left["terraform"] == "initialized" and left["kube_context"] is None
+    saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
+    assert not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), "the HF token reached a notebook"

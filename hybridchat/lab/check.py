@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from hybridchat import history as reference
 
 # Gradio 6 chat histories, as the app hands them over.
@@ -87,25 +89,90 @@ def gemini_translator(fn: Callable[[str, list], list]) -> None:
     print(f"✅ process_message_gemini builds the right contents, on {len(SAMPLES)} histories.")
 
 
-def gemma_caller(fn: Callable[[str, float, float, int], str]) -> str:
-    """Check ``call_gemma_model(prompt, temperature, top_p, max_tokens)`` against the running Gemma."""
+# Unusual values, so a function that sends its own instead of the caller's is caught.
+_ASKED = {"temperature": 0.35, "top_p": 0.85, "max_tokens": 24}
+
+
+def gemma_caller(fn: Callable[[str, float, float, int], str], server_url: str | None = None) -> str:
+    """Check ``call_gemma_model(prompt, temperature, top_p, max_tokens)`` against the running Gemma.
+
+    Where the server keeps its requests (the local stand-in), also that the function sent the
+    prompt with the caller's settings and returned what the server answered.
+    """
     prompt = reference.process_message_gemma("What is the capital of France?", [])
-    reply = _call(fn, "call_gemma_model", prompt, 0.2, 0.95, 32)
+    before = _recorded(server_url)
+    reply = _call(fn, "call_gemma_model", prompt, *_ASKED.values())
     if not isinstance(reply, str) or not reply.strip():
         _fail(f"call_gemma_model must return the reply text; got {reply!r}")
     if "<start_of_turn>" in reply or reply.startswith(("Prompt:", "User's Turn")):
         _fail(f"the reply still contains the prompt: keep only the new text; got {reply[:80]!r}")
     if "<end_of_turn>" in reply:
         _fail("stop at `<end_of_turn>`: send it as a stop sequence, or cut the reply there")
-    print(f"✅ call_gemma_model answered: {reply[:80]!r}")
+    if before is not None:
+        sent = _sent(server_url, before, "call_gemma_model", lambda r: r.get("prompt") == prompt,
+                     f"POST the prompt to {server_url}/v1/completions")
+        _same_settings("call_gemma_model", sent, "max_tokens")
+        if "<end_of_turn>" not in sent["stop"]:
+            _fail('send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
+        _same_reply("call_gemma_model", reply, sent, "choices[0].text")
+    print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
     return reply
 
 
-def gemini_caller(fn: Callable[[list, float, float, int], str]) -> str:
-    """Check ``call_gemini_model(contents, temperature, top_p, max_tokens)`` against the running Gemini."""
+def gemini_caller(fn: Callable[[list, float, float, int], str], server_url: str | None = None) -> str:
+    """Check ``call_gemini_model(contents, temperature, top_p, max_tokens)`` against the running Gemini,
+    and, where the server keeps its requests, what the function sent."""
     contents = reference.process_message_gemini("What is the capital of France?", [])
-    reply = _call(fn, "call_gemini_model", contents, 0.2, 0.95, 32)
+    before = _recorded(server_url)
+    reply = _call(fn, "call_gemini_model", contents, *_ASKED.values())
     if not isinstance(reply, str) or not reply.strip():
         _fail(f"call_gemini_model must return the reply text (response.text); got {reply!r}")
-    print(f"✅ call_gemini_model answered: {reply[:80]!r}")
+    if before is not None:
+        texts = [{"role": c.role, "text": "".join(p.text or "" for p in c.parts or [])} for c in contents]
+        sent = _sent(server_url, before, "call_gemini_model", lambda r: r.get("contents") == texts,
+                     "pass the contents to client.models.generate_content")
+        _same_settings("call_gemini_model", sent, "max_output_tokens")
+        _same_reply("call_gemini_model", reply, sent, "response.text")
+    print(f"✅ call_gemini_model answered: {reply[:80]!r}{_unverified(before)}")
     return reply
+
+
+def _recorded(server_url: str | None) -> int | None:
+    """The newest request id the server kept, or ``None`` if it keeps none (a real server)."""
+    if not server_url:
+        return None
+    try:
+        response = httpx.get(f"{server_url}/stand-in/requests", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return max((entry["id"] for entry in response.json()), default=0)
+
+
+def _sent(server_url: str | None, before: int, name: str, matches: Callable[[dict], bool], how: str) -> dict:
+    entries = httpx.get(f"{server_url}/stand-in/requests", params={"after": before}, timeout=10).json()
+    found = [entry for entry in entries if matches(entry)]
+    if not found:
+        _fail(f"`{name}` did not send the question to the model: {how}, and return what it answers "
+              f"(it sent {len(entries)} request(s) with other content)" if entries else
+              f"`{name}` did not send anything to the model: {how}, and return what it answers.")
+    return found[-1]
+
+
+def _same_settings(name: str, sent: dict, max_name: str) -> None:
+    for setting, asked in _ASKED.items():
+        if sent.get(setting) != asked:
+            shown = max_name if setting == "max_tokens" else setting
+            _fail(f"`{name}` must send the {shown} it is given: it was called with {shown}={asked}, "
+                  f"the model received {sent.get(setting)!r}")
+
+
+def _same_reply(name: str, reply: str, sent: dict, where: str) -> None:
+    if sent.get("reply") is not None and reply.strip() != sent["reply"].strip():
+        _fail(f"`{name}` must return the model's text ({where}): the model answered {sent['reply'][:60]!r}, "
+              f"the function returned {reply[:60]!r}")
+
+
+def _unverified(before: int | None) -> str:
+    return "" if before is not None else " (this server keeps no requests: what was sent is not checked here)"

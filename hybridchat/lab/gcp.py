@@ -1,18 +1,34 @@
 """The workshop's Google Cloud, kubectl and Skaffold commands, built exactly as the codelab runs them.
 
 Each function returns a ``Command`` (run it with ``hybridchat.lab.shell.run``), so the
-notebooks and the tests share one definition of every command line.
+notebooks and the tests share one definition of every command line. The waits poll every
+``HYBRIDCHAT_LAB_POLL_SECONDS`` (default 15).
 """
 
 from __future__ import annotations
 
+import os
+from getpass import getpass
 from pathlib import Path
 
-from hybridchat.lab.shell import Command, command
+import httpx
+
+from hybridchat.lab.local import free_port
+from hybridchat.lab.shell import Background, Command, command, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SETUP_APIS = ("cloudresourcemanager.googleapis.com", "storage.googleapis.com")
+APP_SERVICE = "gradio-chat-service"
+
+
+def poll_seconds() -> float:
+    return float(os.environ.get("HYBRIDCHAT_LAB_POLL_SECONDS", "15"))
+
+
+def hugging_face_token() -> str:
+    """The Hugging Face token: ``HF_TOKEN`` if set, else asked (never shown, never saved)."""
+    return os.environ.get("HF_TOKEN") or getpass("Hugging Face token (read access, Gemma licence accepted): ")
 
 
 def current_project() -> Command:
@@ -75,6 +91,27 @@ def port_forward_gemma(local_port: int = 8000) -> Command:
     return command("kubectl", "port-forward", "service/gemma-service", f"{local_port}:8000")
 
 
+def forward_gemma(timeout: float = 60) -> Background:
+    """``kubectl port-forward`` to the in-cluster Gemma on a free local port, ready when it
+    answers; its ``url`` is what this notebook's settings use (``gemma-service:8000`` is only
+    reachable inside the cluster)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    forward = Background(
+        port_forward_gemma(port), answers, timeout=timeout,
+        hint="Is the Gemma pod Ready? (notebook 02, or `kubectl get pods -l app=gemma-server`)",
+    )
+    forward.url = url  # type: ignore[attr-defined]
+    return forward
+
+
 def registry(project_id: str, region: str) -> str:
     """Skaffold's --default-repo: the Artifact Registry repository Terraform creates."""
     return f"{region}-docker.pkg.dev/{project_id}/chat-app-repo"
@@ -84,11 +121,31 @@ def skaffold_run(project_id: str, region: str) -> Command:
     return command("skaffold", "run", f"--default-repo={registry(project_id, region)}", cwd=ROOT)
 
 
-def load_balancer_ip() -> Command:
+def load_balancer_address() -> Command:
+    """The app's external ``IP:port`` (``:7860`` while the load balancer has no IP yet)."""
     return command(
-        "kubectl", "get", "service", "gradio-chat-service",
-        "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        "kubectl", "get", "service", APP_SERVICE,
+        "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}",
     )
+
+
+def wait_for_app(timeout: float = 900) -> str:
+    """The app's URL, once its LoadBalancer has an external IP (a minute or two on GKE)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    started = time.monotonic()
+    with tqdm(desc="Waiting for the load balancer's IP", unit="s", bar_format="{desc}: {elapsed}") as bar:
+        while True:
+            ip, _, port = run(load_balancer_address(), echo=False).strip().rpartition(":")
+            if ip:
+                bar.set_description("The load balancer has an IP")
+                return f"http://{ip}:{port}"
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{APP_SERVICE} has no external IP after {timeout:g} s: see `kubectl describe service {APP_SERVICE}`")
+            time.sleep(poll_seconds())
+            bar.refresh()
 
 
 def pod_status(pods_json: str) -> tuple[str, str]:
@@ -109,26 +166,23 @@ def pod_status(pods_json: str) -> tuple[str, str]:
     return phase, "loading the model" if phase == "Running" else phase
 
 
-def wait_for_gemma(timeout: float = 3600, poll: float = 15) -> None:
-    """Wait until the Gemma pod is ready, with a progress bar and the pod's events while it waits."""
+def wait_for_gemma(timeout: float = 3600) -> None:
+    """Wait until the Gemma pod is ready, showing its state, and its events while it is Pending."""
     import time
 
     from tqdm.auto import tqdm
 
-    from hybridchat.lab.shell import run
-
     started = time.monotonic()
-    last_events = 0.0
-    with tqdm(total=int(timeout), desc="Gemma pod", unit="s") as bar:
+    last_events: float | None = None
+    with tqdm(desc="Gemma pod", unit="s", bar_format="{desc}: {elapsed} {postfix}") as bar:
         while True:
             phase, detail = pod_status(run(gemma_pods(), echo=False))
-            bar.n = int(time.monotonic() - started)
-            bar.set_postfix_str(f"{phase}: {detail}"[:80])
+            bar.set_postfix_str(f"{phase}: {detail}"[:100])
             if phase == "Ready":
                 return
-            if phase == "Pending" and time.monotonic() - last_events > 120:
+            if phase == "Pending" and (last_events is None or time.monotonic() - last_events > 120):
                 print(run(gemma_events(), echo=False)[-2000:])
                 last_events = time.monotonic()
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"Gemma is not ready after {timeout:g} s ({phase}: {detail}); chat with Gemini meanwhile")
-            time.sleep(poll)
+            time.sleep(poll_seconds())

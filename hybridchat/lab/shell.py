@@ -1,12 +1,18 @@
-"""Run a workshop command from a notebook: output streamed as it comes, a timeout, secrets masked."""
+"""Run a workshop command from a notebook: output streamed as it comes, a timeout, secrets masked;
+or leave one running in the background for later cells (``Background``)."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,3 +89,73 @@ def run(cmd: Command, *, timeout: float = 600, echo: bool = True, progress: str 
             + "".join(lines[-20:])
         )
     return "".join(lines)
+
+
+class Background:
+    """A command left running while later cells use it (``kubectl port-forward``).
+
+    Started at once and waited for until ``ready()`` is true, at most ``timeout`` seconds, with a
+    clear message if it stops or never answers. Stopped by ``stop()``, at exit, and also when a
+    later notebook cell fails, so a failed checker does not leave it holding its port.
+    """
+
+    def __init__(self, cmd: Command, ready: Callable[[], bool], *, timeout: float = 60, hint: str = ""):
+        self.cmd = cmd
+        print(f"$ {cmd} &", flush=True)
+        self._output = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            cmd.argv, cwd=cmd.cwd, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        atexit.register(self.stop)
+        self._watch_cells()
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                said = self.output()
+                self.stop()
+                why = f"stopped (exit {self.process.returncode})" if self.process.returncode is not None else (
+                    f"did not answer within {timeout:g} s")
+                raise CommandFailed(f"`{cmd}` {why}. {hint}\n{said}".rstrip())
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        """What the command printed so far (its last lines), secrets masked."""
+        self._output.seek(0)
+        text = self._output.read().decode(errors="replace")
+        for secret in self.cmd.secrets:
+            text = text.replace(secret, "****")
+        return "".join(text.splitlines(keepends=True)[-20:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._unwatch_cells()
+
+    def _watch_cells(self) -> None:
+        shell = _ipython()
+        if shell is not None:
+            shell.events.register("post_run_cell", self._after_cell)
+
+    def _unwatch_cells(self) -> None:
+        shell = _ipython()
+        if shell is not None and self._after_cell in shell.events.callbacks["post_run_cell"]:
+            shell.events.unregister("post_run_cell", self._after_cell)
+
+    def _after_cell(self, result: object) -> None:
+        if not getattr(result, "success", True):
+            print(f"A cell failed: stopping `{self.cmd}`.")
+            self.stop()
+
+
+def _ipython():  # type: ignore[no-untyped-def]
+    """The running IPython shell (a notebook kernel), if any."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()

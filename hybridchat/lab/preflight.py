@@ -1,0 +1,158 @@
+"""Notebook 00 (gcp): what most often breaks a real workshop, checked before anything is created.
+
+Each check reads only (gcloud, one Hugging Face metadata request) and says ✅ or what to do:
+logged in, application-default credentials, the project, billing, the APIs needed before
+Terraform can enable the rest, the region's L4 GPU quota against what the Gemma manifest asks,
+and a Hugging Face token with access to Gemma.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import yaml
+
+from hybridchat.lab.gcp import DEPLOY
+from hybridchat.lab.shell import CommandFailed, command, run
+
+# Terraform enables the workshop's other APIs (infra/main.tf); these must be on before it runs:
+# Service Usage to enable anything, Compute Engine for the GPU quota and the cluster's nodes.
+NEEDED_FIRST = ("serviceusage.googleapis.com", "compute.googleapis.com")
+GPU_QUOTA = "NVIDIA_L4_GPUS"
+
+
+class PreflightFailed(RuntimeError):
+    """Some checks failed; nothing was created. The message lists what to do."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"PreflightFailed: {self}"]
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    check: str
+    detail: str
+
+
+def gemma_needs() -> tuple[str, int]:
+    """The Hugging Face repository and the number of GPUs the Gemma manifest asks for."""
+    documents = yaml.safe_load_all((DEPLOY / "gemma3-12b-deploy.yaml").read_text())
+    deployment = next(d for d in documents if d and d["kind"] == "Deployment")
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    model = next(a.partition("=")[2] for a in server["args"] if a.startswith("--model="))
+    return model, int(server["resources"]["requests"]["nvidia.com/gpu"])
+
+
+def _gcloud(*argv: str) -> str:
+    return run(command("gcloud", *argv), echo=False, timeout=120).strip()
+
+
+def account() -> Result:
+    try:
+        active = _gcloud("auth", "list", "--filter=status:ACTIVE", "--format=value(account)")
+    except CommandFailed:
+        active = ""
+    if active:
+        return Result(True, "gcloud account", active.splitlines()[0])
+    return Result(False, "gcloud account", "not logged in: run `gcloud auth login`")
+
+
+def application_default_credentials() -> Result:
+    try:
+        _gcloud("auth", "application-default", "print-access-token")
+    except CommandFailed:
+        return Result(False, "application-default credentials",
+                      "none: run `gcloud auth application-default login` (this notebook's Gemini calls use them)")
+    return Result(True, "application-default credentials", "found")
+
+
+def project(project_id: str) -> Result:
+    try:
+        number = _gcloud("projects", "describe", project_id, "--format=value(projectNumber)")
+    except CommandFailed:
+        return Result(False, "project", f"{project_id!r} does not exist or this account cannot see it: check PROJECT_ID")
+    return Result(True, "project", f"{project_id} (number {number})")
+
+
+def billing(project_id: str) -> Result:
+    try:
+        enabled = _gcloud("billing", "projects", "describe", project_id, "--format=value(billingEnabled)")
+    except CommandFailed:
+        enabled = ""
+    if enabled.lower() == "true":
+        return Result(True, "billing", "enabled")
+    return Result(False, "billing", "not enabled: link a billing account at "
+                  f"https://console.cloud.google.com/billing/linkedaccount?project={project_id}")
+
+
+def apis(project_id: str) -> Result:
+    try:
+        enabled = set(_gcloud("services", "list", "--enabled", f"--project={project_id}", "--format=value(config.name)").split())
+    except CommandFailed:
+        enabled = set()
+    missing = [api for api in NEEDED_FIRST if api not in enabled]
+    if missing:
+        return Result(False, "APIs", f"not enabled: {', '.join(missing)}: run "
+                      f"`gcloud services enable {' '.join(missing)} --project={project_id}`")
+    return Result(True, "APIs", f"{', '.join(NEEDED_FIRST)} enabled (Terraform enables the rest)")
+
+
+def gpu_quota(project_id: str, region: str) -> Result:
+    _, needed = gemma_needs()
+    try:
+        described = json.loads(_gcloud("compute", "regions", "describe", region, f"--project={project_id}", "--format=json"))
+    except (CommandFailed, ValueError):
+        return Result(False, "L4 GPU quota", f"cannot read {region}'s quotas: is the Compute Engine API on?")
+    quota = next((q for q in described.get("quotas", []) if q.get("metric") == GPU_QUOTA), None)
+    free = 0 if quota is None else int(quota["limit"] - quota.get("usage", 0))
+    if free >= needed:
+        return Result(True, "L4 GPU quota", f"{free} free in {region}; Gemma needs {needed}")
+    return Result(False, "L4 GPU quota", f"{free} free in {region}; Gemma needs {needed}: ask for more "
+                  f"({GPU_QUOTA}) at https://console.cloud.google.com/iam-admin/quotas?project={project_id}, "
+                  "or choose a REGION with L4s")
+
+
+def hugging_face(token: str) -> Result:
+    from huggingface_hub import auth_check
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    repo, _ = gemma_needs()
+    if not token:
+        return Result(False, "Hugging Face token", "missing: create one (read access) at https://huggingface.co/settings/tokens")
+    try:
+        auth_check(repo, token=token)
+    except GatedRepoError:
+        return Result(False, "Hugging Face token", f"no access to {repo}: accept its licence at https://huggingface.co/{repo}")
+    except HfHubHTTPError as failed:
+        status = failed.response.status_code if failed.response is not None else None
+        why = "not a valid token" if status == 401 else f"Hugging Face answered HTTP {status}"
+        return Result(False, "Hugging Face token", f"{why}: check it at https://huggingface.co/settings/tokens")
+    except OSError as failed:
+        return Result(False, "Hugging Face token", f"could not reach Hugging Face ({type(failed).__name__})")
+    return Result(True, "Hugging Face token", f"has access to {repo}")
+
+
+def preflight(project_id: str, region: str, token: str) -> list[Result]:
+    """Run every check, print one line each; ``PreflightFailed`` if any failed."""
+    checks: list[Callable[[], Result]] = [
+        account,
+        application_default_credentials,
+        lambda: project(project_id),
+        lambda: billing(project_id),
+        lambda: apis(project_id),
+        lambda: gpu_quota(project_id, region),
+        lambda: hugging_face(token),
+    ]
+    results = []
+    for check in checks:
+        result = check()
+        print(f"{'✅' if result.ok else '❌'} {result.check}: {result.detail}")
+        results.append(result)
+    failed = [r.check for r in results if not r.ok]
+    if failed:
+        raise PreflightFailed(f"{len(failed)} check(s) failed ({', '.join(failed)}); nothing was created. "
+                              "Fix them as said above, then run this cell again.")
+    return results

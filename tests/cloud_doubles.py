@@ -1,0 +1,622 @@
+"""Test doubles for the workshop's cloud CLIs: ``gcloud``, ``terraform``, ``kubectl``, ``skaffold``.
+
+`install(bin_dir, state_dir)` writes one executable per tool; put `bin_dir` first on PATH. Each
+invocation runs `python cloud_doubles.py TOOL ARGS…`, which:
+
+* checks the command line against the real tool's syntax, for the commands the workshop uses,
+  and refuses anything else as the real tool does (its message and exit status);
+* answers with the real tool's output, recorded, including the slow and failing answers (the
+  GPU pod `Pending` with its "Insufficient nvidia.com/gpu" event for a few polls, the load
+  balancer without an IP for a few polls, quota too small, billing off, not logged in);
+* runs the real offline check where one exists: `terraform fmt` for real, `kubectl apply
+  --dry-run=client` against the stub API server (`kube_api.py`);
+* does the local part for real: `kubectl port-forward` forwards TCP to a local vLLM-protocol
+  server, `skaffold run` starts the app on 127.0.0.1 (its load balancer IP), `kubectl delete`
+  stops it.
+
+What exists (APIs, buckets, cluster, secrets, workloads) lives in `state.json` in the state
+folder; every command line run is appended to `commands.log` there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("gcloud", "terraform", "kubectl", "skaffold")
+
+
+class Refused(Exception):
+    """The command line is not one the real tool takes: ``message`` on stderr, ``status`` out."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+# --- the grammar: each command the workshop runs, its flags (True: takes a value) and positionals
+
+
+@dataclass(frozen=True)
+class Spec:
+    flags: dict[str, bool]
+    positionals: tuple[int, int | None]  # at least, at most (None: any number)
+    run: Callable[[Call], str]
+
+
+@dataclass
+class Call:
+    tool: str
+    path: tuple[str, ...]
+    flags: dict[str, str | bool] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    cwd: Path = field(default_factory=Path.cwd)
+
+    def flag(self, name: str) -> str:
+        value = self.flags.get(name)
+        return value if isinstance(value, str) else ""
+
+
+def parse(tool: str, argv: list[str], specs: dict[tuple[str, ...], Spec]) -> tuple[Call, Spec]:
+    """Split ``argv`` into the command's path, its flags and positionals, as ``tool`` would."""
+    words = [a for a in argv if not a.startswith("-")]
+    if argv == ["--version"]:
+        words = argv
+    path = max((p for p in specs if tuple(words[: len(p)]) == p), key=len, default=None)
+    if path is None:
+        raise Refused(_unknown_command(tool, words[0] if words else ""), 2 if tool == "gcloud" else 1)
+    if tool == "terraform" and any(a.startswith("-chdir") for a in argv[argv.index(path[0]):]):
+        raise Refused(f"╷\n│ Error: Invalid -chdir option\n│ \n│ The -chdir option is a global option. It must come before the subcommand name.\n╵")
+    spec = specs[path]
+    call, rest, consumed = Call(tool, path, argv=list(argv)), list(argv), 0
+    if argv == ["--version"]:
+        return call, spec
+    while rest:
+        arg = rest.pop(0)
+        if arg.startswith("-") and arg != "-":
+            name, has_value, value = arg.partition("=")
+            if name not in spec.flags:
+                raise Refused(_unknown_flag(tool, path, arg), 2 if tool == "gcloud" else 1)
+            if spec.flags[name] and not has_value:
+                if not rest:
+                    raise Refused(_missing_value(tool, path, name), 2 if tool == "gcloud" else 1)
+                value = rest.pop(0)
+            call.flags[name] = value if spec.flags[name] else True
+        elif consumed < len(path):
+            consumed += 1
+        else:
+            call.args.append(arg)
+    low, high = spec.positionals
+    if len(call.args) < low or (high is not None and len(call.args) > high):
+        raise Refused(_arguments(tool, path, call.args, low, high), 2 if tool == "gcloud" else 1)
+    return call, spec
+
+
+def _unknown_command(tool: str, word: str) -> str:
+    return {
+        "gcloud": f"ERROR: (gcloud) Invalid choice: '{word}'.\n\nTo search the help text of gcloud commands, run:\n  gcloud help -- SEARCH_TERMS",
+        "kubectl": f'Error: unknown command "{word}" for "kubectl"',
+        "terraform": f'Terraform has no command named "{word}".\n\nTo see all of Terraform\'s top-level commands, run:\n  terraform -help',
+        "skaffold": f'Error: unknown command "{word}" for "skaffold"\nRun \'skaffold --help\' for usage.',
+    }[tool]
+
+
+def _unknown_flag(tool: str, path: tuple[str, ...], arg: str) -> str:
+    return {
+        "gcloud": f"ERROR: (gcloud.{'.'.join(path)}) unrecognized arguments: {arg} \n\nTo search the help text of gcloud commands, run:\n  gcloud help -- SEARCH_TERMS",
+        "kubectl": f"Error: unknown flag: {arg.partition('=')[0]}\nSee 'kubectl {' '.join(path)} --help' for usage.",
+        "terraform": f"╷\n│ Error: Failed to parse command-line flags\n│ \n│ flag provided but not defined: {arg.partition('=')[0]}\n╵\n\nFor more help on using this command, run:\n  terraform {' '.join(path)} -help",
+        "skaffold": f"Error: unknown flag: {arg.partition('=')[0]}",
+    }[tool]
+
+
+def _missing_value(tool: str, path: tuple[str, ...], name: str) -> str:
+    if tool == "gcloud":
+        return f"ERROR: (gcloud.{'.'.join(path)}) argument {name}: expected one argument"
+    return f"Error: flag needs an argument: {name}"
+
+
+def _arguments(tool: str, path: tuple[str, ...], args: list[str], low: int, high: int | None) -> str:
+    if tool == "gcloud":
+        if len(args) < low:
+            return f"ERROR: (gcloud.{'.'.join(path)}) argument: Must be specified."
+        return f"ERROR: (gcloud.{'.'.join(path)}) unrecognized arguments: {' '.join(args[high:])} "
+    if tool == "kubectl" and path == ("port-forward",):
+        return "error: TYPE/NAME and list of ports are required for port-forward\nSee 'kubectl port-forward -h' for help and examples"
+    return f"Error: accepts between {low} and {high} arg(s), received {len(args)}"
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+class State:
+    """What exists in the fake project; saved after every command."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / "state.json"
+        self.data = json.loads(self.path.read_text())
+
+    def __getitem__(self, key: str):  # type: ignore[no-untyped-def]
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self.data[key] = value
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def initial_state(project: str, **overrides: object) -> dict:
+    """A project as a learner starts the workshop with: logged in, billing on, L4 quota, the
+    two APIs needed before Terraform; nothing else. ``overrides`` set the failing cases."""
+    return {
+        "project": project,
+        "project_number": "123456789012",
+        "account": "learner@example.com",
+        "adc": True,
+        "billing": True,
+        "enabled_apis": ["serviceusage.googleapis.com", "compute.googleapis.com"],
+        "l4_quota": 4,
+        "buckets": [],
+        "terraform": "new",  # new → initialized → planned → applied → (destroyed: initialized)
+        "kube_context": None,
+        "secrets": [],
+        "objects": {},  # "kind/name" → the manifest file that made it
+        "pending_polls": 2,  # the Gemma pod stays Pending for this many `get pods`
+        "loading_polls": 1,  # then Running, not Ready, for this many
+        "lb_polls": 2,  # the app's service has no external IP for this many polls
+        "gemma_url": "",  # where `kubectl port-forward service/gemma-service` leads
+        "app_env": {},  # the app's environment when `skaffold run` starts it
+        "app": None,  # {"pid", "port"} of the app skaffold started
+        **overrides,
+    }
+
+
+# --- gcloud ------------------------------------------------------------------------------------
+
+
+def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
+    project_flag = {"--project": True}
+
+    def require_login() -> None:
+        if not state["account"]:
+            raise Refused("ERROR: (gcloud) You do not currently have an active account selected.\n"
+                          "Please run:\n\n  $ gcloud auth login\n\nto obtain new credentials.")
+
+    def known_project(call: Call, project: str) -> None:
+        require_login()
+        if project != state["project"]:
+            raise Refused(f"ERROR: (gcloud.{'.'.join(call.path)}) [{state['account']}] does not have permission "
+                          f"to access projects instance [{project}] (or it may not exist): The caller does not have permission")
+
+    def version(call: Call) -> str:
+        return "Google Cloud SDK 528.0.0\nbq 2.1.18\ncore 2025.06.20\ngcloud-crc32c 1.0.0\ngsutil 5.34\n"
+
+    def get_value(call: Call) -> str:
+        if call.args != ["project"]:
+            raise Refused(f"ERROR: (gcloud.config.get-value) Section [core] has no property [{call.args[0]}].")
+        return f"{state['project']}\n"
+
+    def describe_project(call: Call) -> str:
+        known_project(call, call.args[0])
+        if call.flag("--format") != "value(projectNumber)":
+            raise Refused(f"cloud_doubles: no recorded answer for --format={call.flag('--format')}")
+        return f"{state['project_number']}\n"
+
+    def services_enable(call: Call) -> str:
+        known_project(call, call.flag("--project") or state["project"])
+        state["enabled_apis"] = sorted(set(state["enabled_apis"]) | set(call.args))
+        return "Operation \"operations/acf.p2-123456789012-0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e\" finished successfully.\n"
+
+    def services_list(call: Call) -> str:
+        known_project(call, call.flag("--project") or state["project"])
+        return "".join(f"{api}\n" for api in sorted(state["enabled_apis"]))
+
+    def buckets_create(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        bucket = call.args[0]
+        if bucket in state["buckets"]:
+            raise Refused(f"Creating {bucket}/...\nERROR: (gcloud.storage.buckets.create) HTTPError 409: "
+                          "Your previous request to create the named bucket succeeded and you already own it.")
+        if "storage.googleapis.com" not in state["enabled_apis"]:
+            raise Refused("ERROR: (gcloud.storage.buckets.create) HTTPError 403: Cloud Storage API has not been used in project before or it is disabled.")
+        state["buckets"] = state["buckets"] + [bucket]
+        return f"Creating {bucket}/...\n"
+
+    def storage_rm(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        bucket = call.args[0]
+        if bucket not in state["buckets"]:
+            raise Refused(f"ERROR: (gcloud.storage.rm) The following URLs matched no objects or files:\n{bucket}")
+        state["buckets"] = [b for b in state["buckets"] if b != bucket]
+        return f"Removing {bucket}/...\n"
+
+    def get_credentials(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        cluster, region = call.args[0], call.flag("--region")
+        if state["terraform"] != "applied":
+            raise Refused(f"Fetching cluster endpoint and auth data.\nERROR: (gcloud.container.clusters.get-credentials) "
+                          f"ResponseError: code=404, message=Not found: projects/{state['project']}/locations/{region}/clusters/{cluster}.")
+        state["kube_context"] = f"gke_{state['project']}_{region}_{cluster}"
+        return f"Fetching cluster endpoint and auth data.\nkubeconfig entry generated for {cluster}.\n"
+
+    def auth_list(call: Call) -> str:
+        return f"{state['account']}\n" if state["account"] else ""
+
+    def print_access_token(call: Call) -> str:
+        if not state["adc"]:
+            raise Refused("ERROR: (gcloud.auth.application-default.print-access-token) Your default credentials were not found. "
+                          "To set up Application Default Credentials, see https://cloud.google.com/docs/authentication/external/set-up-adc for more information.")
+        return "ya29.fake-access-token-for-tests\n"
+
+    def billing(call: Call) -> str:
+        known_project(call, call.args[0])
+        return f"{state['billing']}\n"
+
+    def region_describe(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        if "compute.googleapis.com" not in state["enabled_apis"]:
+            raise Refused("ERROR: (gcloud.compute.regions.describe) Could not fetch resource:\n - Compute Engine API has not been used in project before or it is disabled.")
+        quotas = [{"limit": 24.0, "metric": "CPUS", "usage": 0.0},
+                  {"limit": float(state["l4_quota"]), "metric": "NVIDIA_L4_GPUS", "usage": 0.0}]
+        return json.dumps({"kind": "compute#region", "name": call.args[0], "quotas": quotas, "status": "UP"}, indent=2) + "\n"
+
+    return {
+        ("--version",): Spec({"--version": False}, (0, 0), version),
+        ("config", "get-value"): Spec({}, (1, 1), get_value),
+        ("projects", "describe"): Spec({"--format": True}, (1, 1), describe_project),
+        ("services", "enable"): Spec(project_flag, (1, None), services_enable),
+        ("services", "list"): Spec({**project_flag, "--enabled": False, "--format": True}, (0, 0), services_list),
+        ("storage", "buckets", "create"): Spec({**project_flag, "--location": True}, (1, 1), buckets_create),
+        ("storage", "rm"): Spec({**project_flag, "--recursive": False}, (1, None), storage_rm),
+        ("container", "clusters", "get-credentials"): Spec({**project_flag, "--region": True}, (1, 1), get_credentials),
+        ("auth", "list"): Spec({"--filter": True, "--format": True}, (0, 0), auth_list),
+        ("auth", "application-default", "print-access-token"): Spec({}, (0, 0), print_access_token),
+        ("billing", "projects", "describe"): Spec({"--format": True}, (1, 1), billing),
+        ("compute", "regions", "describe"): Spec({**project_flag, "--format": True}, (1, 1), region_describe),
+    }
+
+
+# --- terraform ---------------------------------------------------------------------------------
+
+
+def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
+    def infra(call: Call) -> Path:
+        folder = Path(call.flag("-chdir") or ".")
+        if not (folder / "main.tf").exists():
+            raise Refused("╷\n│ Error: No configuration files\n│ \n│ Apply requires configuration to be present.\n╵")
+        return folder
+
+    def resources(folder: Path) -> int:
+        sys.path.insert(0, str(ROOT))
+        from hybridchat.lab.terraform import resources as listed
+
+        return sum(5 if row["type"] == "google_project_service" else 1 for row in listed(folder))
+
+    def version(call: Call) -> str:
+        return "Terraform v1.11.4\non linux_amd64\n"
+
+    def fmt(call: Call) -> str:
+        real = subprocess.run([os.environ["CLOUD_DOUBLES_REAL_TERRAFORM"], *call.argv], capture_output=True, text=True)
+        if real.returncode:
+            raise Refused(real.stdout + real.stderr, real.returncode)
+        return real.stdout
+
+    def init(call: Call) -> str:
+        infra(call)
+        if state["terraform"] == "new":
+            state["terraform"] = "initialized"
+        return ("\nInitializing the backend...\nInitializing provider plugins...\n- Finding hashicorp/google versions matching \"~> 6.0\"...\n"
+                "- Installing hashicorp/google v6.42.0...\n- Installed hashicorp/google v6.42.0 (signed by HashiCorp)\n\n"
+                "Terraform has been successfully initialized!\n")
+
+    def plan(call: Call) -> str:
+        folder = infra(call)
+        if state["terraform"] == "new":
+            raise Refused("╷\n│ Error: Inconsistent dependency lock file\n│ \n│ run \"terraform init\" to install all modules required by this configuration.\n╵")
+        (folder / call.flag("-out")).write_text("fake plan: made by tests/cloud_doubles.py\n")
+        state["terraform"] = "planned"
+        return f"\nTerraform will perform the following actions:\n...\nPlan: {resources(folder)} to add, 0 to change, 0 to destroy.\n\nSaved the plan to: {call.flag('-out')}\n"
+
+    def apply(call: Call) -> str:
+        folder = infra(call)
+        if state["terraform"] != "planned" or not (folder / call.args[0]).exists():
+            raise Refused(f"╷\n│ Error: Failed to load \"{call.args[0]}\" as a plan file\n╵")
+        state["terraform"] = "applied"
+        return (f"google_container_cluster.primary: Creating...\ngoogle_container_cluster.primary: Still creating... [10m0s elapsed]\n"
+                f"google_container_cluster.primary: Creation complete after 10m12s\n\nApply complete! Resources: {resources(folder)} added, 0 changed, 0 destroyed.\n")
+
+    def destroy(call: Call) -> str:
+        folder = infra(call)
+        destroyed = resources(folder) if state["terraform"] == "applied" else 0
+        state["terraform"], state["kube_context"] = "initialized", None
+        return f"\nDestroy complete! Resources: {destroyed} destroyed.\n"
+
+    return {
+        ("version",): Spec({}, (0, 0), version),
+        ("fmt",): Spec({"-check": False, "-recursive": False}, (0, 1), fmt),
+        ("init",): Spec({"-chdir": True, "-input": True}, (0, 0), init),
+        ("plan",): Spec({"-chdir": True, "-input": True, "-out": True}, (0, 0), plan),
+        ("apply",): Spec({"-chdir": True, "-input": True}, (1, 1), apply),
+        ("destroy",): Spec({"-chdir": True, "-input": True, "-auto-approve": False}, (0, 0), destroy),
+    }
+
+
+# --- kubectl -----------------------------------------------------------------------------------
+
+
+def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
+    def connected() -> None:
+        if not state["kube_context"]:
+            raise Refused("E1125 12:00:00.000000 memcache.go:265] couldn't get current server API group list: "
+                          "Get \"http://localhost:8080/api?timeout=32s\": dial tcp 127.0.0.1:8080: connect: connection refused\n"
+                          "The connection to the server localhost:8080 was refused - did you specify the right host or port?")
+
+    def objects(manifest: Path) -> list[str]:
+        kinds = {"Deployment": "deployment.apps", "Service": "service", "ServiceAccount": "serviceaccount", "ConfigMap": "configmap"}
+        return [f"{kinds.get(d['kind'], d['kind'].lower())}/{d['metadata']['name']}"
+                for d in yaml.safe_load_all(manifest.read_text()) if d]
+
+    def version(call: Call) -> str:
+        return "Client Version: v1.34.1\nKustomize Version: v5.7.1\n"
+
+    def create_secret(call: Call) -> str:
+        connected()
+        name = call.args[0]
+        if name in state["secrets"]:
+            raise Refused(f'error: failed to create secret secrets "{name}" already exists')
+        state["secrets"] = state["secrets"] + [name]
+        return f"secret/{name} created\n"
+
+    def apply(call: Call) -> str:
+        connected()
+        manifest = Path(call.flag("-f"))
+        dry_run = subprocess.run(
+            [os.environ["CLOUD_DOUBLES_REAL_KUBECTL"], "apply", "--dry-run=client", "--validate=false", "-f", str(manifest),
+             f"--kubeconfig={os.environ['CLOUD_DOUBLES_KUBECONFIG']}"], capture_output=True, text=True)
+        if dry_run.returncode:
+            raise Refused(dry_run.stderr, dry_run.returncode)
+        lines = []
+        for name in objects(manifest):
+            lines.append(f"{name} {'configured' if name in state['objects'] else 'created'}")
+            state["objects"] = {**state["objects"], name: manifest.name}
+        return "\n".join(lines) + "\n"
+
+    def gemma_pod() -> dict:
+        if "deployment.apps/vllm-gemma-deployment" not in state["objects"]:
+            return {}
+        polls = state.data.setdefault("pod_polls", 0)
+        state["pod_polls"] = polls + 1
+        if polls < state["pending_polls"]:
+            status = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                      "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."}]}
+        else:
+            ready = polls >= state["pending_polls"] + state["loading_polls"]
+            status = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"},
+                                                         {"type": "Ready", "status": "True" if ready else "False"}]}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vllm-gemma-deployment-7c9d8b6f5-x2k4q",
+                "labels": {"app": "gemma-server"}}, "status": status}
+
+    def get(call: Call) -> str:
+        connected()
+        kind = call.args[0]
+        if kind == "pods":
+            if call.flag("-l") != "app=gemma-server" or call.flag("-o") != "json":
+                raise Refused("cloud_doubles: no recorded answer but for `get pods -l app=gemma-server -o json`")
+            pod = gemma_pod()
+            return json.dumps({"apiVersion": "v1", "kind": "List", "items": [pod] if pod else []}, indent=4) + "\n"
+        if kind == "events":
+            if state.data.get("pod_polls", 0) <= state["pending_polls"]:
+                return ("LAST SEEN   TYPE      REASON              OBJECT                                      MESSAGE\n"
+                        "2m10s       Warning   FailedScheduling    pod/vllm-gemma-deployment-7c9d8b6f5-x2k4q   0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.\n"
+                        "2m5s        Normal    TriggeredScaleUp    pod/vllm-gemma-deployment-7c9d8b6f5-x2k4q   pod triggered scale-up: [{https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/instanceGroups/gk3-gradio-chat-cluster-nap-1 0->1 (max: 1000)}]\n")
+            return "No resources found in default namespace.\n"
+        if kind == "service":
+            name = call.args[1] if len(call.args) > 1 else ""
+            if f"service/{name}" not in state["objects"]:
+                raise Refused(f'Error from server (NotFound): services "{name}" not found')
+            if call.flag("-o") != "jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}":
+                raise Refused(f"cloud_doubles: no recorded answer for -o {call.flag('-o')}")
+            polls = state.data.setdefault("lb_seen", 0)
+            state["lb_seen"] = polls + 1
+            app = state["app"]
+            if polls < state["lb_polls"] or app is None:
+                return ":7860"
+            return f"127.0.0.1:{app['port']}"
+        raise Refused(f'error: the server doesn\'t have a resource type "{kind}"')
+
+    def delete(call: Call) -> str:
+        connected()
+        if call.args[:1] == ["secret"]:
+            name = call.args[1]
+            if name not in state["secrets"]:
+                return "" if call.flags.get("--ignore-not-found") else f'Error from server (NotFound): secrets "{name}" not found'
+            state["secrets"] = [s for s in state["secrets"] if s != name]
+            return f'secret "{name}" deleted\n'
+        manifest = Path(call.flag("-f"))
+        lines = []
+        for name in objects(manifest):
+            if name in state["objects"]:
+                state["objects"] = {k: v for k, v in state["objects"].items() if k != name}
+                kind, _, short = name.partition("/")
+                lines.append(f'{kind} "{short}" deleted')
+        if manifest.name == "chat-deploy.yaml" and state["app"]:
+            _stop(state["app"]["pid"])
+            state["app"] = None
+        return "".join(f"{line}\n" for line in lines)
+
+    def port_forward(call: Call) -> str:
+        connected()
+        target, ports = call.args
+        local, _, remote = ports.partition(":")
+        if f"service/{target.partition('/')[2]}" not in state["objects"]:
+            raise Refused(f'Error from server (NotFound): services "{target.partition("/")[2]}" not found')
+        state.save()
+        print(f"Forwarding from 127.0.0.1:{local} -> {remote}\nForwarding from [::1]:{local} -> {remote}", flush=True)
+        asyncio.run(_forward(int(local), state["gemma_url"]))
+        return ""
+
+    return {
+        ("version",): Spec({"--client": False}, (0, 0), version),
+        ("create", "secret", "generic"): Spec({"--from-literal": True}, (1, 1), create_secret),
+        ("apply",): Spec({"-f": True}, (0, 0), apply),
+        ("get",): Spec({"-l": True, "-o": True, "--field-selector": True, "--sort-by": True}, (1, 2), get),
+        ("delete",): Spec({"-f": True, "--ignore-not-found": False}, (0, 2), delete),
+        ("port-forward",): Spec({}, (2, 2), port_forward),
+    }
+
+
+async def _forward(port: int, target_url: str) -> None:
+    """Forward TCP from 127.0.0.1:``port`` to the host and port of ``target_url``, until stopped."""
+    host, target_port = target_url.split("//")[1].split(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(target_port))
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(connection, "127.0.0.1", port)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+# --- skaffold ----------------------------------------------------------------------------------
+
+
+def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
+    def version(call: Call) -> str:
+        return "v2.16.1\n"
+
+    def run(call: Call) -> str:
+        config = call.cwd / "skaffold.yaml"
+        if not config.exists():
+            raise Refused("skaffold.yaml not found - check your current working directory, or try running `skaffold init`")
+        if not state["kube_context"]:
+            raise Refused("getting current cluster context: no current context set")
+        repo = call.flag("--default-repo")
+        manifests = [ROOT / path for path in yaml.safe_load(config.read_text())["manifests"]["rawYaml"]]
+        lines = ["Generating tags...", f" - gradio-chat-app -> {repo}/gradio-chat-app:latest", "Checking cache...",
+                 " - gradio-chat-app: Not found. Building", "Starting build...", "Building [gradio-chat-app]...",
+                 "Build [gradio-chat-app] succeeded", "Starting deploy..."]
+        for manifest in manifests:
+            lines.append(" - " + kubectl_specs(state)[("apply",)].run(Call("kubectl", ("apply",), {"-f": str(manifest)})).strip().replace("\n", "\n - "))
+        state["app"] = _start_app(state["app_env"])
+        lines += ["Waiting for deployments to stabilize...", " - deployment/gradio-chat-deployment is ready.",
+                  "Deployments stabilized in 3.2 seconds"]
+        return "\n".join(lines) + "\n"
+
+    return {
+        ("--version",): Spec({"--version": False}, (0, 0), version),
+        ("run",): Spec({"--default-repo": True}, (0, 0), run),
+    }
+
+
+def _start_app(env: dict[str, str]) -> dict:
+    """The chat app as a local process: what the cluster would run, at 127.0.0.1:PORT."""
+    sys.path.insert(0, str(ROOT))
+    from hybridchat.lab.local import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return {"pid": process.pid, "port": port}
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise Refused("the app did not start (as its pod would CrashLoopBackOff)")
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+SPECS = {"gcloud": gcloud_specs, "terraform": terraform_specs, "kubectl": kubectl_specs, "skaffold": skaffold_specs}
+
+
+def main(tool: str, argv: list[str]) -> int:
+    folder = Path(os.environ["CLOUD_DOUBLES_DIR"])
+    with (folder / "commands.log").open("a") as log:  # secret literals (the HF token) masked
+        log.write(shlex.join([tool, *(re.sub(r"^(--from-literal=[^=]+=).*", r"\1****", a) for a in argv)]) + "\n")
+    state = State(folder)
+    try:
+        call, spec = parse(tool, argv, SPECS[tool](state))
+        output = spec.run(call)
+    except Refused as refused:
+        state.save()
+        print(refused, file=sys.stderr)
+        return refused.status
+    state.save()
+    sys.stdout.write(output)
+    return 0
+
+
+def install(bin_dir: Path, state_dir: Path, state: dict, kubeconfig: Path) -> None:
+    """Shims for every tool in ``bin_dir``, and the starting ``state`` in ``state_dir``;
+    ``kubeconfig`` points the real kubectl's dry runs at the stub API server."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "state.json").write_text(json.dumps(state, indent=1))
+    (state_dir / "commands.log").write_text("")
+    settings = {
+        "CLOUD_DOUBLES_DIR": state_dir,
+        "CLOUD_DOUBLES_KUBECONFIG": kubeconfig,
+        "CLOUD_DOUBLES_REAL_KUBECTL": shutil.which("kubectl"),
+        "CLOUD_DOUBLES_REAL_TERRAFORM": shutil.which("terraform"),
+    }
+    exports = " ".join(f"{name}={shlex.quote(str(value))}" for name, value in settings.items())
+    for tool in TOOLS:
+        shim = bin_dir / tool
+        shim.write_text(f"#!/bin/sh\n{exports} exec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {tool} \"$@\"\n")
+        shim.chmod(0o755)
+
+
+def commands(state_dir: Path) -> list[str]:
+    """The command lines run since the last call: the repository's path written ``<repo>``,
+    a port-forward's free local port ``PORT``."""
+    log = state_dir / "commands.log"
+    text = re.sub(r"port-forward (\S+) \d+:", r"port-forward \1 PORT:", log.read_text().replace(str(ROOT), "<repo>"))
+    log.write_text("")
+    return text.splitlines()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
