@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloud_doubles
+import fake_google
+import kube_api
 import pytest
 from fault_server import FaultServer, create_fault_app
 
@@ -111,3 +115,23 @@ def firestore_emulator() -> Iterator[FirestoreEmulator]:
         pytest.fail(str(missing))  # never a silent skip: CI must run the Firestore tests
     with emulator:
         yield emulator
+
+
+# --- gcp mode's cloud CLIs ----------------------------------------------------------------------
+
+DOUBLES_PROJECT = "workshop-project"
+
+
+@pytest.fixture
+def doubles(tmp_path, monkeypatch):
+    """The doubles first on PATH, in a fresh project; returns a function that starts them over
+    from a given state (``initial_state`` overrides)."""
+    with kube_api.fake_cluster(tmp_path) as kubeconfig, BackgroundServer(fake_google.create_app()) as hub:
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("HF_ENDPOINT", hub)
+
+        def start(**state: object) -> None:
+            cloud_doubles.install(tmp_path / "bin", tmp_path / "state", cloud_doubles.initial_state(DOUBLES_PROJECT, **state), kubeconfig)
+
+        start()
+        yield start

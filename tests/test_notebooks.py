@@ -18,7 +18,7 @@ import kube_api
 import nbformat
 import papermill
 import pytest
-from conftest import EMULATOR_PROJECT
+from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
 from google.genai import types
 
 from hybridchat.lab import check, gcp, terraform
@@ -290,7 +290,8 @@ def cloud(lab_env, stand_in, firestore_emulator, tmp_path_factory):
         state = cloud_doubles.initial_state(GCP_PROJECT, gemma_url=stand_in, app_env=app_env)
         cloud_doubles.install(folder / "bin", folder / "state", state, kubeconfig)
         env = {
-            **{k: v for k, v in app_env.items() if k != "HYBRIDCHAT_MODE"},
+            # The notebooks' own settings: Gemma's URL is the in-cluster one, reached by port-forward.
+            **{k: v for k, v in app_env.items() if k not in ("HYBRIDCHAT_MODE", "HYBRIDCHAT_VLLM_URL")},
             "PATH": f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}",
             "HF_ENDPOINT": google, "HYBRIDCHAT_LAB_POLL_SECONDS": "0.2",
         }
@@ -385,3 +386,32 @@ def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
     assert left["terraform"] == "initialized" and left["kube_context"] is None
     saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
     assert not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), "the HF token reached a notebook"
+
+
+def test_notebook_00_in_gcp_mode_creates_nothing_when_the_preflight_fails(doubles, tmp_path, monkeypatch):
+    doubles(billing=False)
+    monkeypatch.setenv("HF_TOKEN", fake_google.GRANTED_TOKEN)
+    with pytest.raises(papermill.PapermillExecutionError, match="PreflightFailed"):
+        execute(NOTEBOOKS / "00_setup.ipynb", tmp_path / "00.ipynb", MODE="gcp", PROJECT_ID=DOUBLES_PROJECT)
+    ran = cloud_doubles.commands(tmp_path / "state")
+    assert ran and not any(" enable " in line or " create " in line for line in ran), ran
+
+
+def test_the_in_cluster_gemma_url_fails_notebook_04_in_gcp_mode(cloud, tmp_path):
+    """Reintroduce the old bug (settings keep `http://gemma-service:8000`, reachable only inside
+    the cluster): the gcp-mode run fails, and the port-forward it started is stopped."""
+    state = json.loads((cloud / "state.json").read_text())
+    state.update(kube_context="gke_workshop", objects={"service/gemma-service": "gemma3-12b-deploy.yaml"})
+    (cloud / "state.json").write_text(json.dumps(state))
+    notebook = nbformat.read(NOTEBOOKS / "04_model_callers.ipynb", as_version=4)
+    fix = '    settings = settings.model_copy(update={"vllm_url": forward.url})\n'
+    cell = next(c for c in notebook.cells if fix in c.source)
+    cell.source = cell.source.replace(fix, "")
+    mutated = tmp_path / "04_in_cluster_url.ipynb"
+    nbformat.write(notebook, mutated)
+    with pytest.raises(papermill.PapermillExecutionError, match="gemma-service"):
+        execute(mutated, tmp_path / "out.ipynb", MODE="gcp", PROJECT_ID=GCP_PROJECT)
+    ran = cloud_doubles.commands(cloud)
+    assert ran == ["kubectl port-forward service/gemma-service PORT:8000"]
+    left = subprocess.run(["pgrep", "-f", "cloud_doubles.py kubectl port-forward"], capture_output=True, text=True)
+    assert left.stdout == "", "the port-forward was stopped"

@@ -9,6 +9,7 @@ and a Hugging Face token with access to Gemma.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,38 +117,39 @@ def gpu_quota(project_id: str, region: str) -> Result:
 
 
 def hugging_face(token: str) -> Result:
-    from huggingface_hub import auth_check
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
     repo, _ = gemma_needs()
     if not token:
         return Result(False, "Hugging Face token", "missing: create one (read access) at https://huggingface.co/settings/tokens")
     try:
-        auth_check(repo, token=token)
+        # HF_ENDPOINT read now, not when huggingface_hub was imported (a mirror, or a test's hub).
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT")).auth_check(repo, token=token)
     except GatedRepoError:
         return Result(False, "Hugging Face token", f"no access to {repo}: accept its licence at https://huggingface.co/{repo}")
     except HfHubHTTPError as failed:
         status = failed.response.status_code if failed.response is not None else None
         why = "not a valid token" if status == 401 else f"Hugging Face answered HTTP {status}"
         return Result(False, "Hugging Face token", f"{why}: check it at https://huggingface.co/settings/tokens")
-    except OSError as failed:
+    except Exception as failed:  # noqa: BLE001 - the transport's errors (httpx, OSError) vary by version
         return Result(False, "Hugging Face token", f"could not reach Hugging Face ({type(failed).__name__})")
     return Result(True, "Hugging Face token", f"has access to {repo}")
 
 
 def preflight(project_id: str, region: str, token: str) -> list[Result]:
-    """Run every check, print one line each; ``PreflightFailed`` if any failed."""
-    checks: list[Callable[[], Result]] = [
-        account,
+    """Run every check, print one line each; ``PreflightFailed`` if any failed. Logged out, the
+    project's checks cannot run: only the login and the token are reported."""
+    logged_in = account()
+    project_checks: list[Callable[[], Result]] = [
         application_default_credentials,
         lambda: project(project_id),
         lambda: billing(project_id),
         lambda: apis(project_id),
         lambda: gpu_quota(project_id, region),
-        lambda: hugging_face(token),
     ]
     results = []
-    for check in checks:
+    for check in [lambda: logged_in, *(project_checks if logged_in.ok else []), lambda: hugging_face(token)]:
         result = check()
         print(f"{'✅' if result.ok else '❌'} {result.check}: {result.detail}")
         results.append(result)

@@ -111,10 +111,10 @@ class Background:
         deadline = time.monotonic() + timeout
         while not ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
+                exited = self.process.poll()
+                why = f"stopped (exit {exited})" if exited is not None else f"did not answer within {timeout:g} s"
                 said = self.output()
                 self.stop()
-                why = f"stopped (exit {self.process.returncode})" if self.process.returncode is not None else (
-                    f"did not answer within {timeout:g} s")
                 raise CommandFailed(f"`{cmd}` {why}. {hint}\n{said}".rstrip())
             time.sleep(0.2)
 
