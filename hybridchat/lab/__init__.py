@@ -3,7 +3,8 @@
 * ``hybridchat.lab.setup``: which tools and packages are here, and the notebook's settings.
 * ``hybridchat.lab.shell``: run a command with streamed output and a timeout (secrets masked).
 * ``hybridchat.lab.gcp`` and ``hybridchat.lab.terraform``: the exact Google Cloud, kubectl,
-  Skaffold and Terraform commands of the workshop.
+  Skaffold and Terraform commands of the workshop, and the waits and port-forward around them.
+* ``hybridchat.lab.preflight``: notebook 00's checks of a project before anything is created.
 * ``hybridchat.lab.local``: the local stand-in server and the app, started and stopped for a lab.
 * ``hybridchat.lab.check``: checker cells for the exercises.
 * ``python -m hybridchat.lab.make_exercises``: the exercise notebooks, from the solutions.
