@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("gcloud", "terraform", "kubectl", "skaffold")
+TOOLS = ("gcloud", "terraform", "kubectl", "skaffold", "gke-gcloud-auth-plugin")
 
 
 class Refused(Exception):
@@ -80,12 +80,12 @@ def parse(tool: str, argv: list[str], specs: dict[tuple[str, ...], Spec]) -> tup
     path = max((p for p in specs if tuple(words[: len(p)]) == p), key=len, default=None)
     if path is None:
         raise Refused(_unknown_command(tool, words[0] if words else ""), 2 if tool == "gcloud" else 1)
-    if tool == "terraform" and any(a.startswith("-chdir") for a in argv[argv.index(path[0]):]):
-        raise Refused(f"╷\n│ Error: Invalid -chdir option\n│ \n│ The -chdir option is a global option. It must come before the subcommand name.\n╵")
     spec = specs[path]
     call, rest, consumed = Call(tool, path, argv=list(argv)), list(argv), 0
     if argv == ["--version"]:
         return call, spec
+    while tool == "terraform" and rest and rest[0].startswith("-chdir="):  # a global option: first only
+        call.flags["-chdir"] = rest.pop(0).partition("=")[2]
     while rest:
         arg = rest.pop(0)
         if arg.startswith("-") and arg != "-":
@@ -113,6 +113,7 @@ def _unknown_command(tool: str, word: str) -> str:
         "kubectl": f'Error: unknown command "{word}" for "kubectl"',
         "terraform": f'Terraform has no command named "{word}".\n\nTo see all of Terraform\'s top-level commands, run:\n  terraform -help',
         "skaffold": f'Error: unknown command "{word}" for "skaffold"\nRun \'skaffold --help\' for usage.',
+        "gke-gcloud-auth-plugin": f"unknown flag: {word}",
     }[tool]
 
 
@@ -122,6 +123,7 @@ def _unknown_flag(tool: str, path: tuple[str, ...], arg: str) -> str:
         "kubectl": f"Error: unknown flag: {arg.partition('=')[0]}\nSee 'kubectl {' '.join(path)} --help' for usage.",
         "terraform": f"╷\n│ Error: Failed to parse command-line flags\n│ \n│ flag provided but not defined: {arg.partition('=')[0]}\n╵\n\nFor more help on using this command, run:\n  terraform {' '.join(path)} -help",
         "skaffold": f"Error: unknown flag: {arg.partition('=')[0]}",
+        "gke-gcloud-auth-plugin": f"unknown flag: {arg}",
     }[tool]
 
 
@@ -151,15 +153,21 @@ class State:
         self.folder = folder
         self.path = folder / "state.json"
         self.data = json.loads(self.path.read_text())
+        self.changed = False
 
     def __getitem__(self, key: str):  # type: ignore[no-untyped-def]
         return self.data[key]
 
     def __setitem__(self, key: str, value: object) -> None:
         self.data[key] = value
+        self.changed = True
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1))
+        """Written only if this command changed it: a long-running one (a port-forward) must
+        not write back what it read at its start over what others did since."""
+        if self.changed:
+            self.path.write_text(json.dumps(self.data, indent=1))
+            self.changed = False
 
 
 def initial_state(project: str, **overrides: object) -> dict:
@@ -172,7 +180,8 @@ def initial_state(project: str, **overrides: object) -> dict:
         "adc": True,
         "billing": True,
         "enabled_apis": ["serviceusage.googleapis.com", "compute.googleapis.com"],
-        "l4_quota": 4,
+        "l4_quota": 4,  # NVIDIA_L4_GPUS in the region
+        "gpus_all_regions": 4,  # GPUS_ALL_REGIONS for the project
         "buckets": [],
         "terraform": "new",  # new → initialized → planned → applied → (destroyed: initialized)
         "kube_context": None,
@@ -184,6 +193,9 @@ def initial_state(project: str, **overrides: object) -> dict:
         "gemma_url": "",  # where `kubectl port-forward service/gemma-service` leads
         "app_env": {},  # the app's environment when `skaffold run` starts it
         "app": None,  # {"pid", "port"} of the app skaffold started
+        "forwards": [],  # pids of the port-forwards started (the tests stop any left)
+        "pod_polls": 0,
+        "lb_seen": 0,
         **overrides,
     }
 
@@ -226,6 +238,7 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
 
     def services_list(call: Call) -> str:
         known_project(call, call.flag("--project") or state["project"])
+        expect(call, format="value(config.name)")
         return "".join(f"{api}\n" for api in sorted(state["enabled_apis"]))
 
     def buckets_create(call: Call) -> str:
@@ -256,8 +269,17 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
         state["kube_context"] = f"gke_{state['project']}_{region}_{cluster}"
         return f"Fetching cluster endpoint and auth data.\nkubeconfig entry generated for {cluster}.\n"
 
+    def expect(call: Call, **flags: str) -> None:
+        for name, value in flags.items():
+            if call.flag(f"--{name}") != value:
+                raise Refused(f"cloud_doubles: no recorded answer for --{name}={call.flag(f'--{name}')}")
+
     def auth_list(call: Call) -> str:
-        return f"{state['account']}\n" if state["account"] else ""
+        expect(call, filter="status:ACTIVE", format="value(account)")
+        if not state["account"]:  # as gcloud 528 answers with no account at all
+            sys.stderr.write("WARNING: The following filter keys were not present in any resource : status\n")
+            return ""
+        return f"{state['account']}\n"
 
     def print_access_token(call: Call) -> str:
         if not state["adc"]:
@@ -267,15 +289,27 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
 
     def billing(call: Call) -> str:
         known_project(call, call.args[0])
+        expect(call, format="value(billingEnabled)")
         return f"{state['billing']}\n"
 
-    def region_describe(call: Call) -> str:
+    def compute(call: Call) -> None:
         known_project(call, call.flag("--project"))
+        expect(call, format="json")
         if "compute.googleapis.com" not in state["enabled_apis"]:
-            raise Refused("ERROR: (gcloud.compute.regions.describe) Could not fetch resource:\n - Compute Engine API has not been used in project before or it is disabled.")
+            raise Refused(f"ERROR: (gcloud.{'.'.join(call.path)}) Could not fetch resource:\n"
+                          " - Compute Engine API has not been used in project before or it is disabled.")
+
+    def region_describe(call: Call) -> str:
+        compute(call)
         quotas = [{"limit": 24.0, "metric": "CPUS", "usage": 0.0},
                   {"limit": float(state["l4_quota"]), "metric": "NVIDIA_L4_GPUS", "usage": 0.0}]
         return json.dumps({"kind": "compute#region", "name": call.args[0], "quotas": quotas, "status": "UP"}, indent=2) + "\n"
+
+    def project_info(call: Call) -> str:
+        compute(call)
+        quotas = [{"limit": 1000.0, "metric": "FIREWALLS", "usage": 0.0},
+                  {"limit": float(state["gpus_all_regions"]), "metric": "GPUS_ALL_REGIONS", "usage": 0.0}]
+        return json.dumps({"kind": "compute#project", "name": state["project"], "quotas": quotas}, indent=2) + "\n"
 
     return {
         ("--version",): Spec({"--version": False}, (0, 0), version),
@@ -290,6 +324,7 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("auth", "application-default", "print-access-token"): Spec({}, (0, 0), print_access_token),
         ("billing", "projects", "describe"): Spec({"--format": True}, (1, 1), billing),
         ("compute", "regions", "describe"): Spec({**project_flag, "--format": True}, (1, 1), region_describe),
+        ("compute", "project-info", "describe"): Spec({**project_flag, "--format": True}, (0, 0), project_info),
     }
 
 
@@ -351,10 +386,10 @@ def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
     return {
         ("version",): Spec({}, (0, 0), version),
         ("fmt",): Spec({"-check": False, "-recursive": False}, (0, 1), fmt),
-        ("init",): Spec({"-chdir": True, "-input": True}, (0, 0), init),
-        ("plan",): Spec({"-chdir": True, "-input": True, "-out": True}, (0, 0), plan),
-        ("apply",): Spec({"-chdir": True, "-input": True}, (1, 1), apply),
-        ("destroy",): Spec({"-chdir": True, "-input": True, "-auto-approve": False}, (0, 0), destroy),
+        ("init",): Spec({"-input": True}, (0, 0), init),
+        ("plan",): Spec({"-input": True, "-out": True}, (0, 0), plan),
+        ("apply",): Spec({"-input": True}, (1, 1), apply),
+        ("destroy",): Spec({"-input": True, "-auto-approve": False}, (0, 0), destroy),
     }
 
 
@@ -401,7 +436,7 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
     def gemma_pod() -> dict:
         if "deployment.apps/vllm-gemma-deployment" not in state["objects"]:
             return {}
-        polls = state.data.setdefault("pod_polls", 0)
+        polls = state["pod_polls"]
         state["pod_polls"] = polls + 1
         if polls < state["pending_polls"]:
             status = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -422,7 +457,7 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
             pod = gemma_pod()
             return json.dumps({"apiVersion": "v1", "kind": "List", "items": [pod] if pod else []}, indent=4) + "\n"
         if kind == "events":
-            if state.data.get("pod_polls", 0) <= state["pending_polls"]:
+            if state["pod_polls"] <= state["pending_polls"]:
                 return ("LAST SEEN   TYPE      REASON              OBJECT                                      MESSAGE\n"
                         "2m10s       Warning   FailedScheduling    pod/vllm-gemma-deployment-7c9d8b6f5-x2k4q   0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.\n"
                         "2m5s        Normal    TriggeredScaleUp    pod/vllm-gemma-deployment-7c9d8b6f5-x2k4q   pod triggered scale-up: [{https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/instanceGroups/gk3-gradio-chat-cluster-nap-1 0->1 (max: 1000)}]\n")
@@ -433,7 +468,7 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
                 raise Refused(f'Error from server (NotFound): services "{name}" not found')
             if call.flag("-o") != "jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}":
                 raise Refused(f"cloud_doubles: no recorded answer for -o {call.flag('-o')}")
-            polls = state.data.setdefault("lb_seen", 0)
+            polls = state["lb_seen"]
             state["lb_seen"] = polls + 1
             app = state["app"]
             if polls < state["lb_polls"] or app is None:
@@ -467,6 +502,9 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         local, _, remote = ports.partition(":")
         if f"service/{target.partition('/')[2]}" not in state["objects"]:
             raise Refused(f'Error from server (NotFound): services "{target.partition("/")[2]}" not found')
+        if state["pod_polls"] <= state["pending_polls"]:
+            raise Refused("error: unable to forward port because pod is not running. Current status=Pending")
+        state["forwards"] = state["forwards"] + [os.getpid()]
         state.save()
         print(f"Forwarding from 127.0.0.1:{local} -> {remote}\nForwarding from [::1]:{local} -> {remote}", flush=True)
         asyncio.run(_forward(int(local), state["gemma_url"]))
@@ -550,14 +588,15 @@ def _start_app(env: dict[str, str]) -> dict:
     )
     import httpx
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return {"pid": process.pid, "port": port}
         except httpx.HTTPError:
             time.sleep(0.2)
-    raise Refused("the app did not start (as its pod would CrashLoopBackOff)")
+    _stop(process.pid)
+    raise Refused("deployment/gradio-chat-deployment failed to stabilize (its pod would be in CrashLoopBackOff)")
 
 
 def _stop(pid: int) -> None:
@@ -569,7 +608,15 @@ def _stop(pid: int) -> None:
 
 # --- entry point -------------------------------------------------------------------------------
 
-SPECS = {"gcloud": gcloud_specs, "terraform": terraform_specs, "kubectl": kubectl_specs, "skaffold": skaffold_specs}
+def auth_plugin_specs(state: State) -> dict[tuple[str, ...], Spec]:
+    def version(call: Call) -> str:
+        return "Kubernetes v1.30.0+2c2c5ae9c8f7d2cbd4ecb5e6b6f1c4f8f6f3b1e0\n"
+
+    return {("--version",): Spec({"--version": False}, (0, 0), version)}
+
+
+SPECS = {"gcloud": gcloud_specs, "terraform": terraform_specs, "kubectl": kubectl_specs, "skaffold": skaffold_specs,
+         "gke-gcloud-auth-plugin": auth_plugin_specs}
 
 
 def main(tool: str, argv: list[str]) -> int:
@@ -607,6 +654,13 @@ def install(bin_dir: Path, state_dir: Path, state: dict, kubeconfig: Path) -> No
         shim = bin_dir / tool
         shim.write_text(f"#!/bin/sh\n{exports} exec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {tool} \"$@\"\n")
         shim.chmod(0o755)
+
+
+def stop_all(state_dir: Path) -> None:
+    """Stop what the doubles left running: port-forwards, and the app skaffold started."""
+    state = json.loads((state_dir / "state.json").read_text())
+    for pid in [*state["forwards"], *([state["app"]["pid"]] if state["app"] else [])]:
+        _stop(pid)
 
 
 def commands(state_dir: Path) -> list[str]:

@@ -135,3 +135,4 @@ def doubles(tmp_path, monkeypatch):
 
         start()
         yield start
+        cloud_doubles.stop_all(tmp_path / "state")

@@ -4,6 +4,7 @@ failing, the background port-forward, and the checkers that check what was sent.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,39 +35,42 @@ from conftest import DOUBLES_PROJECT as PROJECT
         ["kubectl", "apply", "--bogus", "-f", "x.yaml"],
         ["kubectl", "port-forward"],
         ["terraform", "aply"],
+        ["terraform", "init", "-chdir=infra"],  # a global option after the subcommand
+        ["terraform", "plan", "-bogus"],
     ],
 )
 def test_a_mistyped_command_is_refused_as_the_real_tool_refuses_it(doubles, tmp_path, argv):
     """Each of these the real tool refuses offline: the double's first line and exit status match."""
+    (tmp_path / "terraformrc").write_text("")
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(tmp_path / "terraformrc")}  # no warning about its absence
     real = subprocess.run([shutil.which(argv[0], path=os.environ["PATH"].split(os.pathsep, 1)[1]), *argv[1:]],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    double = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    double = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
     assert double.returncode == real.returncode != 0
 
     def first_line(result: subprocess.CompletedProcess) -> str:
-        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-        return next(line for line in lines if "CLI configuration" not in line and not line.startswith(("╷", "│", "╵")))
+        text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+        lines = [line.strip("╷│╵ ") for line in text.splitlines()]
+        return next(line for line in lines if line).split("Did you mean")[0].strip()
 
-    assert first_line(double).split("Did you mean")[0].strip() == first_line(real).split("Did you mean")[0].strip()
-
-
-def test_the_workshops_commands_are_taken_and_others_are_not(doubles):
-    with pytest.raises(CommandFailed, match=r"Invalid -chdir option"):
-        from hybridchat.lab.shell import run
-
-        run(command("terraform", "init", "-chdir=infra"), echo=False)
-    with pytest.raises(CommandFailed, match="connection to the server localhost:8080 was refused"):
-        run(gcp.apply("gemma3-12b-deploy.yaml"), echo=False)  # no get-credentials yet
+    assert first_line(double) == first_line(real)
 
 
 # --- the preflight ---------------------------------------------------------------------------------
+
+
+def test_the_real_gcloud_logged_out_is_told_to_log_in(tmp_path, monkeypatch):
+    """The real gcloud, with a fresh configuration: nothing on stdout, a warning on stderr."""
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    result = preflight.account()
+    assert not result.ok and "gcloud auth login" in result.detail
 
 
 def test_the_preflight_passes_on_a_ready_project(doubles, capsys):
     results = preflight.preflight(PROJECT, "us-central1", fake_google.GRANTED_TOKEN)
     assert all(result.ok for result in results) and len(results) == 7
     shown = capsys.readouterr().out
-    assert "✅ L4 GPU quota: 4 free in us-central1; Gemma needs 2" in shown
+    assert "✅ L4 GPU quota: 4 L4 free in us-central1, 4 GPUs in all regions; Gemma needs 2" in shown
     assert "✅ Hugging Face token: has access to google/gemma-3-12b-it" in shown
 
 
@@ -78,7 +82,8 @@ def test_the_preflight_passes_on_a_ready_project(doubles, capsys):
         ({"billing": False}, fake_google.GRANTED_TOKEN, "billing", "billing/linkedaccount?project=workshop-project"),
         ({"enabled_apis": ["serviceusage.googleapis.com"]}, fake_google.GRANTED_TOKEN, "APIs",
          "gcloud services enable compute.googleapis.com --project=workshop-project"),  # the quota is unread too
-        ({"l4_quota": 1}, fake_google.GRANTED_TOKEN, "L4 GPU quota", "1 free in us-central1; Gemma needs 2"),
+        ({"l4_quota": 1}, fake_google.GRANTED_TOKEN, "L4 GPU quota", "1 L4 free in us-central1, 4 GPUs in all regions; Gemma needs 2"),
+        ({"gpus_all_regions": 0}, fake_google.GRANTED_TOKEN, "L4 GPU quota", "ask for more (GPUS_ALL_REGIONS)"),
         ({}, fake_google.UNGRANTED_TOKEN, "Hugging Face token", "accept its licence at https://huggingface.co/google/gemma-3-12b-it"),
         ({}, "hf_wrong", "Hugging Face token", "not a valid token"),
         ({}, "", "Hugging Face token", "missing"),
@@ -101,13 +106,23 @@ def test_a_background_command_stops_when_a_later_cell_fails():
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
+    sleeper = None
     try:
         sleeper = Background(command("sleep", "60"), lambda: True)
         shell.run_cell("x = 1")
         assert sleeper.process.poll() is None, "a cell that works leaves it running"
         shell.run_cell("1 / 0")
         assert sleeper.process.poll() is not None, "a failed cell stopped it"
+        first = sleeper.process.pid
+        shell.run_cell("x = 2")  # the learner fixes the cell and runs it again
+        assert sleeper.process.poll() is None and sleeper.process.pid != first, "started again for the next cell"
+        sleeper.stop()
+        shell.run_cell("1 / 0")
+        shell.run_cell("x = 3")
+        assert sleeper.process.poll() is not None, "stop() is for good"
     finally:
+        if sleeper is not None:
+            sleeper.stop()
         InteractiveShell.clear_instance()
 
 
@@ -186,14 +201,21 @@ def _escape(text: str) -> str:
 
 
 def test_the_port_forward_waits_until_gemma_answers(doubles, stand_in):
-    doubles(gemma_url=stand_in, kube_context="gke_workshop", objects={"service/gemma-service": "gemma3-12b-deploy.yaml"})
+    deployed = {"deployment.apps/vllm-gemma-deployment": "gemma3-12b-deploy.yaml", "service/gemma-service": "gemma3-12b-deploy.yaml"}
+    doubles(gemma_url=stand_in, kube_context="gke_workshop", objects=deployed, pod_polls=9)
     forward = gcp.forward_gemma(timeout=30)
     try:
         assert httpx.get(f"{forward.url}/v1/models", timeout=10).json()["data"][0]["id"]
         assert "Forwarding from 127.0.0.1:" in forward.output()
+        again = gcp.forward_gemma(timeout=30)  # the cell run again: the first forward goes
+        assert forward.process.poll() is not None and again.process.poll() is None
     finally:
         forward.stop()
-    assert forward.process.poll() is not None
+        again.stop()
+    assert again.process.poll() is not None
+    doubles(gemma_url=stand_in, kube_context="gke_workshop", objects=deployed)  # the pod still Pending
+    with pytest.raises(CommandFailed, match=r"pod is not running. Current status=Pending"):
+        gcp.forward_gemma(timeout=30)
     doubles(gemma_url=stand_in, kube_context="gke_workshop")  # no Gemma deployed
     with pytest.raises(CommandFailed, match=r'services "gemma-service" not found'):
         gcp.forward_gemma(timeout=30)

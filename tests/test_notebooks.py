@@ -267,20 +267,19 @@ def test_pod_status_reads_kubectl_output():
 GCP_PROJECT = EMULATOR_PROJECT  # the Firestore emulator's project stands in for the learner's
 
 
-@pytest.fixture(scope="module")
-def cloud(lab_env, stand_in, firestore_emulator, tmp_path_factory):
+@pytest.fixture
+def cloud(lab_env, stand_in, firestore_emulator, tmp_path, monkeypatch):
     """gcp mode on this machine: the CLIs are doubles first on PATH (their state and command log
-    in ``folder``); Gemini is the stand-in reached in Vertex AI mode with application-default
-    credentials; Firestore is the emulator.
+    in the folder this yields); Gemini is the stand-in reached in Vertex AI mode with
+    application-default credentials; Firestore is the emulator.
 
     `kubectl port-forward service/gemma-service` leads to the stand-in too, not the real vLLM:
     notebook 04 teaches a raw completion in Gemma's chat template, which only Gemma (or the
     stand-in, which re-renders it) answers; SmolLM2 on vLLM answers it with "<end_of_turn>". The
     real engine runs the app's chat path, and notebook 04's package cell, in test_vllm_engine.py.
     """
-    folder = tmp_path_factory.mktemp("cloud")
-    with kube_api.fake_cluster(folder) as kubeconfig, BackgroundServer(fake_google.create_app()) as google:
-        credentials = fake_google.application_default_credentials(folder)
+    with kube_api.fake_cluster(tmp_path) as kubeconfig, BackgroundServer(fake_google.create_app()) as hub:
+        credentials = fake_google.application_default_credentials(tmp_path)
         app_env = {
             "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in,
             "GOOGLE_CLOUD_PROJECT": GCP_PROJECT, "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
@@ -288,28 +287,19 @@ def cloud(lab_env, stand_in, firestore_emulator, tmp_path_factory):
             "HYBRIDCHAT_LOG_LEVEL": "WARNING",
         }
         state = cloud_doubles.initial_state(GCP_PROJECT, gemma_url=stand_in, app_env=app_env)
-        cloud_doubles.install(folder / "bin", folder / "state", state, kubeconfig)
-        env = {
-            # The notebooks' own settings: Gemma's URL is the in-cluster one, reached by port-forward.
-            **{k: v for k, v in app_env.items() if k not in ("HYBRIDCHAT_MODE", "HYBRIDCHAT_VLLM_URL")},
-            "PATH": f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}",
-            "HF_ENDPOINT": google, "HYBRIDCHAT_LAB_POLL_SECONDS": "0.2",
-        }
-        saved = {key: os.environ.get(key) for key in [*env, "GOOGLE_API_KEY"]}
-        os.environ.update(env)
-        os.environ.pop("GOOGLE_API_KEY", None)  # Vertex AI with credentials, as on a real project
+        cloud_doubles.install(tmp_path / "bin", tmp_path / "state", state, kubeconfig)
+        # The notebooks' own settings: Gemma's URL is the in-cluster one, reached by port-forward.
+        for name, value in app_env.items():
+            if name not in ("HYBRIDCHAT_MODE", "HYBRIDCHAT_VLLM_URL"):
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("HF_ENDPOINT", hub)
+        monkeypatch.setenv("HYBRIDCHAT_LAB_POLL_SECONDS", "0.2")
+        monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # Vertex AI with credentials, as on a real project
         try:
-            yield folder / "state"
+            yield tmp_path / "state"
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            app = json.loads((folder / "state" / "state.json").read_text())["app"]
-            if app:  # the app skaffold started, if a failure left it running
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(app["pid"], signal.SIGTERM)
+            cloud_doubles.stop_all(tmp_path / "state")
 
 
 P = GCP_PROJECT
@@ -319,7 +309,8 @@ LOAD_BALANCER = ["kubectl get service gradio-chat-service -o 'jsonpath={.status.
 GCP_COMMANDS = {
     "00_setup.ipynb": [
         # which tools are here
-        "gcloud --version", "terraform version", "kubectl version --client", "skaffold --version",
+        "gcloud --version", "terraform version", "kubectl version --client", "gke-gcloud-auth-plugin --version",
+        "skaffold --version",
         # the preflight: read-only
         "gcloud auth list --filter=status:ACTIVE '--format=value(account)'",
         "gcloud auth application-default print-access-token",
@@ -327,6 +318,7 @@ GCP_COMMANDS = {
         f"gcloud billing projects describe {P} '--format=value(billingEnabled)'",
         f"gcloud services list --enabled --project={P} '--format=value(config.name)'",
         f"gcloud compute regions describe us-central1 --project={P} --format=json",
+        f"gcloud compute project-info describe --project={P} --format=json",
         # then the first things made
         "gcloud config get-value project",
         f"gcloud services enable cloudresourcemanager.googleapis.com storage.googleapis.com --project={P}",
@@ -366,6 +358,7 @@ GCP_COMMANDS = {
 
 def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
     texts, ran = {}, {}
+    cloud_doubles.commands(cloud)
     for path in SOLUTIONS:
         parameters = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT}
         if path.name.startswith("07"):
@@ -401,7 +394,7 @@ def test_the_in_cluster_gemma_url_fails_notebook_04_in_gcp_mode(cloud, tmp_path)
     """Reintroduce the old bug (settings keep `http://gemma-service:8000`, reachable only inside
     the cluster): the gcp-mode run fails, and the port-forward it started is stopped."""
     state = json.loads((cloud / "state.json").read_text())
-    state.update(kube_context="gke_workshop", objects={"service/gemma-service": "gemma3-12b-deploy.yaml"})
+    state.update(kube_context="gke_workshop", pod_polls=9, objects={"service/gemma-service": "gemma3-12b-deploy.yaml"})
     (cloud / "state.json").write_text(json.dumps(state))
     notebook = nbformat.read(NOTEBOOKS / "04_model_callers.ipynb", as_version=4)
     fix = '    settings = settings.model_copy(update={"vllm_url": forward.url})\n'
@@ -411,7 +404,6 @@ def test_the_in_cluster_gemma_url_fails_notebook_04_in_gcp_mode(cloud, tmp_path)
     nbformat.write(notebook, mutated)
     with pytest.raises(papermill.PapermillExecutionError, match="gemma-service"):
         execute(mutated, tmp_path / "out.ipynb", MODE="gcp", PROJECT_ID=GCP_PROJECT)
-    ran = cloud_doubles.commands(cloud)
-    assert ran == ["kubectl port-forward service/gemma-service PORT:8000"]
-    left = subprocess.run(["pgrep", "-f", "cloud_doubles.py kubectl port-forward"], capture_output=True, text=True)
-    assert left.stdout == "", "the port-forward was stopped"
+    assert cloud_doubles.commands(cloud) == ["kubectl port-forward service/gemma-service PORT:8000"]
+    shown = outputs(nbformat.read(tmp_path / "out.ipynb", as_version=4))
+    assert "A cell failed: `kubectl port-forward service/gemma-service" in shown, "the failed cell stopped it"

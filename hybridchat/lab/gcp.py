@@ -91,10 +91,15 @@ def port_forward_gemma(local_port: int = 8000) -> Command:
     return command("kubectl", "port-forward", "service/gemma-service", f"{local_port}:8000")
 
 
+_forwards: list[Background] = []
+
+
 def forward_gemma(timeout: float = 60) -> Background:
     """``kubectl port-forward`` to the in-cluster Gemma on a free local port, ready when it
     answers; its ``url`` is what this notebook's settings use (``gemma-service:8000`` is only
-    reachable inside the cluster)."""
+    reachable inside the cluster). Running the cell again replaces the earlier forward."""
+    while _forwards:
+        _forwards.pop().stop()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -109,6 +114,7 @@ def forward_gemma(timeout: float = 60) -> Background:
         hint="Is the Gemma pod Ready? (notebook 02, or `kubectl get pods -l app=gemma-server`)",
     )
     forward.url = url  # type: ignore[attr-defined]
+    _forwards.append(forward)
     return forward
 
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import yaml
 
 from hybridchat.lab.gcp import DEPLOY
-from hybridchat.lab.shell import CommandFailed, command, run
+from hybridchat.lab.shell import CommandFailed
 
 # Terraform enables the workshop's other APIs (infra/main.tf); these must be on before it runs:
 # Service Usage to enable anything, Compute Engine for the GPU quota and the cluster's nodes.
 NEEDED_FIRST = ("serviceusage.googleapis.com", "compute.googleapis.com")
-GPU_QUOTA = "NVIDIA_L4_GPUS"
+GPU_QUOTA = "NVIDIA_L4_GPUS"  # per region
+ALL_GPUS_QUOTA = "GPUS_ALL_REGIONS"  # per project
 
 
 class PreflightFailed(RuntimeError):
@@ -39,16 +41,22 @@ class Result:
 
 
 def gemma_needs() -> tuple[str, int]:
-    """The Hugging Face repository and the number of GPUs the Gemma manifest asks for."""
+    """The Hugging Face repository, and the GPUs the Gemma manifest asks for in all (each
+    replica's ``nvidia.com/gpu``)."""
     documents = yaml.safe_load_all((DEPLOY / "gemma3-12b-deploy.yaml").read_text())
     deployment = next(d for d in documents if d and d["kind"] == "Deployment")
     server = deployment["spec"]["template"]["spec"]["containers"][0]
     model = next(a.partition("=")[2] for a in server["args"] if a.startswith("--model="))
-    return model, int(server["resources"]["requests"]["nvidia.com/gpu"])
+    per_pod = int(server["resources"]["requests"]["nvidia.com/gpu"])
+    return model, per_pod * int(deployment["spec"].get("replicas", 1))
 
 
 def _gcloud(*argv: str) -> str:
-    return run(command("gcloud", *argv), echo=False, timeout=120).strip()
+    """gcloud's standard output (its warnings go to standard error and are not parsed)."""
+    done = subprocess.run(["gcloud", *argv], capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise CommandFailed(done.stderr.strip())
+    return done.stdout.strip()
 
 
 def account() -> Result:
@@ -56,7 +64,7 @@ def account() -> Result:
         active = _gcloud("auth", "list", "--filter=status:ACTIVE", "--format=value(account)")
     except CommandFailed:
         active = ""
-    if active:
+    if "@" in active:  # logged out, gcloud prints nothing here (and a warning on stderr)
         return Result(True, "gcloud account", active.splitlines()[0])
     return Result(False, "gcloud account", "not logged in: run `gcloud auth login`")
 
@@ -102,18 +110,25 @@ def apis(project_id: str) -> Result:
 
 
 def gpu_quota(project_id: str, region: str) -> Result:
+    """The region's L4 quota and the project's GPUs in all regions (often 0 on a new project)."""
     _, needed = gemma_needs()
     try:
-        described = json.loads(_gcloud("compute", "regions", "describe", region, f"--project={project_id}", "--format=json"))
+        regional = json.loads(_gcloud("compute", "regions", "describe", region, f"--project={project_id}", "--format=json"))
+        everywhere = json.loads(_gcloud("compute", "project-info", "describe", f"--project={project_id}", "--format=json"))
     except (CommandFailed, ValueError):
         return Result(False, "L4 GPU quota", f"cannot read {region}'s quotas: is the Compute Engine API on?")
-    quota = next((q for q in described.get("quotas", []) if q.get("metric") == GPU_QUOTA), None)
-    free = 0 if quota is None else int(quota["limit"] - quota.get("usage", 0))
-    if free >= needed:
-        return Result(True, "L4 GPU quota", f"{free} free in {region}; Gemma needs {needed}")
-    return Result(False, "L4 GPU quota", f"{free} free in {region}; Gemma needs {needed}: ask for more "
-                  f"({GPU_QUOTA}) at https://console.cloud.google.com/iam-admin/quotas?project={project_id}, "
-                  "or choose a REGION with L4s")
+    free = {metric: _free(found, metric) for found, metric in ((regional, GPU_QUOTA), (everywhere, ALL_GPUS_QUOTA))}
+    said = f"{free[GPU_QUOTA]} L4 free in {region}, {free[ALL_GPUS_QUOTA]} GPUs in all regions; Gemma needs {needed}"
+    short = [metric for metric, count in free.items() if count < needed]
+    if not short:
+        return Result(True, "L4 GPU quota", said)
+    return Result(False, "L4 GPU quota", f"{said}: ask for more ({', '.join(short)}) at "
+                  f"https://console.cloud.google.com/iam-admin/quotas?project={project_id}, or choose a REGION with L4s")
+
+
+def _free(described: dict, metric: str) -> int:
+    quota = next((q for q in described.get("quotas", []) if q.get("metric") == metric), None)
+    return 0 if quota is None else int(quota["limit"] - quota.get("usage", 0))
 
 
 def hugging_face(token: str) -> Result:

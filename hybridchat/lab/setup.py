@@ -14,6 +14,8 @@ TOOLS = {
     "gcloud": ("gcp", "https://cloud.google.com/sdk/docs/install (Cloud Shell has it)"),
     "terraform": ("gcp", "https://developer.hashicorp.com/terraform/install"),
     "kubectl": ("gcp", "gcloud components install kubectl"),
+    # kubectl reaches GKE only through it: without it, notebook 02's first kubectl fails.
+    "gke-gcloud-auth-plugin": ("gcp", "gcloud components install gke-gcloud-auth-plugin"),
     "skaffold": ("gcp", "gcloud components install skaffold"),
     "java": ("tests", "a JDK 17 (Firestore emulator, for the test suite only)"),
 }

@@ -95,27 +95,35 @@ class Background:
     """A command left running while later cells use it (``kubectl port-forward``).
 
     Started at once and waited for until ``ready()`` is true, at most ``timeout`` seconds, with a
-    clear message if it stops or never answers. Stopped by ``stop()``, at exit, and also when a
-    later notebook cell fails, so a failed checker does not leave it holding its port.
+    clear message if it stops or never answers. Stopped by ``stop()`` and at exit. When a later
+    notebook cell fails it is stopped too, so a notebook left after a failure holds no port, and
+    started again before the next cell runs, so fixing the cell and running it again just works.
     """
 
     def __init__(self, cmd: Command, ready: Callable[[], bool], *, timeout: float = 60, hint: str = ""):
-        self.cmd = cmd
-        print(f"$ {cmd} &", flush=True)
+        self.cmd, self._ready, self._timeout, self._hint = cmd, ready, timeout, hint
         self._output = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            cmd.argv, cwd=cmd.cwd, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self._halted = False
+        self._start()
         atexit.register(self.stop)
-        self._watch_cells()
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                exited = self.process.poll()
-                why = f"stopped (exit {exited})" if exited is not None else f"did not answer within {timeout:g} s"
+        shell = _ipython()
+        if shell is not None:
+            shell.events.register("post_run_cell", self._after_cell)
+            shell.events.register("pre_run_cell", self._before_cell)
+
+    def _start(self) -> None:
+        print(f"$ {self.cmd} &", flush=True)
+        self.process = subprocess.Popen(
+            self.cmd.argv, cwd=self.cmd.cwd, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + self._timeout
+        while not self._ready():
+            exited = self.process.poll()
+            if exited is not None or time.monotonic() > deadline:
+                why = f"stopped (exit {exited})" if exited is not None else f"did not answer within {self._timeout:g} s"
                 said = self.output()
                 self.stop()
-                raise CommandFailed(f"`{cmd}` {why}. {hint}\n{said}".rstrip())
+                raise CommandFailed(f"`{self.cmd}` {why}. {self._hint}\n{said}".rstrip())
             time.sleep(0.2)
 
     def output(self) -> str:
@@ -127,6 +135,16 @@ class Background:
         return "".join(text.splitlines(keepends=True)[-20:])
 
     def stop(self) -> None:
+        """Stop it for good."""
+        self._halt()
+        self._halted = False
+        shell = _ipython()
+        if shell is not None:
+            for event, callback in (("post_run_cell", self._after_cell), ("pre_run_cell", self._before_cell)):
+                if callback in shell.events.callbacks[event]:
+                    shell.events.unregister(event, callback)
+
+    def _halt(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -134,22 +152,20 @@ class Background:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        self._unwatch_cells()
-
-    def _watch_cells(self) -> None:
-        shell = _ipython()
-        if shell is not None:
-            shell.events.register("post_run_cell", self._after_cell)
-
-    def _unwatch_cells(self) -> None:
-        shell = _ipython()
-        if shell is not None and self._after_cell in shell.events.callbacks["post_run_cell"]:
-            shell.events.unregister("post_run_cell", self._after_cell)
 
     def _after_cell(self, result: object) -> None:
-        if not getattr(result, "success", True):
-            print(f"A cell failed: stopping `{self.cmd}`.")
-            self.stop()
+        if not getattr(result, "success", True) and self.process.poll() is None:
+            print(f"A cell failed: `{self.cmd}` is stopped; it starts again with the next cell you run.")
+            self._halt()
+            self._halted = True
+
+    def _before_cell(self, info: object) -> None:
+        if self._halted:
+            self._halted = False
+            try:
+                self._start()
+            except CommandFailed as failed:
+                print(failed)
 
 
 def _ipython():  # type: ignore[no-untyped-def]
