@@ -52,7 +52,7 @@ class QueueClient:
     def __init__(self, base: str, http: httpx.AsyncClient):
         self.base, self.http = base, http
         config = httpx.get(f"{base}/config").json()
-        self.fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+        self.fn_index = {d["api_name"]: d["id"] for d in config["dependencies"]}
 
     async def turn(
         self,
@@ -67,12 +67,25 @@ class QueueClient:
     ) -> Reply:
         """Send ``message``; ``session_hash`` is one browser tab (a new one by default), and
         ``on_update`` sees the outputs at each streamed update."""
-        session_hash = session_hash or uuid.uuid4().hex[:12]
         data = [message, None, model, temperature, 0.9, max_tokens, "", browser]
+        return await self.call("chat", data, session_hash=session_hash, on_update=on_update)
+
+    async def call(
+        self,
+        api_name: str,
+        data: list[Any],
+        *,
+        session_hash: str | None = None,
+        on_update: Callable[[list[Any]], None] | None = None,
+    ) -> Reply:
+        """Any of the app's events, the private ones too, as the page calls them (``None`` for
+        a ``gr.State`` input: the server holds it, per ``session_hash``)."""
+        session_hash = session_hash or uuid.uuid4().hex[:12]
         reply, outputs = Reply(), None
         started = time.perf_counter()
         joined = await self.http.post(f"{self.base}/gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+            "data": data, "fn_index": self.fn_index[api_name], "session_hash": session_hash,
+            "event_data": None, "trigger_id": None})
         joined.raise_for_status()
         async with self.http.stream("GET", f"{self.base}/gradio_api/queue/data", params={"session_hash": session_hash}) as sse:
             async for line in sse.aiter_lines():

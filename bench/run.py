@@ -93,9 +93,16 @@ def paced_server(pace: Pace, port: int | None = None) -> Iterator[tuple[str, sub
 
 @contextmanager
 def app_server(
-    vllm_url: str, store_url: str, *, concurrency: int = 64, stream: bool = True, env: dict[str, str] | None = None
+    vllm_url: str,
+    store_url: str,
+    *,
+    concurrency: int = 64,
+    stream: bool = True,
+    env: dict[str, str] | None = None,
+    output: IO[bytes] | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """The app as its own process on Gemma at ``vllm_url``: (its URL, its pid); ``env`` adds settings."""
+    """The app as its own process on Gemma at ``vllm_url``: (its URL, its pid); ``env`` adds
+    settings, ``output`` takes its log."""
     port = free_port()
     env = {
         "HYBRIDCHAT_MODE": "local", "HYBRIDCHAT_BACKENDS": "gemma", "HYBRIDCHAT_VLLM_URL": vllm_url,
@@ -104,7 +111,7 @@ def app_server(
         "HYBRIDCHAT_LOG_LEVEL": "WARNING", **(env or {}),
     }
     argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
-    with serving(argv, f"http://127.0.0.1:{port}/healthz", env) as process:
+    with serving(argv, f"http://127.0.0.1:{port}/healthz", env, output) as process:
         yield f"http://127.0.0.1:{port}", process.pid
 
 

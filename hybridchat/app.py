@@ -220,7 +220,11 @@ def build_ui(
         sessions.input(open_session, [sessions, browser], [conversation, chatbot, browser], api_visibility="private")
         for starts_over in (new_button.click, chatbot.clear):
             starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_visibility="private")
-        delete_button.click(delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions], api_visibility="private")
+        # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
+        delete_button.click(
+            delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions],
+            cancels=sent, api_visibility="private",
+        )
     return demo
 
 

@@ -146,16 +146,20 @@ class ChatService:
     def _save(self, conversation: Conversation, turn: Turn) -> str | None:
         """Add ``turn`` to the conversation and the store; a notice if it could not be saved yet."""
         conversation.turns.append(turn)
-        notice = None
+        notice, session_id = None, conversation.session_id
         try:
-            if conversation.session_id is None:
-                conversation.session_id = self.store.create_session(conversation.owner)
-            self.store.append(conversation.session_id, turn)
+            if session_id is None:
+                session_id = conversation.session_id = self.store.create_session(conversation.owner)
+            self.store.append(session_id, turn)
+        except SessionNotFound:
+            # Deleted while the reply was on its way: the chat is not brought back.
+            conversation.session_id, conversation.turns = None, []
+            notice = "This chat was deleted while the reply was on its way, so the reply was not saved."
         except StoreError as exc:
             notice = f"Not saved yet: {exc}"
         log.info(json.dumps({
             "event": "turn",
-            "session": conversation.session_id,
+            "session": session_id,
             "model": turn.model,
             "status": turn.status,
             "latency_ms": turn.latency_ms,

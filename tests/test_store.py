@@ -287,3 +287,58 @@ def test_a_slow_write_of_one_session_does_not_hold_up_another(tmp_path):
     writing.join()
     assert [t.user for t in store.load(alice)] == ["question 0"]
     assert [t.user for t in store.load(bob)] == ["question 1"]
+
+
+def test_a_turn_for_a_deleted_session_is_refused_and_blocks_nothing(tmp_path):
+    store = ResilientStore(SqliteStore(tmp_path / "history.db"))
+    alice, bob = store.create_session("alice"), store.create_session("bob")
+    store.append(bob, turn(0))
+    store.delete_session(alice)
+    with pytest.raises(SessionNotFound):
+        store.append(alice, turn(1))  # a reply that finished after its chat was deleted
+    assert store.pending == 0
+    assert [s.session_id for s in store.list_sessions(None)] == [bob]
+    with pytest.raises(SessionNotFound):
+        store.get_session(alice)
+    store.close()
+
+
+def test_turns_waiting_for_a_session_deleted_elsewhere_are_dropped_not_kept_for_ever(tmp_path, caplog):
+    path = tmp_path / "history.db"
+    store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=3600)
+    alice, bob = store.create_session("alice"), store.create_session("bob")
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        for session in (alice, bob):
+            with pytest.raises(StoreUnavailable):
+                store.append(session, turn(0))
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    SqliteStore(path).delete_session(alice)  # by another replica, or `hybridchat sessions`
+    store.flush()
+    assert store.pending == 0
+    assert "1 turn(s) waiting for it are dropped" in caplog.text
+    assert [s.session_id for s in store.list_sessions(None)] == [bob]
+    assert [t.user for t in SqliteStore(path).load(bob)] == ["question 0"]
+    store.close()
+
+
+def test_a_delete_while_the_store_is_down_keeps_the_waiting_turns(tmp_path):
+    path = tmp_path / "history.db"
+    store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=3600)
+    alice = store.create_session("alice")
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.append(alice, turn(0))
+        with pytest.raises(StoreUnavailable):
+            store.delete_session(alice)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    store.flush()
+    assert [t.user for t in SqliteStore(path).load(alice)] == ["question 0"]
+    store.close()

@@ -5,7 +5,8 @@ session) in memory, in order, reports ``StoreUnavailable``, and is written befor
 else once the database answers again. While it is down, calls fail at once instead of each
 waiting out the database's timeout, and a background thread tries again every
 ``retry_every`` seconds, so what waits is saved even if nobody sends another turn. Reads
-include the turns still waiting.
+include the turns still waiting. A session deleted meanwhile (here or elsewhere) takes its
+waiting turns with it: they are dropped, never written into a session brought back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import defaultdict
 
 import tenacity
 
-from hybridchat.errors import StoreError, StoreUnavailable
+from hybridchat.errors import SessionNotFound, StoreError, StoreUnavailable
 from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class ResilientStore(HistoryStore):
         self._writers: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._unsaved_sessions: dict[str, str] = {}  # session id -> owner
         self._unsaved_turns: defaultdict[str, list[Turn]] = defaultdict(list)
+        self._deleted: set[str] = set()  # sessions deleted while this process runs
         self._down_until = 0.0  # monotonic time before which the database is not tried again
         self._last_error = ""
         self._closed = threading.Event()
@@ -61,19 +63,25 @@ class ResilientStore(HistoryStore):
 
     def append(self, session_id: str, turn: Turn) -> None:
         with self._lock:
+            if session_id in self._deleted:
+                raise SessionNotFound(f"No session {session_id!r}: it was deleted.")
             self._unsaved_turns[session_id].append(turn)
         self._flush_unless_down(session_id)
 
     def flush(self, session_id: str | None = None) -> None:
-        """Write what is waiting (for one session, or all); ``StoreUnavailable`` if still down."""
+        """Write what is waiting (for one session, or all); ``StoreUnavailable`` if still down,
+        ``SessionNotFound`` if ``session_id`` was deleted meanwhile (its waiting turns dropped)."""
         with self._lock:
             sids = [session_id] if session_id else list({*self._unsaved_sessions, *self._unsaved_turns})
         try:
             for sid in sids:
-                with self._lock:
-                    writer = self._writers[sid]
-                with writer:
-                    self._write_waiting(sid)
+                with self._writer(sid):
+                    try:
+                        self._write_waiting(sid)
+                    except SessionNotFound:
+                        self._forget(sid)
+                        if sid == session_id:
+                            raise
         except StoreUnavailable as exc:
             self._mark_down(str(exc))
             raise self._kept(str(exc)) from None
@@ -130,11 +138,22 @@ class ResilientStore(HistoryStore):
         return self.inner.list_sessions(user_id)
 
     def delete_session(self, session_id: str) -> None:
-        with self._lock:
-            self._unsaved_sessions.pop(session_id, None)
-            self._unsaved_turns.pop(session_id, None)
-        self._raise_if_down()
-        self._retry(self.inner.delete_session, session_id)
+        # Under the session's writer lock: a write already under way ends first, none starts after.
+        with self._writer(session_id):
+            with self._lock:
+                only_in_memory = self._unsaved_sessions.pop(session_id, None) is not None
+                waiting = self._unsaved_turns.pop(session_id, [])
+                self._deleted.add(session_id)
+            if only_in_memory:
+                return
+            try:
+                self._raise_if_down()
+                self._retry(self.inner.delete_session, session_id)
+            except StoreUnavailable:
+                with self._lock:  # not deleted after all: its turns wait again
+                    self._deleted.discard(session_id)
+                    self._unsaved_turns[session_id][:0] = waiting
+                raise
 
     def close(self) -> None:
         """Stop retrying in the background, try once more to write what waits, and close."""
@@ -146,6 +165,19 @@ class ResilientStore(HistoryStore):
         except StoreUnavailable as exc:
             log.error("closing with turns not saved: %s", exc)
         self.inner.close()
+
+    def _writer(self, session_id: str) -> threading.Lock:
+        with self._lock:
+            return self._writers[session_id]
+
+    def _forget(self, session_id: str) -> None:
+        """Drop what waits for a session that no longer exists."""
+        with self._lock:
+            self._deleted.add(session_id)
+            self._unsaved_sessions.pop(session_id, None)
+            dropped = len(self._unsaved_turns.pop(session_id, []))
+        if dropped:
+            log.warning("session %s was deleted: %d turn(s) waiting for it are dropped", session_id, dropped)
 
     def _flush_unless_down(self, session_id: str | None = None) -> None:
         self._raise_if_down()
