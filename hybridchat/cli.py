@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from enum import Enum
@@ -14,13 +15,38 @@ import typer
 
 from hybridchat.config import Settings
 
+# Shown as escapes: what a terminal would act on (colours, cursor moves, hyperlinks, a bell) or
+# reorder (bidirectional overrides). Visitor and model text reaches the operator's terminal.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
 app = typer.Typer(help="hybridchat: a hybrid Gemma + Gemini chat app for workshops.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Read the saved chat sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
 
 def _logging(settings: Settings) -> None:
+    from hybridchat.redact import RedactingFilter
+
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    # httpx logs every request at INFO, full URL included: only its warnings are of use here.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` as a terminal shows it literally: control characters written as escapes, URLs redacted."""
+    from hybridchat.redact import redact
+
+    return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode(), redact(text))
+
+
+def _row(*cells: object) -> list:  # type: ignore[type-arg]
+    """A table row whose cells are plain text: Rich markup in them (``[/]``, ``[link=…]``) is not parsed."""
+    from rich.text import Text
+
+    return [Text(terminal_safe(str(cell))) for cell in cells]
 
 
 def _credentials(auth: list[str], auth_file: Path | None) -> list[tuple[str, str]]:
@@ -83,7 +109,10 @@ def run_app(
     web = create_app(settings, auth=_credentials(auth, auth_file), root_path=root_path or None)
     typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
     # Proxy headers are honoured so links are right behind the GKE load balancer.
-    uvicorn.run(web, host=host, port=port, log_level="warning", proxy_headers=True, forwarded_allow_ips="*")
+    # log_config=None: uvicorn logs through the handlers above (URLs redacted), not its own.
+    uvicorn.run(
+        web, host=host, port=port, log_level="warning", log_config=None, proxy_headers=True, forwarded_allow_ips="*"
+    )
 
 
 @app.command("up")
@@ -113,6 +142,7 @@ def doctor() -> None:
 
     from hybridchat.backends import build_backends
     from hybridchat.errors import HybridChatError
+    from hybridchat.redact import redact_url
     from hybridchat.store import open_store
 
     settings = Settings()
@@ -123,14 +153,14 @@ def doctor() -> None:
     for backend in build_backends(settings).values():
         health = backend.health()
         healthy &= health.ok
-        table.add_row("model", backend.label, "ok" if health.ok else "unavailable", health.detail)
-    url = settings.resolved_store_url
+        table.add_row(*_row("model", backend.label, "ok" if health.ok else "unavailable", health.detail))
+    url = redact_url(settings.resolved_store_url)
     try:
-        count = len(open_store(url, resilient=False).list_sessions(None))
-        table.add_row("store", url, "ok", f"{count} session(s)")
+        count = len(open_store(settings.resolved_store_url, resilient=False).list_sessions(None))
+        table.add_row(*_row("store", url, "ok", f"{count} session(s)"))
     except (HybridChatError, ValueError) as exc:
         healthy = False
-        table.add_row("store", url, "unavailable", str(exc))
+        table.add_row(*_row("store", url, "unavailable", exc))
     Console().print(table)
     raise typer.Exit(0 if healthy else 1)
 
@@ -158,14 +188,15 @@ def sessions_list(
     for column in ("session", "owner", "title", "updated", "turns"):
         table.add_column(column)
     for s in _store().list_sessions(user):
-        table.add_row(s.session_id, s.user_id or "", s.title, f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else "", str(s.turn_count))
+        updated = f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else ""
+        table.add_row(*_row(s.session_id, s.user_id or "", s.title, updated, s.turn_count))
     Console().print(table)
 
 
 @sessions_app.command("show")
 def sessions_show(session_id: str) -> None:
     """Print one session as a transcript."""
-    typer.echo(_markdown(session_id))
+    typer.echo(terminal_safe(_markdown(session_id)))
 
 
 @sessions_app.command("export")
@@ -175,7 +206,7 @@ def sessions_export(
 ) -> None:
     """Write one session to standard output as JSON or Markdown."""
     if format is ExportFormat.md:
-        typer.echo(_markdown(session_id))
+        typer.echo(terminal_safe(_markdown(session_id)))
         return
     store = _store()
     summary = store.get_session(session_id)
@@ -199,7 +230,7 @@ def main() -> None:
     try:
         app()
     except HybridChatError as exc:
-        typer.echo(f"hybridchat: {exc}", err=True)
+        typer.echo(f"hybridchat: {terminal_safe(str(exc))}", err=True)
         raise SystemExit(1) from None
 
 

@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from hybridchat.redact import redact
+
 
 class HybridChatError(Exception):
     """Base of every error hybridchat raises on purpose."""
@@ -128,6 +130,6 @@ def status_error(backend: str, status: int, detail: str | None = None) -> Backen
 
 
 def shorten(text: str, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters, for showing a server's message."""
-    line = " ".join(str(text).split())
+    """One line of at most ``limit`` characters, for showing a server's message (URLs redacted)."""
+    line = " ".join(redact(str(text)).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -342,3 +342,19 @@ def test_a_delete_while_the_store_is_down_keeps_the_waiting_turns(tmp_path):
     store.flush()
     assert [t.user for t in SqliteStore(path).load(alice)] == ["question 0"]
     store.close()
+
+
+def test_the_sqlite_history_is_readable_by_its_owner_only(tmp_path):
+    folder = tmp_path / "new" / ".hybridchat"
+    store = SqliteStore(folder / "history.db")
+    store.append(store.create_session("alice"), turn(0))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for name in ("history.db", "history.db-wal", "history.db-shm"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+    store.close()
+
+    older = tmp_path / "older.db"  # as an earlier version left it
+    sqlite3.connect(older).close()
+    older.chmod(0o644)
+    SqliteStore(older).close()
+    assert older.stat().st_mode & 0o777 == 0o600

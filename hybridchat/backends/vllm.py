@@ -56,6 +56,7 @@ from hybridchat.history import (
     process_message_openai,
 )
 from hybridchat.protocols import legacy, openai
+from hybridchat.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class VllmClient:
         retry_backoff: float = 1.0,
     ):
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redact_url(self.base_url)  # for messages and logs: no password in it
         self.api = api
         self.display = display
         self._configured = model
@@ -278,14 +280,14 @@ class VllmClient:
             if exc.status_code in (404, 405):
                 return BackendHealth(
                     False,
-                    f"{self.display}'s server at {self.base_url} has no /generate (HTTP {exc.status_code}): "
+                    f"{self.display}'s server at {self.shown_url} has no /generate (HTTP {exc.status_code}): "
                     "vLLM itself speaks the OpenAI API, only the Model Garden container speaks the legacy "
                     "one. Set HYBRIDCHAT_VLLM_API=openai.",
                 )
             return BackendHealth(False, str(exc))
         except BackendError as exc:
             return BackendHealth(False, str(exc))
-        return BackendHealth(True, f"{self.display} answers /generate at {self.base_url}", self._model)
+        return BackendHealth(True, f"{self.display} answers /generate at {self.shown_url}", self._model)
 
     def _post_for_model(self, path: str, body_of: Callable[[str], dict[str, Any]]) -> httpx.Response:
         """POST for the served model: an open (streaming) response of a success. A 404 "model
@@ -303,7 +305,7 @@ class VllmClient:
             yield response
 
     def _send_retrying(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
-        log.debug("%s %s%s", method, self.base_url, path)
+        log.debug("%s %s%s", method, self.shown_url, path)
         for attempt in self._retrying.copy():  # a copy per call: Retrying keeps state
             with attempt:
                 return self._send(method, path, body)
@@ -415,7 +417,7 @@ class VllmClient:
             return self._timed_out()
         # vLLM listens only once its weights are loaded: "not listening" may mean "starting".
         return BackendUnavailable(
-            f"{self.display} is not reachable at {self.base_url} ({type(exc).__name__}). "
+            f"{self.display} is not reachable at {self.shown_url} ({type(exc).__name__}). "
             "Is the server running? A server just started listens only once its model has loaded "
             "(minutes for Gemma): try Gemini meanwhile.",
             backend=self.display,
@@ -454,7 +456,7 @@ class VllmBackend(ChatBackend):
     @property
     def label(self) -> str:  # type: ignore[override]
         served = self.client.known_model
-        return f"{self.kind} ({served})" if served else self.kind
+        return f"{self.kind} ({shorten(served, 80)})" if served else self.kind
 
     def stream(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None

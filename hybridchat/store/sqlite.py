@@ -6,6 +6,8 @@ app's threads, and ``busy_timeout`` waits out another process's write lock.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -40,7 +42,7 @@ class SqliteStore(HistoryStore):
     def __init__(self, path: str | Path, *, busy_timeout: float = 2.0):
         self.path = Path(path).expanduser()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # With WAL this never corrupts the file; it only skips an fsync per turn.
@@ -128,6 +130,19 @@ class SqliteStore(HistoryStore):
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"The history file {self.path} cannot be read now ({exc}).") from None
+
+
+def _create_private(path: Path) -> None:
+    """The file readable by its owner only (and a new folder for it, too): it holds every chat.
+    SQLite gives its -wal and -shm files the database file's permissions."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for existing in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        if existing.exists() and existing.stat().st_mode & 0o077:
+            # Made by an earlier version, readable by everyone; not ours to change: left so.
+            with contextlib.suppress(PermissionError):
+                existing.chmod(0o600)
 
 
 def _summary(row: tuple) -> SessionSummary:
