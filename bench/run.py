@@ -35,8 +35,12 @@ from bench.queue_client import QueueClient, Reply
 from hybridchat import history
 from hybridchat.lab.local import free_port, stop_process
 from hybridchat.store import Turn, open_store
+from hybridchat.visitors import VisitorIds
 
 RESULTS = Path(__file__).parent / "results"
+# The app signs visitor ids; the driver knows its key so it can open the 200-turn session it seeded.
+BENCH_SECRET = "benchmark-only-session-secret"
+LONG_VISITOR = "bench-long"
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def app_server(
         "HYBRIDCHAT_MODE": "local", "HYBRIDCHAT_BACKENDS": "gemma", "HYBRIDCHAT_VLLM_URL": vllm_url,
         "HYBRIDCHAT_GEMMA_MODEL": "paced/gemma-stand-in", "HYBRIDCHAT_STORE_URL": store_url,
         "HYBRIDCHAT_CONCURRENCY": str(concurrency), "HYBRIDCHAT_STREAM": str(stream).lower(),
-        "HYBRIDCHAT_LOG_LEVEL": "WARNING", **(env or {}),
+        "HYBRIDCHAT_LOG_LEVEL": "WARNING", "HYBRIDCHAT_SESSION_SECRET": BENCH_SECRET, **(env or {}),
     }
     argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
     with serving(argv, f"http://127.0.0.1:{port}/healthz", env, output) as process:
@@ -133,7 +137,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def seed_long_session(store_url: str, turns: int) -> str:
     store = open_store(store_url, resilient=False)
-    session = store.create_session("visitor:bench-long")
+    session = store.create_session(f"visitor:{LONG_VISITOR}")
     for n in range(turns):
         store.append(session, Turn(user=f"question {n} " * 5, model="gemma", reply=f"answer {n} " * 20))
     store.close()
@@ -144,10 +148,11 @@ async def overhead(base: str, pace: Pace, turns: int, long_session: str) -> dict
     results = {}
     async with httpx.AsyncClient(timeout=60) as http:
         client = QueueClient(base, http)
-        await client.turn("warm up", {"visitor": "warm-up", "session": None})
+        await client.turn("warm up", {"visitor": None, "session": None})
+        long_owner = VisitorIds(BENCH_SECRET.encode()).token_for(LONG_VISITOR)
         for name, browser_of in (
-            ("short history", lambda n: {"visitor": f"short-{n}", "session": None}),
-            ("200-turn history", lambda n: {"visitor": "bench-long", "session": long_session}),
+            ("short history", lambda n: {"visitor": None, "session": None}),  # a new visitor each
+            ("200-turn history", lambda n: {"visitor": long_owner, "session": long_session}),
         ):
             firsts, totals = [], []
             for n in range(turns):
@@ -171,7 +176,7 @@ async def concurrency(base: str, pace: Pace, levels: list[int], turns_each: int)
             async def visitor(index: int) -> None:
                 nonlocal errors
                 # One browser tab each, going on with its chat.
-                browser, tab = {"visitor": f"load-{level}-{index}", "session": None}, uuid.uuid4().hex[:12]
+                browser, tab = {"visitor": None, "session": None}, uuid.uuid4().hex[:12]
                 for n in range(turns_each):
                     try:
                         reply = await client.turn(f"turn {n}", browser, session_hash=tab)

@@ -1,8 +1,9 @@
 """The Gradio chat app: streaming replies, a model switch per turn, saved sessions per visitor.
 
 ``create_app(settings)`` returns a FastAPI app (Gradio mounted at ``/``, ``/healthz`` for
-Kubernetes probes); ``hybridchat app`` serves it. Visitors are told apart by a random id kept
-in their browser (``gr.BrowserState``), or by user name when login is on.
+Kubernetes probes); ``hybridchat app`` serves it. Visitors are told apart by an id the server
+issues and signs, kept in their browser (``gr.BrowserState``, ``hybridchat.visitors``), or by
+user name when login is on.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,7 +23,10 @@ from hybridchat.backends import ChatBackend, GenerationParams, build_backends
 from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
+from hybridchat.guard import Guard
+from hybridchat.sanitize import safe_markdown
 from hybridchat.store import HistoryStore, Turn, open_store
+from hybridchat.visitors import VisitorIds, session_secret
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +57,31 @@ def to_messages(turns: list[Turn], pending: Progress | None = None) -> list[dict
 
 
 def _shown(message: str, reply: str, note: str | None = None, mark: str | None = None, error: str | None = None) -> list[dict[str, str]]:
-    parts = [f"ℹ️ *{note}*" if note else "", reply, mark or "", f"⚠️ {error}" if error else ""]
-    return [{"role": "user", "content": message}, {"role": "assistant", "content": "\n\n".join(p for p in parts if p)}]
+    # Every text shown goes through safe_markdown: replies and servers' error texts are not ours.
+    parts = [f"ℹ️ *{note}*" if note else "", safe_markdown(reply), mark or "", f"⚠️ {safe_markdown(error)}" if error else ""]
+    return [
+        {"role": "user", "content": safe_markdown(message)},
+        {"role": "assistant", "content": "\n\n".join(p for p in parts if p)},
+    ]
 
 
 def build_ui(
     service: ChatService,
     *,
     auth_enabled: bool,
-    secret: str | None,
+    visitor_ids: VisitorIds,
     stream: bool,
     stream_interval: float,
 ) -> gr.Blocks:
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
-        browser = dict(browser or {})
+        browser = dict(browser) if isinstance(browser, dict) else {}  # whatever the client sent
         if auth_enabled and request.username:
             return f"user:{request.username}", browser
-        browser.setdefault("visitor", None)
-        if not browser["visitor"]:
-            browser["visitor"] = uuid.uuid4().hex
-        return f"visitor:{browser['visitor']}", browser
+        visitor = visitor_ids.verify(browser.get("visitor"))
+        if visitor is None:  # a new browser, or an id this server did not issue
+            browser = {"visitor": visitor_ids.issue(), "session": None}
+            visitor = visitor_ids.verify(browser["visitor"])
+        return f"visitor:{visitor}", browser
 
     def sidebar(owner: str, selected: str | None) -> gr.Radio:
         """The sidebar's entries, (title · date, session id) newest first; left as it is
@@ -117,10 +125,10 @@ def build_ui(
                 gr.Warning(f"Your chat cannot be loaded right now, so the message was not sent: {exc}")
                 yield gr.skip(), message, None, browser, gr.skip()
                 return
-        params = GenerationParams(
-            temperature=temperature, top_p=top_p, max_tokens=int(max_tokens), system_prompt=persona or None
-        )
         try:
+            params = GenerationParams.checked(
+                temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
+            )
             progress = service.respond(conversation, message, model, params)
             first = next(progress)
         except InputRefused as exc:
@@ -188,7 +196,9 @@ def build_ui(
         return Conversation(owner), [], browser, sidebar(owner, None)
 
     with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as demo:
-        browser = gr.BrowserState({"visitor": None, "session": None}, storage_key="hybridchat", secret=secret)
+        browser = gr.BrowserState(
+            {"visitor": None, "session": None}, storage_key="hybridchat", secret=visitor_ids.browser_storage_key()
+        )
         conversation = gr.State(None)
         with gr.Sidebar(label="Chats"):
             new_button = gr.Button("New chat", variant="primary")
@@ -240,17 +250,18 @@ def create_app(
 
     ``backends`` and ``store`` replace the ones ``settings`` describe."""
     settings = settings or Settings()
+    visitor_ids = VisitorIds(session_secret(settings))  # first: a missing secret stops it early
     owned_store = None if store else open_store(settings.resolved_store_url)
     service = ChatService(
         backends or build_backends(settings),
         store or owned_store,
         max_message_bytes=settings.max_message_bytes,
+        max_persona_bytes=settings.max_persona_bytes,
     )
-    secret = settings.session_secret.get_secret_value() if settings.session_secret else None
     demo = build_ui(
         service,
         auth_enabled=bool(auth),
-        secret=secret,
+        visitor_ids=visitor_ids,
         stream=settings.stream,
         stream_interval=settings.stream_interval,
     )
@@ -271,4 +282,11 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return gr.mount_gradio_app(app, demo, path="/", auth=auth or None, root_path=root_path, css=_CSS)
+    # show_error=False: an unexpected exception shows "Error", not its text (gr.Error and
+    # gr.Warning, worded for visitors, still show); the traceback goes to the log.
+    # run_history=False: Gradio would keep every message and reply in the browser's storage.
+    app = gr.mount_gradio_app(
+        app, demo, path="/", auth=auth or None, root_path=root_path, css=_CSS, show_error=False, run_history=False
+    )
+    app.add_middleware(Guard, max_body_bytes=settings.max_request_bytes)
+    return app

@@ -25,22 +25,35 @@ from hybridchat.store.base import utcnow
 log = logging.getLogger("hybridchat.turns")
 
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024
+DEFAULT_MAX_PERSONA_BYTES = 4 * 1024
 # C0 controls except tab and newline, DEL, and lone UTF-16 surrogates (not encodable).
 _UNWANTED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 
 
 def clean_message(text: str | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> str:
     """The message without control characters; ``InputRefused`` if empty or too long."""
-    cleaned = _UNWANTED.sub("", (text or "").replace("\r\n", "\n").replace("\r", "\n"))
+    cleaned = _cleaned(text)
     if not cleaned.strip():
         raise InputRefused("Type a message first.")
-    size = len(cleaned.encode("utf-8"))
-    if size > max_bytes:
-        raise InputRefused(
-            f"That message is {size / 1024:.0f} kB; the limit is {max_bytes / 1024:.0f} kB. "
-            "Shorten it or send it in parts."
-        )
+    _refuse_over(cleaned, max_bytes, "That message", "Shorten it or send it in parts.")
     return cleaned
+
+
+def clean_persona(text: str | None, max_bytes: int = DEFAULT_MAX_PERSONA_BYTES) -> str | None:
+    """The persona (system prompt) cleaned as a message is; ``None`` when empty."""
+    cleaned = _cleaned(text)
+    _refuse_over(cleaned, max_bytes, "The persona", "Shorten it.")
+    return cleaned if cleaned.strip() else None
+
+
+def _cleaned(text: str | None) -> str:
+    return _UNWANTED.sub("", (text or "").replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _refuse_over(text: str, max_bytes: int, what: str, fix: str) -> None:
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise InputRefused(f"{what} is {size / 1024:.0f} kB; the limit is {max_bytes / 1024:.0f} kB. {fix}")
 
 
 @dataclass
@@ -71,6 +84,7 @@ class ChatService:
         store: HistoryStore,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_persona_bytes: int = DEFAULT_MAX_PERSONA_BYTES,
         keep: float = KEEP,
     ):
         if not backends:
@@ -78,6 +92,7 @@ class ChatService:
         self.backends = backends
         self.store = store
         self.max_message_bytes = max_message_bytes
+        self.max_persona_bytes = max_persona_bytes
         self.keep = keep
 
     def respond(
@@ -91,6 +106,8 @@ class ChatService:
         is fitted again, smaller, and sent once more.
         """
         text = clean_message(message, self.max_message_bytes)
+        persona = clean_persona(params.system_prompt, self.max_persona_bytes)
+        params = params.model_copy(update={"system_prompt": persona})
         backend = self.backends.get(backend_name)
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")

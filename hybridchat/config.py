@@ -17,10 +17,13 @@ The variable names are a contract with the Kubernetes manifests and the notebook
 ``GOOGLE_API_KEY``         Gemini API-key mode instead of Vertex AI
 ``HYBRIDCHAT_GEMINI_URL``  base URL override for the Gemini API (a local stand-in)
 ``HYBRIDCHAT_STORE_URL``   ``sqlite:///path`` or ``firestore://chat-app-db``
+``HYBRIDCHAT_SESSION_SECRET`` signs visitors' ids; required in gcp mode (the
+                           ``gradio-chat-session`` Secret); locally made once into
+                           ``HYBRIDCHAT_SECRET_FILE`` (``~/.hybridchat/session_secret``)
 ``HYBRIDCHAT_LOG_LEVEL``   ``DEBUG`` … ``ERROR``
 =========================  ==================================================================
 
-Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``) are ``SecretStr``: they print as ``**********``.
+Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``) are ``SecretStr``: they print as ``**********``.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class Settings(BaseSettings):
 
     store_url: str | None = None
     max_message_bytes: int = Field(default=32 * 1024, ge=1, description="longest message accepted")
+    max_persona_bytes: int = Field(default=4 * 1024, ge=0, description="longest persona (system prompt) accepted")
+    max_request_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="largest HTTP request body; refused (413) before it is read"
+    )
     concurrency: int = Field(
         default=64, ge=1, description="chats the app serves at once (Gradio's queue); bench/ measures it"
     )
@@ -93,8 +100,12 @@ class Settings(BaseSettings):
     )
     session_secret: SecretStr | None = Field(
         default=None,
-        description="key that encrypts the visitor id kept in each browser; set it so visitors "
-        "keep their chats across app restarts (random per process otherwise)",
+        description="key that signs the visitor id kept in each browser; required in gcp mode "
+        "(the same on every replica); locally generated once into secret_file when unset",
+    )
+    secret_file: str = Field(
+        default="~/.hybridchat/session_secret",
+        description="where the local session secret is kept (readable by its owner only)",
     )
 
     connect_timeout: float = Field(default=5.0, gt=0)

@@ -16,8 +16,10 @@ Rules shared by every translator:
   user messages in a row, and Gemini and Gemma's chat template require alternation.
 * System messages found in the history and the ``system_prompt`` argument are combined, in
   that order, into one system instruction.
-* Text that contains a template's control markers is neutralised with a zero-width space so
-  it cannot forge a turn.
+* Text that contains a chat template's control markers (Gemma's ``<start_of_turn>``, any
+  ``<|…|>`` special token such as ChatML's ``<|im_start|>``, the codelab's ``User's Turn:``) is
+  neutralised with a zero-width space, on every path (a server's tokenizer parses special-token
+  text inside a chat message's content too), so it cannot forge a turn.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ _ZWSP = "\u200b"
 
 # Gemma's tokenizer turns these strings into control tokens wherever they appear in a prompt.
 _GEMMA_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
+# Other templates' special tokens: ChatML's <|im_start|>, Llama 3's <|eot_id|>, <|endoftext|>, …
+_SPECIAL_TOKEN = re.compile(r"<(?=\|[A-Za-z0-9_]+\|>)")
 _GEMMA_TURN = "<start_of_turn>{role}\n{text}<end_of_turn>\n"
 _GEMMA_OPEN = "<start_of_turn>model\n"
 
@@ -115,7 +119,7 @@ def process_message_gemma(
         rendered = [
             _GEMMA_TURN.format(
                 role="user" if turn.role == "user" else "model",
-                text=_neutralize_gemma(turn.content),
+                text=turn.content,
             )
             for turn in turns
         ]
@@ -219,6 +223,7 @@ def _conversation(
 ) -> tuple[str | None, list[Message]]:
     messages = normalize_history([*(history or []), {"role": "user", "content": _text_of(message) or ""}])
     system, turns = _split_system(messages, system_prompt)
+    turns = [Message(turn.role, _neutralize(turn.content)) for turn in turns]
     if not turns or turns[-1].role != "user":
         # An empty new message still opens a user turn, so the model knows it is its turn.
         turns.append(Message("user", ""))
@@ -230,7 +235,7 @@ def _split_system(messages: list[Message], system_prompt: str | None) -> tuple[s
     if system_prompt and system_prompt.strip():
         parts.append(system_prompt)
     turns = _merge_consecutive([m for m in messages if m.role != "system"])
-    return ("\n\n".join(parts) if parts else None), turns
+    return (_neutralize("\n\n".join(parts)) if parts else None), turns
 
 
 def _merge_consecutive(messages: list[Message]) -> list[Message]:
@@ -288,10 +293,11 @@ def _text_of(content: Any) -> str | None:
     return None
 
 
-def _neutralize_gemma(text: str) -> str:
+def _neutralize(text: str) -> str:
+    """``text`` with every model's control markers broken by a zero-width space."""
     for marker in _GEMMA_MARKERS:
         text = text.replace(marker, f"<{_ZWSP}{marker[1:]}")
-    return text
+    return _SPECIAL_TOKEN.sub(f"<{_ZWSP}", text)
 
 
 def _neutralize_codelab(text: str) -> str:

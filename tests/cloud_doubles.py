@@ -185,7 +185,7 @@ def initial_state(project: str, **overrides: object) -> dict:
         "buckets": [],
         "terraform": "new",  # new → initialized → planned → applied → (destroyed: initialized)
         "kube_context": None,
-        "secrets": [],
+        "secrets": {},  # name → its data (key → value)
         "objects": {},  # "kind/name" → the manifest file that made it
         "pending_polls": 2,  # the Gemma pod stays Pending for this many `get pods`
         "loading_polls": 1,  # then Running, not Ready, for this many
@@ -416,7 +416,8 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         name = call.args[0]
         if name in state["secrets"]:
             raise Refused(f'error: failed to create secret secrets "{name}" already exists')
-        state["secrets"] = state["secrets"] + [name]
+        key, _, value = call.flag("--from-literal").partition("=")
+        state["secrets"] = {**state["secrets"], name: {key: value}}
         return f"secret/{name} created\n"
 
     def apply(call: Call) -> str:
@@ -462,6 +463,15 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
                         "2m10s       Warning   FailedScheduling    pod/vllm-gemma-deployment-7c9d8b6f5-x2k4q   0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.\n"
                         "2m5s        Normal    TriggeredScaleUp    pod/vllm-gemma-deployment-7c9d8b6f5-x2k4q   pod triggered scale-up: [{https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/instanceGroups/gk3-gradio-chat-cluster-nap-1 0->1 (max: 1000)}]\n")
             return "No resources found in default namespace.\n"
+        if kind == "secret":
+            name = call.args[1] if len(call.args) > 1 else ""
+            if call.flag("-o") != "name":
+                raise Refused(f"cloud_doubles: no recorded answer for -o {call.flag('-o')}")
+            if name in state["secrets"]:
+                return f"secret/{name}\n"
+            if call.flags.get("--ignore-not-found"):
+                return ""
+            raise Refused(f'Error from server (NotFound): secrets "{name}" not found')
         if kind == "service":
             name = call.args[1] if len(call.args) > 1 else ""
             if f"service/{name}" not in state["objects"]:
@@ -482,7 +492,7 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
             name = call.args[1]
             if name not in state["secrets"]:
                 return "" if call.flags.get("--ignore-not-found") else f'Error from server (NotFound): secrets "{name}" not found'
-            state["secrets"] = [s for s in state["secrets"] if s != name]
+            state["secrets"] = {k: v for k, v in state["secrets"].items() if k != name}
             return f'secret "{name}" deleted\n'
         manifest = Path(call.flag("-f"))
         lines = []
@@ -514,7 +524,7 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("version",): Spec({"--client": False}, (0, 0), version),
         ("create", "secret", "generic"): Spec({"--from-literal": True}, (1, 1), create_secret),
         ("apply",): Spec({"-f": True}, (0, 0), apply),
-        ("get",): Spec({"-l": True, "-o": True, "--field-selector": True, "--sort-by": True}, (1, 2), get),
+        ("get",): Spec({"-l": True, "-o": True, "--field-selector": True, "--sort-by": True, "--ignore-not-found": False}, (1, 2), get),
         ("delete",): Spec({"-f": True, "--ignore-not-found": False}, (0, 2), delete),
         ("port-forward",): Spec({}, (2, 2), port_forward),
     }
@@ -565,7 +575,7 @@ def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
                  "Build [gradio-chat-app] succeeded", "Starting deploy..."]
         for manifest in manifests:
             lines.append(" - " + kubectl_specs(state)[("apply",)].run(Call("kubectl", ("apply",), {"-f": str(manifest)})).strip().replace("\n", "\n - "))
-        state["app"] = _start_app(state["app_env"])
+        state["app"] = _start_app({**state["app_env"], **_secret_env(ROOT / "deploy" / "chat-deploy.yaml", state)})
         lines += ["Waiting for deployments to stabilize...", " - deployment/gradio-chat-deployment is ready.",
                   "Deployments stabilized in 3.2 seconds"]
         return "\n".join(lines) + "\n"
@@ -574,6 +584,25 @@ def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("--version",): Spec({"--version": False}, (0, 0), version),
         ("run",): Spec({"--default-repo": True}, (0, 0), run),
     }
+
+
+def _secret_env(manifest: Path, state: State) -> dict[str, str]:
+    """The app container's variables from Secrets (its manifest's ``secretKeyRef``s), as the
+    kubelet gives them: a required one whose Secret is missing keeps the pod from starting."""
+    deployment = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment")
+    env = {}
+    for variable in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            continue
+        data = state["secrets"].get(ref["name"])
+        if data is None or ref["key"] not in data:
+            if ref.get("optional"):
+                continue
+            raise Refused(f"deployment/gradio-chat-deployment failed to stabilize: its pod is in CreateContainerConfigError "
+                          f'(secret "{ref["name"]}" not found)')
+        env[variable["name"]] = data[ref["key"]]
+    return env
 
 
 def _start_app(env: dict[str, str]) -> dict:

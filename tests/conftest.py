@@ -22,6 +22,15 @@ CHAT_TEMPLATE = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _local_session_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The app's local session secret in a temporary folder, not the tester's home."""
+    path = tmp_path_factory.mktemp("secret") / "session_secret"
+    os.environ["HYBRIDCHAT_SECRET_FILE"] = str(path)
+    yield
+    os.environ.pop("HYBRIDCHAT_SECRET_FILE", None)
+
+
 def build_tiny_model(directory: Path) -> Path:
     """A random 2-layer Llama with a byte-level BPE tokenizer and a ChatML template."""
     import torch

@@ -4,7 +4,7 @@ Modes: ``ok``, ``loading`` (503), ``server_error`` (500), ``bad_request`` (400),
 (429), ``slow`` (answers after ``delay`` s), ``malformed`` (not JSON), ``truncated`` (SSE
 that stops early), ``flaky`` (503 for the first ``failures`` generation requests, then ok); Gemini only:
 ``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``; vLLM chat only: ``html`` (a
-hostile reply), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
+hostile reply: ``hostile``), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
 stopped). ``requests`` counts what came.
 """
 
@@ -33,10 +33,11 @@ class FaultServer:
     mode: str = "ok"
     delay: float = 0.0
     failures: int = 0
+    hostile: str = HOSTILE_REPLY
     requests: list[str] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.mode, self.delay, self.failures = "ok", 0.0, 0
+        self.mode, self.delay, self.failures, self.hostile = "ok", 0.0, 0, HOSTILE_REPLY
         self.requests.clear()
 
     def posts(self) -> int:
@@ -105,7 +106,7 @@ def create_fault_app(control: FaultServer) -> FastAPI:
         body = await request.json()
         if fault := status_fault(False, generating=True):
             return fault
-        text = HOSTILE_REPLY if control.mode == "html" else REPLY
+        text = control.hostile if control.mode == "html" else REPLY
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m"),
                  "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
         if control.mode == "malformed":

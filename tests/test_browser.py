@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 from tests_support import api_key_client
 
 from hybridchat.app import create_app
@@ -83,15 +83,15 @@ def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
     assert len(bot_texts(page)) == 2
 
     page.reload()
-    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2", timeout=30000)
+    expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2, timeout=30000)
     assert page.locator('#chat [data-testid="user"]').all_inner_texts() == ["What is the capital of France?", "And of Germany?"]
     session = page.locator("#sessions label")
     assert session.count() == 1 and "What is the capital of France?" in session.inner_text()
 
     page.click("text=New chat")
-    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 0")
+    expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0, timeout=30000)
     session.first.click()
-    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2", timeout=30000)
+    expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2, timeout=30000)
     page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
     assert (tmp_path / "chat.png").stat().st_size > 10_000
 
@@ -105,6 +105,6 @@ def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
     send_and_watch(stranger, "Hello from someone else", 0)
     assert stranger.locator("#sessions label").count() == 1
     page.reload()
-    page.wait_for_function("document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2", timeout=30000)
+    expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2, timeout=30000)
     assert page.locator("#sessions label").count() == 1
     context.close()

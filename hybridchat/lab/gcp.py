@@ -8,6 +8,7 @@ notebooks and the tests share one definition of every command line. The waits po
 from __future__ import annotations
 
 import os
+import secrets
 from getpass import getpass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SETUP_APIS = ("cloudresourcemanager.googleapis.com", "storage.googleapis.com")
 APP_SERVICE = "gradio-chat-service"
+SESSION_SECRET = "gradio-chat-session"  # read by deploy/chat-deploy.yaml
 
 
 def poll_seconds() -> float:
@@ -65,6 +67,24 @@ def create_hf_secret(token: str) -> Command:
         "kubectl", "create", "secret", "generic", "hf-secret", f"--from-literal=hf_api_token={token}",
         secrets=(token,),
     )
+
+
+def session_secret_exists() -> Command:
+    """Prints the app's session secret's name if it exists (else nothing)."""
+    return command("kubectl", "get", "secret", SESSION_SECRET, "--ignore-not-found", "-o", "name")
+
+
+def create_session_secret() -> Command:
+    """The key every app replica signs visitors' ids with: made once (a new one would lose every
+    visitor's chats), random, never shown."""
+    key = secrets.token_urlsafe(32)
+    return command(
+        "kubectl", "create", "secret", "generic", SESSION_SECRET, f"--from-literal=secret={key}", secrets=(key,)
+    )
+
+
+def delete_session_secret() -> Command:
+    return command("kubectl", "delete", "secret", SESSION_SECRET, "--ignore-not-found")
 
 
 def apply(manifest: str | Path) -> Command:
