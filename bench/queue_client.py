@@ -83,9 +83,11 @@ class QueueClient:
         session_hash = session_hash or uuid.uuid4().hex[:12]
         reply, outputs = Reply(), None
         started = time.perf_counter()
-        joined = await self.http.post(f"{self.base}/gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn_index[api_name], "session_hash": session_hash,
-            "event_data": None, "trigger_id": None})
+        # json.dumps, not httpx's json=: it writes NaN as a hostile client may.
+        joined = await self.http.post(f"{self.base}/gradio_api/queue/join", headers={"content-type": "application/json"},
+                                      content=json.dumps({"data": data, "fn_index": self.fn_index[api_name],
+                                                          "session_hash": session_hash, "event_data": None,
+                                                          "trigger_id": None}))
         joined.raise_for_status()
         async with self.http.stream("GET", f"{self.base}/gradio_api/queue/data", params={"session_hash": session_hash}) as sse:
             async for line in sse.aiter_lines():
