@@ -112,7 +112,9 @@ def app_server(
         "HYBRIDCHAT_MODE": "local", "HYBRIDCHAT_BACKENDS": "gemma", "HYBRIDCHAT_VLLM_URL": vllm_url,
         "HYBRIDCHAT_GEMMA_MODEL": "paced/gemma-stand-in", "HYBRIDCHAT_STORE_URL": store_url,
         "HYBRIDCHAT_CONCURRENCY": str(concurrency), "HYBRIDCHAT_STREAM": str(stream).lower(),
-        "HYBRIDCHAT_LOG_LEVEL": "WARNING", "HYBRIDCHAT_SESSION_SECRET": BENCH_SECRET, **(env or {}),
+        "HYBRIDCHAT_LOG_LEVEL": "WARNING", "HYBRIDCHAT_SESSION_SECRET": BENCH_SECRET,
+        # Every simulated visitor comes from 127.0.0.1, as fast as it can: no fair-share limits.
+        "HYBRIDCHAT_TURNS_PER_MINUTE": "0", "HYBRIDCHAT_STREAMS_PER_CLIENT": "0", **(env or {}),
     }
     argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
     with serving(argv, f"http://127.0.0.1:{port}/healthz", env, output) as process:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import gradio as gr
@@ -24,6 +24,7 @@ from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
 from hybridchat.guard import Guard
+from hybridchat.limits import Limits
 from hybridchat.sanitize import safe_markdown
 from hybridchat.store import HistoryStore, Turn, open_store
 from hybridchat.visitors import VisitorIds, session_secret
@@ -70,6 +71,7 @@ def build_ui(
     *,
     auth_enabled: bool,
     visitor_ids: VisitorIds,
+    limits: Limits,
     stream: bool,
     stream_interval: float,
 ) -> gr.Blocks:
@@ -125,40 +127,42 @@ def build_ui(
                 gr.Warning(f"Your chat cannot be loaded right now, so the message was not sent: {exc}")
                 yield gr.skip(), message, None, browser, gr.skip()
                 return
-        try:
-            params = GenerationParams.checked(
-                temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
-            )
-            progress = service.respond(conversation, message, model, params)
-            first = next(progress)
-        except InputRefused as exc:
-            gr.Warning(str(exc))
-            yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
-            return
-        shown_at = None
-        for update in itertools.chain([first], progress):
-            if update.turn is None:
-                # The first piece at once, then at most one update per interval: Gradio re-sends
-                # the whole chat each time. Only the chat changes; the rest is sent at the end.
-                # The browser state and sidebar are given as they are, not gr.skip(): Gradio
-                # rebuilds a component for every skip, a third of its time under load.
-                now = time.monotonic()
-                if not stream or (shown_at is not None and now - shown_at < stream_interval):
+        with ExitStack() as held:
+            try:
+                params = GenerationParams.checked(
+                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
+                )
+                held.enter_context(limits.turn(owner, request.client.host if request.client else None))
+                progress = service.respond(conversation, message, model, params)
+                first = next(progress)
+            except InputRefused as exc:
+                gr.Warning(str(exc))
+                yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
+                return
+            shown_at = None
+            for update in itertools.chain([first], progress):
+                if update.turn is None:
+                    # The first piece at once, then at most one update per interval: Gradio re-sends
+                    # the whole chat each time. Only the chat changes; the rest is sent at the end.
+                    # The browser state and sidebar are given as they are, not gr.skip(): Gradio
+                    # rebuilds a component for every skip, a third of its time under load.
+                    now = time.monotonic()
+                    if not stream or (shown_at is not None and now - shown_at < stream_interval):
+                        continue
+                    shown_at = now
+                    messages = to_messages(conversation.turns, update)
+                    yield messages, "", gr.skip(), browser, conversation.session_id
                     continue
-                shown_at = now
-                messages = to_messages(conversation.turns, update)
-                yield messages, "", gr.skip(), browser, conversation.session_id
-                continue
-            if update.notice:
-                gr.Warning(update.notice)
-            browser["session"] = conversation.session_id
-            yield (
-                to_messages(conversation.turns),
-                "",
-                conversation,
-                browser,
-                sidebar(owner, conversation.session_id),
-            )
+                if update.notice:
+                    gr.Warning(update.notice)
+                browser["session"] = conversation.session_id
+                yield (
+                    to_messages(conversation.turns),
+                    "",
+                    conversation,
+                    browser,
+                    sidebar(owner, conversation.session_id),
+                )
 
     def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
         """Ask again for the last reply (the earlier attempt stays in the saved history)."""
@@ -262,6 +266,7 @@ def create_app(
         service,
         auth_enabled=bool(auth),
         visitor_ids=visitor_ids,
+        limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client),
         stream=settings.stream,
         stream_interval=settings.stream_interval,
     )

@@ -108,10 +108,11 @@ def run_app(
     _logging(settings)
     web = create_app(settings, auth=_credentials(auth, auth_file), root_path=root_path or None)
     typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
-    # Proxy headers are honoured so links are right behind the GKE load balancer.
-    # log_config=None: uvicorn logs through the handlers above (URLs redacted), not its own.
+    # X-Forwarded-For is believed from the proxies named only: anyone else could claim any address
+    # (and the per-address limit). log_config=None: uvicorn logs through the handlers above.
     uvicorn.run(
-        web, host=host, port=port, log_level="warning", log_config=None, proxy_headers=True, forwarded_allow_ips="*"
+        web, host=host, port=port, log_level="warning", log_config=None, proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

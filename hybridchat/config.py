@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     concurrency: int = Field(
         default=64, ge=1, description="chats the app serves at once (Gradio's queue); bench/ measures it"
     )
+    turns_per_minute: int = Field(
+        default=20, ge=0, description="most turns one visitor may send in a minute (0: no limit)"
+    )
+    streams_per_client: int = Field(
+        default=32, ge=0, description="most replies streaming at once to one client address, however many "
+        "visitors it claims to be (0: no limit); a classroom behind one NAT shares one"
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1", description="proxies whose X-Forwarded-For names the client (comma-separated, or *); "
+        "the GKE LoadBalancer Service passes the client's own address, so none by default"
+    )
     stream: bool = Field(default=True, description="stream replies token by token (false: one blocking call)")
     stream_interval: float = Field(
         default=0.2, ge=0, description="least seconds between two streamed updates of the chat; "

@@ -330,3 +330,37 @@ def test_bad_values_from_a_client_get_a_clear_message_not_an_exception(tmp_path)
     assert odd_browser.ok and odd_browser.browser["visitor"], "a new visitor instead of an exception"
     shown = json.dumps(nan.outputs + nan.warnings + odd_browser.outputs + odd_browser.warnings)
     assert "validation error" not in shown and "dictionary update" not in shown
+
+
+def test_no_visitor_and_no_network_can_take_the_app_for_itself(tmp_path):
+    pace = Pace(ttft=0.0, tokens=100, gap=0.02)  # 2 s a reply
+    env = {"HYBRIDCHAT_TURNS_PER_MINUTE": "3", "HYBRIDCHAT_STREAMS_PER_CLIENT": "4"}
+    with paced_server(pace) as (vllm, _), app_server(vllm, f"sqlite:///{tmp_path}/h.db", concurrency=8, env=env) as (url, _):
+
+        async def scenario() -> dict[str, Any]:
+            # The app believes X-Forwarded-For from 127.0.0.1 only (HYBRIDCHAT_FORWARDED_ALLOW_IPS): two networks here.
+            async with httpx.AsyncClient(timeout=60, headers={"X-Forwarded-For": "203.0.113.66"}) as attacker_http, \
+                    httpx.AsyncClient(timeout=60, headers={"X-Forwarded-For": "198.51.100.7"}) as visitor_http:
+                attacker, me = QueueClient(url, attacker_http), QueueClient(url, visitor_http)
+                flood = [asyncio.create_task(attacker.turn("spend their quota", visitor(), max_tokens=100)) for _ in range(12)]
+                await asyncio.sleep(0.5)
+                mine = await me.turn("hello", visitor(), max_tokens=100)
+                flooded = await asyncio.gather(*flood)
+                # Two tabs of one visitor: the second waits for the first.
+                first_tab = asyncio.create_task(me.turn("a long one", mine.browser, max_tokens=100))
+                await asyncio.sleep(0.5)
+                second_tab = await me.turn("and this", mine.browser, max_tokens=4)
+                await first_tab
+                third = await me.turn("once more", mine.browser, max_tokens=4)  # the refused one did not count
+                fourth = await me.turn("and again", third.browser, max_tokens=4)
+                return {"flooded": flooded, "mine": mine, "second_tab": second_tab, "third": third, "fourth": fourth}
+
+        seen = asyncio.run(scenario())
+    refused = [r for r in seen["flooded"] if any("streaming to your network already" in w for w in r.warnings)]
+    answered = [r for r in seen["flooded"] if r.last_reply.startswith("tok0")]
+    assert (len(answered), len(refused)) == (4, 8), [r.warnings for r in seen["flooded"]]
+    assert seen["mine"].last_reply.startswith("tok0") and seen["mine"].total_s < 1.5 * pace.total, "not queued behind them"
+    assert any("still coming in another tab" in w for w in seen["second_tab"].warnings), seen["second_tab"].warnings
+    assert seen["second_tab"].outputs[1] == "and this", "the refused message stays in the box"
+    assert seen["third"].last_reply.startswith("tok0")
+    assert any("3 messages in a minute" in w for w in seen["fourth"].warnings), seen["fourth"].warnings

@@ -200,6 +200,13 @@ def test_the_app_signs_visitor_ids_with_the_secret_notebook_05_creates():
     assert made[0].secrets[0] not in str(made[0]), "never shown"
 
 
+def test_the_app_sees_each_visitors_own_address():
+    service = manifest("Service", "gradio-chat-service")["spec"]
+    assert service["type"] == "LoadBalancer" and service["externalTrafficPolicy"] == "Local", "no node's address instead"
+    config = manifest("ConfigMap", "gradio-chat-config")["data"]
+    assert config.get("HYBRIDCHAT_FORWARDED_ALLOW_IPS", "127.0.0.1") != "*", "no proxy in front: X-Forwarded-For is not believed"
+
+
 def test_the_app_runs_locked_down():
     pod = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]
     container = pod["containers"][0]
