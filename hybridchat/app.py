@@ -25,6 +25,7 @@ from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
 from hybridchat.guard import Guard
 from hybridchat.limits import Limits
+from hybridchat.login import Logins
 from hybridchat.sanitize import safe_markdown
 from hybridchat.store import HistoryStore, Turn, open_store
 from hybridchat.visitors import VisitorIds, session_secret
@@ -291,7 +292,8 @@ def create_app(
     # gr.Warning, worded for visitors, still show); the traceback goes to the log.
     # run_history=False: Gradio would keep every message and reply in the browser's storage.
     app = gr.mount_gradio_app(
-        app, demo, path="/", auth=auth or None, root_path=root_path, css=_CSS, show_error=False, run_history=False
+        app, demo, path="/", auth=Logins(auth) if auth else None, root_path=root_path, css=_CSS,
+        show_error=False, run_history=False,
     )
     app.add_middleware(Guard, max_body_bytes=settings.max_request_bytes)
     return app

@@ -49,15 +49,26 @@ def _row(*cells: object) -> list:  # type: ignore[type-arg]
     return [Text(terminal_safe(str(cell))) for cell in cells]
 
 
-def _credentials(auth: list[str], auth_file: Path | None) -> list[tuple[str, str]]:
+def _credentials(auth: list[str], auth_file: Path | None, settings: Settings) -> list[tuple[str, str]]:
+    """Login accounts from ``--auth``, ``--auth-file`` and ``HYBRIDCHAT_AUTH`` (user:password lines)."""
+    if auth:
+        typer.echo(
+            "warning: --auth puts the password in the process list, where every local user can read it; "
+            "use --auth-file or HYBRIDCHAT_AUTH instead.",
+            err=True,
+        )
     entries = list(auth)
     if auth_file is not None:
-        entries += [line.strip() for line in auth_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        entries += auth_file.read_text().splitlines()
+    if settings.auth is not None:
+        entries += settings.auth.get_secret_value().splitlines()
     pairs = []
-    for entry in entries:
+    for entry in (line.strip() for line in entries):
+        if not entry or entry.startswith("#"):
+            continue
         user, sep, password = entry.partition(":")
         if not sep or not user or not password:
-            raise typer.BadParameter("login entries are user:password", param_hint="--auth")
+            raise typer.BadParameter("login entries are user:password", param_hint="--auth-file")
         pairs.append((user, password))
     return pairs
 
@@ -95,8 +106,12 @@ def serve_local(
 def run_app(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a container.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
-    auth: Annotated[list[str], typer.Option(help="Require login: user:password (repeatable).")] = [],  # noqa: B006
-    auth_file: Annotated[Path | None, typer.Option(help="File of user:password lines.", exists=True)] = None,
+    auth: Annotated[
+        list[str], typer.Option(help="Require login: user:password (repeatable; shows in the process list).")
+    ] = [],  # noqa: B006
+    auth_file: Annotated[
+        Path | None, typer.Option(help="Require login: a file of user:password lines (or HYBRIDCHAT_AUTH).", exists=True)
+    ] = None,
     root_path: Annotated[str, typer.Option(help="Path prefix when served behind a proxy.")] = "",
 ) -> None:
     """Run the chat app (Gradio UI, /healthz for probes)."""
@@ -106,7 +121,7 @@ def run_app(
 
     settings = Settings()
     _logging(settings)
-    web = create_app(settings, auth=_credentials(auth, auth_file), root_path=root_path or None)
+    web = create_app(settings, auth=_credentials(auth, auth_file, settings), root_path=root_path or None)
     typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
     # X-Forwarded-For is believed from the proxies named only: anyone else could claim any address
     # (and the per-address limit). log_config=None: uvicorn logs through the handlers above.

@@ -17,13 +17,14 @@ The variable names are a contract with the Kubernetes manifests and the notebook
 ``GOOGLE_API_KEY``         Gemini API-key mode instead of Vertex AI
 ``HYBRIDCHAT_GEMINI_URL``  base URL override for the Gemini API (a local stand-in)
 ``HYBRIDCHAT_STORE_URL``   ``sqlite:///path`` or ``firestore://chat-app-db``
+``HYBRIDCHAT_AUTH``        require login: ``user:password`` lines (or ``hybridchat app --auth-file``)
 ``HYBRIDCHAT_SESSION_SECRET`` signs visitors' ids; required in gcp mode (the
                            ``gradio-chat-session`` Secret); locally made once into
                            ``HYBRIDCHAT_SECRET_FILE`` (``~/.hybridchat/session_secret``)
 ``HYBRIDCHAT_LOG_LEVEL``   ``DEBUG`` … ``ERROR``
 =========================  ==================================================================
 
-Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``) are ``SecretStr``: they print as ``**********``.
+Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are ``SecretStr``: they print as ``**********``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
         default=0.2, ge=0, description="least seconds between two streamed updates of the chat; "
         "Gradio re-sends the whole chat on each: 0.2 s lets one app stream 64 chats at ~65% of "
         "what the model allows, 0.1 s at ~47% (bench/)"
+    )
+    auth: SecretStr | None = Field(
+        default=None, description="require login: user:password lines (as --auth-file, kept out of argv)"
     )
     session_secret: SecretStr | None = Field(
         default=None,

@@ -10,8 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +22,11 @@ from playwright.sync_api import sync_playwright
 from test_reliability import chat
 
 from bench.queue_client import QueueClient
-from bench.run import Pace, app_server, paced_server
+from bench.run import Pace, app_server, paced_server, serving
 from hybridchat.app import create_app, to_messages
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.config import Settings
-from hybridchat.lab.local import BackgroundServer
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.sanitize import safe_markdown
 from hybridchat.store import Turn, open_store
 from hybridchat.visitors import VisitorIds, session_secret
@@ -364,3 +366,27 @@ def test_no_visitor_and_no_network_can_take_the_app_for_itself(tmp_path):
     assert seen["second_tab"].outputs[1] == "and this", "the refused message stays in the box"
     assert seen["third"].last_reply.startswith("tok0")
     assert any("3 messages in a minute" in w for w in seen["fourth"].warnings), seen["fourth"].warnings
+
+
+def test_guessing_a_login_password_is_slowed_down_and_the_password_is_not_in_argv(tmp_path):
+    password = "correct-horse-FAKE"
+    port = free_port()
+    env = {"HYBRIDCHAT_AUTH": f"alice:{password}\nbob:other-FAKE", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"}
+    argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
+    with serving(argv, f"http://127.0.0.1:{port}/healthz", env) as app:
+        assert password not in Path(f"/proc/{app.pid}/cmdline").read_text(), "no password in the process list"
+
+        def login(user: str, word: str) -> bool:
+            return httpx.post(f"http://127.0.0.1:{port}/login", data={"username": user, "password": word}).status_code == 200
+
+        assert login("bob", "other-FAKE") and not login("alice", "wrong")
+        guesses = [login("alice", f"guess {n}") for n in range(4)]  # 5 failures: refused for 4 s now
+        assert not any(guesses)
+        assert not login("alice", password), "while slowed down even the right password is not checked"
+        assert login("bob", "other-FAKE"), "other users are not held up"
+        time.sleep(4.2)
+        assert login("alice", password), "after the wait, the right password works"
+        assert not login("alice", "wrong") and not login("alice", "wrong again"), "the count started again"
+    warned = subprocess.run([sys.executable, "-m", "hybridchat.cli", "app", "--auth", "a:b", "--port", "-1"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert "--auth puts the password in the process list" in warned.stderr

@@ -69,7 +69,8 @@ def test_secrets_and_prompts_never_reach_the_logs_or_the_chat(tmp_path):
         "HYBRIDCHAT_RETRY_ATTEMPTS": "1", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db",
     }
     log = tmp_path / "app.log"
-    argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port), "--auth", f"alice:{password}"]
+    env["HYBRIDCHAT_AUTH"] = f"alice:{password}"
+    argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
     with log.open("wb") as sink, serving(argv, f"http://127.0.0.1:{port}/healthz", env, sink):
         shown = []
         with closing(Client(f"http://127.0.0.1:{port}", auth=("alice", password), verbose=False)) as client:
