@@ -115,20 +115,14 @@ def run_app(
     root_path: Annotated[str, typer.Option(help="Path prefix when served behind a proxy.")] = "",
 ) -> None:
     """Run the chat app (Gradio UI, /healthz for probes)."""
-    import uvicorn
-
     from hybridchat.app import create_app
+    from hybridchat.server import serve
 
     settings = Settings()
     _logging(settings)
     web = create_app(settings, auth=_credentials(auth, auth_file, settings), root_path=root_path or None)
     typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
-    # X-Forwarded-For is believed from the proxies named only: anyone else could claim any address
-    # (and the per-address limit). log_config=None: uvicorn logs through the handlers above.
-    uvicorn.run(
-        web, host=host, port=port, log_level="warning", log_config=None, proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-    )
+    serve(web, host, port, settings)
 
 
 @app.command("up")

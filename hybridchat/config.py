@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         default=32, ge=0, description="most replies streaming at once to one client address, however many "
         "visitors it claims to be (0: no limit); a classroom behind one NAT shares one"
     )
+    request_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a request may take to arrive whole (a reply may stream for longer)"
+    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1", description="proxies whose X-Forwarded-For names the client (comma-separated, or *); "
         "the GKE LoadBalancer Service passes the client's own address, so none by default"

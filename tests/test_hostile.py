@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -390,3 +391,33 @@ def test_guessing_a_login_password_is_slowed_down_and_the_password_is_not_in_arg
     warned = subprocess.run([sys.executable, "-m", "hybridchat.cli", "app", "--auth", "a:b", "--port", "-1"],
                             capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     assert "--auth puts the password in the process list" in warned.stderr
+
+
+def test_half_sent_requests_are_cut_off_and_leave_room_for_everyone_else(tmp_path):
+    port = free_port()
+    env = {"HYBRIDCHAT_REQUEST_TIMEOUT": "2", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"}
+    # As in a container whose soft file limit is low: the app raises it to the hard one.
+    argv = ["prlimit", "--nofile=256:4096", sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
+    with serving(argv, f"http://127.0.0.1:{port}/healthz", env):
+        half_sent = []
+        for _ in range(400):  # more than the soft limit
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line that ends it
+            half_sent.append(sock)
+        trickle = socket.create_connection(("127.0.0.1", port))
+        started = time.monotonic()
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200, "still answering"
+        closed_at = None
+        for n in range(12):  # a byte every half second: more bytes do not push the deadline back
+            try:
+                trickle.sendall(b"GET /healthz HTTP/1.1\r\n"[n : n + 1])
+            except OSError:
+                closed_at = time.monotonic() - started
+                break
+            time.sleep(0.5)
+        for sock in half_sent:
+            sock.settimeout(5)
+            assert sock.recv(1024) == b"", "closed by the server once its deadline passed"
+            sock.close()
+        trickle.close()
+    assert closed_at is not None and closed_at < 4.5, closed_at
