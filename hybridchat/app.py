@@ -33,6 +33,7 @@ from hybridchat.visitors import VisitorIds, session_secret
 log = logging.getLogger(__name__)
 
 _CSS = "footer {display: none !important}"
+SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older chats" is pressed
 
 
 def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
@@ -86,16 +87,18 @@ def build_ui(
             visitor = visitor_ids.verify(browser["visitor"])
         return f"visitor:{visitor}", browser
 
-    def sidebar(owner: str, selected: str | None) -> gr.Radio:
-        """The sidebar's entries, (title · date, session id) newest first; left as it is
-        while the store cannot list them (the turn or page load has said why)."""
+    def sidebar(owner: str, selected: str | None, shown: int) -> tuple[gr.Radio, gr.Button]:
+        """The sidebar's newest ``shown`` entries, (title · date, session id), and the button
+        that shows older ones, if there are; left as they are while the store cannot list them
+        (the turn or page load has said why)."""
         try:
-            sessions = service.store.list_sessions(owner)
+            sessions = service.store.list_sessions(owner, limit=shown + 1)
         except HybridChatError as exc:
             log.debug("sessions not listed: %s", exc)
-            return gr.skip()
-        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id) for s in sessions]
-        return gr.Radio(choices=choices, value=selected)
+            return gr.skip(), gr.skip()
+        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id)
+                   for s in sessions[:shown]]
+        return gr.Radio(choices=choices, value=selected), gr.Button(visible=len(sessions) > shown)
 
     def resume(owner: str, browser: dict[str, Any]) -> Conversation:
         """The session this browser was in, if it is still there and its own; ``StoreError``
@@ -107,7 +110,7 @@ def build_ui(
                 browser["session"] = None
         return Conversation(owner)
 
-    def start(browser: dict[str, Any] | None, request: gr.Request):  # type: ignore[no-untyped-def]
+    def start(browser: dict[str, Any] | None, shown: int, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
         models = model_choices(service.backends)
         choices = gr.Dropdown(choices=models, value=models[0][1])
@@ -115,10 +118,10 @@ def build_ui(
             conversation = resume(owner, browser)
         except StoreError as exc:
             gr.Warning(f"Your chat cannot be loaded right now: {exc}")
-            return browser, None, [], gr.skip(), choices
-        return browser, conversation, to_messages(conversation.turns), sidebar(owner, conversation.session_id), choices
+            return browser, None, [], gr.skip(), gr.skip(), choices
+        return browser, conversation, to_messages(conversation.turns), *sidebar(owner, conversation.session_id, shown), choices
 
-    def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+    def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
         if conversation is None or conversation.owner != owner:
             try:
@@ -162,16 +165,16 @@ def build_ui(
                     "",
                     conversation,
                     browser,
-                    sidebar(owner, conversation.session_id),
+                    sidebar(owner, conversation.session_id, shown)[0],
                 )
 
-    def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+    def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
         """Ask again for the last reply (the earlier attempt stays in the saved history)."""
         if conversation is None or not conversation.turns:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         last = conversation.turns.pop()
-        yield from chat(last.user, conversation, model, temperature, top_p, max_tokens, persona, browser, request)
+        yield from chat(last.user, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request)
 
     def open_session(session_id, browser, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
@@ -190,7 +193,7 @@ def build_ui(
         browser["session"] = None
         return Conversation(owner), [], browser, gr.Radio(value=None)
 
-    def delete_chat(conversation, browser, request: gr.Request):  # type: ignore[no-untyped-def]
+    def delete_chat(conversation, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
         if conversation is not None and conversation.session_id:
             try:
@@ -198,16 +201,23 @@ def build_ui(
             except HybridChatError as exc:
                 gr.Warning(str(exc))
         browser["session"] = None
-        return Conversation(owner), [], browser, sidebar(owner, None)
+        return Conversation(owner), [], browser, *sidebar(owner, None, shown)
+
+    def show_older(conversation, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
+        owner, browser = owner_of(browser, request)
+        shown += SIDEBAR_PAGE
+        return shown, *sidebar(owner, conversation.session_id if conversation else None, shown)
 
     with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as demo:
         browser = gr.BrowserState(
             {"visitor": None, "session": None}, storage_key="hybridchat", secret=visitor_ids.browser_storage_key()
         )
         conversation = gr.State(None)
+        shown = gr.State(SIDEBAR_PAGE)  # how many chats the sidebar lists
         with gr.Sidebar(label="Chats"):
             new_button = gr.Button("New chat", variant="primary")
             sessions = gr.Radio(label="Your chats", choices=[], elem_id="sessions")
+            older_button = gr.Button("Older chats", size="sm", visible=False, elem_id="older")
             delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
         gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
         labels = [(backend.label, name) for name, backend in service.backends.items()]
@@ -223,8 +233,11 @@ def build_ui(
             max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
             persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
 
-        demo.load(start, [browser], [browser, conversation, chatbot, sessions, model], api_visibility="private")
-        inputs = [box, conversation, model, temperature, top_p, max_tokens, persona, browser]
+        demo.load(
+            start, [browser, shown], [browser, conversation, chatbot, sessions, older_button, model],
+            api_visibility="private",
+        )
+        inputs = [box, conversation, model, temperature, top_p, max_tokens, persona, browser, shown]
         outputs = [chatbot, box, conversation, browser, sessions]
         sent = [
             box.submit(chat, inputs, outputs, api_name="chat"),
@@ -237,8 +250,11 @@ def build_ui(
             starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_visibility="private")
         # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
         delete_button.click(
-            delete_chat, [conversation, browser], [conversation, chatbot, browser, sessions],
+            delete_chat, [conversation, browser, shown], [conversation, chatbot, browser, sessions, older_button],
             cancels=sent, api_visibility="private",
+        )
+        older_button.click(
+            show_older, [conversation, browser, shown], [shown, sessions, older_button], api_visibility="private"
         )
     return demo
 

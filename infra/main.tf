@@ -84,6 +84,23 @@ resource "google_firestore_document" "initialize" {
   fields      = jsonencode({ created_by = { stringValue = "terraform" } })
 }
 
+# The app's sidebar reads a visitor's newest chats (owner ==, ordered by updated, newest first):
+# without this index Firestore refuses that query, and the app would read all of them.
+resource "google_firestore_index" "sessions_by_owner" {
+  project    = var.project_id
+  database   = google_firestore_database.chat.name
+  collection = "chat_sessions"
+
+  fields {
+    field_path = "owner"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated"
+    order      = "DESCENDING"
+  }
+}
+
 resource "google_artifact_registry_repository" "chat_app" {
   # checkov:skip=CKV_GCP_84:Google-managed encryption is enough for workshop images; CSEK keys would be one more thing to lose.
   project       = var.project_id

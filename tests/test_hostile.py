@@ -61,9 +61,9 @@ def test_deleting_a_chat_while_its_reply_streams_breaks_nobody_elses(tmp_path):
                     # "Delete this chat" in a second tab of the same chat: nothing stops the reply.
                     other_tab = uuid.uuid4().hex[:12]
                     chat_id = first.browser["session"]
-                    await client.call("start", [first.browser], session_hash=other_tab)  # the page loads
+                    await client.call("start", [first.browser, None], session_hash=other_tab)  # the page loads
                     await client.call("open_session", [chat_id, first.browser], session_hash=other_tab)
-                    await client.call("delete_chat", [None, first.browser], session_hash=other_tab)
+                    await client.call("delete_chat", [None, first.browser, None], session_hash=other_tab)
                     late_reply = await late
                     again = await client.turn("Bob again", bob.browser, max_tokens=4)
                     return first, late_reply, again
@@ -90,7 +90,7 @@ def test_a_password_in_a_model_url_is_shown_nowhere(tmp_path):
     async def visit(url: str) -> None:
         async with httpx.AsyncClient(timeout=60) as http:
             client = QueueClient(url, http)
-            page = await client.call("start", [None])  # the model selector says what is up
+            page = await client.call("start", [None, None])  # the model selector says what is up
             seen.append(json.dumps(page.outputs))
             for model in ("gemma", "gemini"):
                 reply = await client.turn("hello", page.outputs[0], model=model)
@@ -296,7 +296,7 @@ def test_the_persona_is_cleaned_capped_and_neutralised_as_messages_are(stand_in,
                 client = QueueClient(url, http)
 
                 async def say(message: str, persona: str):
-                    data = [message, None, "gemma", 0.5, 0.9, 4, persona, visitor()]
+                    data = [message, None, "gemma", 0.5, 0.9, 4, persona, visitor(), None]
                     return await client.call("chat", data)
 
                 before = httpx.get(f"{stand_in}/stand-in/requests").json()
@@ -323,8 +323,8 @@ def test_bad_values_from_a_client_get_a_clear_message_not_an_exception(tmp_path)
         async def turns() -> tuple:
             async with httpx.AsyncClient(timeout=60) as http:
                 client = QueueClient(url, http)
-                nan = await client.call("chat", ["hi", None, "gemma", float("nan"), 0.9, 8, "", visitor()])
-                odd_browser = await client.call("chat", ["hi", None, "gemma", 0.5, 0.9, 8, "", ["not", "a", "dict"]])
+                nan = await client.call("chat", ["hi", None, "gemma", float("nan"), 0.9, 8, "", visitor(), None])
+                odd_browser = await client.call("chat", ["hi", None, "gemma", 0.5, 0.9, 8, "", ["not", "a", "dict"], None])
                 return nan, odd_browser
 
         nan, odd_browser = asyncio.run(turns())
@@ -421,3 +421,33 @@ def test_half_sent_requests_are_cut_off_and_leave_room_for_everyone_else(tmp_pat
             sock.close()
         trickle.close()
     assert closed_at is not None and closed_at < 4.5, closed_at
+
+
+def test_a_visitor_with_many_chats_gets_the_newest_50_and_older_ones_on_demand(tmp_path):
+    secret = "sidebar-secret-FAKE-0123456789"
+    store_url = f"sqlite:///{tmp_path}/history.db"
+    store = open_store(store_url, resilient=False)
+    sessions = [store.create_session("visitor:hoarder") for _ in range(1000)]
+    for n, session in enumerate(sessions):
+        store.append(session, Turn(user=f"chat {n}", model="gemma", reply="ok"))
+    browser = {"visitor": VisitorIds(secret.encode()).token_for("hoarder"), "session": None}
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    settings = Settings(store_url=store_url, session_secret=secret)
+    with BackgroundServer(create_app(settings, backends=backends)) as url:
+
+        async def pages() -> list:
+            async with httpx.AsyncClient(timeout=60) as http:
+                client, tab = QueueClient(url, http), uuid.uuid4().hex[:12]
+                seen = [await client.call("start", [browser, None], session_hash=tab)]
+                for _ in range(2):
+                    seen.append(await client.call("show_older", [None, browser, None], session_hash=tab))
+                oldest_shown = seen[-1].outputs[1]["choices"][-1][1]
+                seen.append(await client.call("open_session", [oldest_shown, browser], session_hash=tab))
+                return seen
+
+        start, older, oldest, opened = asyncio.run(pages())
+    sidebar, more = start.outputs[3], start.outputs[4]
+    assert [c[1] for c in sidebar["choices"]] == sessions[:-51:-1] and more["visible"] is True, "the newest 50"
+    assert len(json.dumps(start.outputs)) < 20_000, "a page load does not carry every chat"
+    assert len(older.outputs[1]["choices"]) == 100 and len(oldest.outputs[1]["choices"]) == 150
+    assert opened.outputs[1][0]["content"][0]["text"] == "chat 850", "an older chat opens"

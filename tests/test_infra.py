@@ -30,6 +30,7 @@ from hybridchat.config import Settings
 from hybridchat.lab import gcp
 from hybridchat.lab.local import free_port
 from hybridchat.lab.terraform import parse
+from hybridchat.store import firestore
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA, DEPLOY = ROOT / "infra", ROOT / "deploy"
@@ -284,6 +285,12 @@ def test_the_firestore_database_is_the_one_the_app_uses():
     database = resource("google_firestore_database", "chat")["name"]
     assert urlsplit(Settings(mode="gcp").resolved_store_url).netloc == database
     assert urlsplit(manifest("ConfigMap", "gradio-chat-config")["data"]["HYBRIDCHAT_STORE_URL"]).netloc == database
+
+
+def test_the_firestore_index_is_the_one_the_sidebar_query_needs():
+    index = resource("google_firestore_index", "sessions_by_owner")
+    assert index["database"] == "${google_firestore_database.chat.name}" and index["collection"] == firestore.COLLECTION
+    assert tuple((f["field_path"], f["order"]) for f in index["fields"]) == firestore.SESSIONS_INDEX
 
 
 def test_ports_and_probes_are_what_the_app_serves(tmp_path):

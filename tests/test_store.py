@@ -358,3 +358,12 @@ def test_the_sqlite_history_is_readable_by_its_owner_only(tmp_path):
     older.chmod(0o644)
     SqliteStore(older).close()
     assert older.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_newest_sessions_only_when_a_limit_is_given(store):
+    made = [store.create_session("alice") for _ in range(5)]
+    for n, session in enumerate(made):
+        store.append(session, turn(n))
+    store.create_session("bob")
+    assert [s.session_id for s in store.list_sessions("alice", limit=2)] == made[:-3:-1]
+    assert len(store.list_sessions("alice")) == 5 and len(store.list_sessions(None, limit=3)) == 3

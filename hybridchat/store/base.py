@@ -8,7 +8,8 @@ store guarantees:
 * turns come back from ``load`` in append order, never overwritten or merged;
 * ``create_session`` with an explicit ``session_id`` is idempotent too, so a session made
   while the database was down can be created later under the id the user already has;
-* ``list_sessions`` returns a user's sessions (all, for ``None``), most recently updated first;
+* ``list_sessions`` returns a user's sessions (all, for ``None``), most recently updated first,
+  the newest ``limit`` of them when it is given;
 * a store that cannot be reached raises ``StoreUnavailable``; an unknown id raises
   ``SessionNotFound``.
 """
@@ -97,8 +98,9 @@ class HistoryStore(ABC):
         """The session's summary, with its owner."""
 
     @abstractmethod
-    def list_sessions(self, user_id: str | None) -> list[SessionSummary]:
-        """The user's sessions (everyone's for ``None``), most recently updated first."""
+    def list_sessions(self, user_id: str | None, limit: int | None = None) -> list[SessionSummary]:
+        """The user's sessions (everyone's for ``None``), most recently updated first; the
+        newest ``limit`` only, when given."""
 
     @abstractmethod
     def delete_session(self, session_id: str) -> None:

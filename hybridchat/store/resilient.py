@@ -132,10 +132,10 @@ class ResilientStore(HistoryStore):
         self._raise_if_down()
         return self.inner.get_session(session_id)
 
-    def list_sessions(self, user_id: str | None) -> list[SessionSummary]:
+    def list_sessions(self, user_id: str | None, limit: int | None = None) -> list[SessionSummary]:
         self._try_flush()
         self._raise_if_down()
-        return self.inner.list_sessions(user_id)
+        return self.inner.list_sessions(user_id, limit)
 
     def delete_session(self, session_id: str) -> None:
         # Under the session's writer lock: a write already under way ends first, none starts after.

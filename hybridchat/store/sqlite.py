@@ -108,11 +108,11 @@ class SqliteStore(HistoryStore):
             raise SessionNotFound(f"No session {session_id!r}.")
         return _summary(rows[0])
 
-    def list_sessions(self, user_id: str | None) -> list[SessionSummary]:
+    def list_sessions(self, user_id: str | None, limit: int | None = None) -> list[SessionSummary]:
         rows = self._read(
             "SELECT session_id, user_id, title, created_at, updated_at, turn_count FROM sessions "
-            "WHERE ? IS NULL OR user_id = ? ORDER BY updated_at DESC, created_at DESC",
-            (user_id, user_id),
+            "WHERE ? IS NULL OR user_id = ? ORDER BY updated_at DESC, created_at DESC LIMIT ?",
+            (user_id, user_id, -1 if limit is None else limit),
         )
         return [_summary(row) for row in rows]
 
