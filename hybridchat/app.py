@@ -174,6 +174,7 @@ def build_ui(
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         last = conversation.turns.pop()
+        conversation.retried.add(last.turn_id)
         yield from chat(last.user, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request)
 
     def open_session(session_id, browser, request: gr.Request):  # type: ignore[no-untyped-def]

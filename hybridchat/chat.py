@@ -58,11 +58,13 @@ def _refuse_over(text: str, max_bytes: int, what: str, fix: str) -> None:
 
 @dataclass
 class Conversation:
-    """What one browser tab is chatting in: its session (once saved) and its turns."""
+    """What one browser tab is chatting in: its session (once saved) and its turns;
+    ``retried``: turns asked again in this tab, kept out of its context."""
 
     owner: str
     session_id: str | None = None
     turns: list[Turn] = field(default_factory=list)
+    retried: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class ChatService:
         backend = self.backends.get(backend_name)
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
+        self.catch_up(conversation)
         previous = start = self._context_start(conversation, backend_name)
         draft = _Draft(text, backend_name, params)
         reply: Iterator[str] | None = None
@@ -149,6 +152,23 @@ class ChatService:
             if turn.model == backend_name and turn.context_start is not None and turn.status != "error":
                 return turn.context_start
         return 0
+
+    def catch_up(self, conversation: Conversation) -> None:
+        """Add the turns saved in this session elsewhere (another tab, another replica) since
+        this tab last looked, in the order they were saved: the model sees the whole chat.
+        One summary read per turn; the turns are read only when there are new ones."""
+        if conversation.session_id is None:
+            return
+        try:
+            stored = self.store.get_session(conversation.session_id).turn_count
+            if stored == len(conversation.turns) + len(conversation.retried):
+                return
+            saved = self.store.load(conversation.session_id)
+        except StoreError:
+            return  # the database cannot say now: go on with what this tab has
+        saved_ids = {turn.turn_id for turn in saved}
+        unsaved = [turn for turn in conversation.turns if turn.turn_id not in saved_ids]
+        conversation.turns = [turn for turn in saved if turn.turn_id not in conversation.retried] + unsaved
 
     def open(self, owner: str, session_id: str) -> Conversation:
         """A saved session of ``owner``'s; ``SessionNotFound`` for anyone else's."""

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from playwright.sync_api import sync_playwright
 from test_reliability import chat
 
-from bench.queue_client import QueueClient
+from bench.queue_client import QueueClient, text_of
 from bench.run import Pace, app_server, paced_server, serving
 from hybridchat.app import create_app, to_messages
 from hybridchat.backends import VllmBackend, VllmClient
@@ -451,3 +451,26 @@ def test_a_visitor_with_many_chats_gets_the_newest_50_and_older_ones_on_demand(t
     assert len(json.dumps(start.outputs)) < 20_000, "a page load does not carry every chat"
     assert len(older.outputs[1]["choices"]) == 100 and len(oldest.outputs[1]["choices"]) == 150
     assert opened.outputs[1][0]["content"][0]["text"] == "chat 850", "an older chat opens"
+
+
+def test_two_tabs_of_one_chat_each_send_the_whole_chat_to_the_model(stand_in, tmp_path):
+    backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
+    with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
+
+        async def tabs():
+            async with httpx.AsyncClient(timeout=60) as http:
+                client, tab_a, tab_b = QueueClient(url, http), uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+                first = await client.turn("first", visitor(), max_tokens=4, session_hash=tab_a)
+                await client.call("start", [first.browser, None], session_hash=tab_b)  # the chat open in a second tab
+                await client.turn("the password is swordfish", first.browser, max_tokens=4, session_hash=tab_a)
+                after = httpx.get(f"{stand_in}/stand-in/requests").json()[-1]["id"]
+                in_b = await client.turn("what is the password?", first.browser, max_tokens=4, session_hash=tab_b)
+                sent = httpx.get(f"{stand_in}/stand-in/requests", params={"after": after}).json()
+                return in_b, sent
+
+        in_b, sent = asyncio.run(tabs())
+    (request,) = sent
+    assert [m["content"] for m in request["messages"] if m["role"] == "user"] == [
+        "first", "the password is swordfish", "what is the password?"], "tab B's model saw tab A's turn"
+    shown = [text_of(m) for m in in_b.messages if m["role"] == "user"]
+    assert shown == ["first", "the password is swordfish", "what is the password?"], "and tab B shows it"
