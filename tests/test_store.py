@@ -6,6 +6,8 @@ import datetime
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from conftest import EMULATOR_PROJECT
@@ -28,6 +30,18 @@ def store(request, tmp_path) -> HistoryStore:
         opened = open_store(f"firestore://chat-app-db?project={EMULATOR_PROJECT}", resilient=False)
     yield opened
     opened.close()
+
+
+@contextmanager
+def locked(path) -> Iterator[None]:
+    """Another connection holds the SQLite file's write lock meanwhile."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
 
 
 def turn(n: int, **fields) -> Turn:
@@ -210,15 +224,10 @@ def test_turns_kept_while_down_are_saved_in_the_background(tmp_path):
     path = tmp_path / "history.db"
     store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=0.2)
     session = store.create_session("alice")
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with locked(path):
         for n in (0, 1):
             with pytest.raises(StoreUnavailable):
                 store.append(session, turn(n))
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     deadline = time.monotonic() + 10
     while store.pending and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -244,14 +253,9 @@ def test_sqlite_locked_then_free_loses_no_turn(tmp_path):
     session = store.create_session("alice")
     store.append(session, turn(0))
 
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with locked(path):
         with pytest.raises(StoreUnavailable, match="1 turn\\(s\\) are kept"):
             store.append(session, turn(1))
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
 
     store.append(session, turn(2))
     assert [t.user for t in SqliteStore(path).load(session)] == ["question 0", "question 1", "question 2"]
@@ -307,15 +311,10 @@ def test_turns_waiting_for_a_session_deleted_elsewhere_are_dropped_not_kept_for_
     path = tmp_path / "history.db"
     store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=3600)
     alice, bob = store.create_session("alice"), store.create_session("bob")
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with locked(path):
         for session in (alice, bob):
             with pytest.raises(StoreUnavailable):
                 store.append(session, turn(0))
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     SqliteStore(path).delete_session(alice)  # by another replica, or `hybridchat sessions`
     store.flush()
     assert store.pending == 0
@@ -329,16 +328,11 @@ def test_a_delete_while_the_store_is_down_keeps_the_waiting_turns(tmp_path):
     path = tmp_path / "history.db"
     store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=3600)
     alice = store.create_session("alice")
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with locked(path):
         with pytest.raises(StoreUnavailable):
             store.append(alice, turn(0))
         with pytest.raises(StoreUnavailable):
             store.delete_session(alice)
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     store.flush()
     assert [t.user for t in SqliteStore(path).load(alice)] == ["question 0"]
     store.close()
