@@ -34,18 +34,21 @@ class Limits:
         self._streaming: set[str] = set()  # visitors with a reply streaming
         self._per_client: Counter[str] = Counter()
         self._turns: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._swept_at = clock()
 
     @contextmanager
     def turn(self, visitor: str, client: str | None) -> Iterator[None]:
         """Hold a visitor's (and their address's) slot while a reply streams; ``InputRefused``
         when over a limit."""
         with self._lock:
-            self._refuse_if_over(visitor, client)
+            now = self._clock()
+            self._refuse_if_over(visitor, client, now)
             self._streaming.add(visitor)
             if client:
                 self._per_client[client] += 1
             if self.turns_per_minute:
-                self._turns[visitor].append(self._clock())
+                self._turns[visitor].append(now)
+                self._forget_idle(now)
         try:
             yield
         finally:
@@ -56,12 +59,11 @@ class Limits:
                     if self._per_client[client] <= 0:
                         del self._per_client[client]
 
-    def _refuse_if_over(self, visitor: str, client: str | None) -> None:
+    def _refuse_if_over(self, visitor: str, client: str | None, now: float) -> None:
         if visitor in self._streaming:
             raise InputRefused("A reply is still coming in another tab of yours: wait for it, or press Stop there.")
         if self.turns_per_minute:
             recent = self._turns[visitor]
-            now = self._clock()
             while recent and now - recent[0] >= _WINDOW:
                 recent.popleft()
             if len(recent) >= self.turns_per_minute:
@@ -70,10 +72,16 @@ class Limits:
                     f"That is {self.turns_per_minute} messages in a minute, the most this app takes: "
                     f"send this one in {wait:.0f} s."
                 )
-            if not recent:
-                del self._turns[visitor]
         if client and self.streams_per_client and self._per_client[client] >= self.streams_per_client:
             raise InputRefused(
                 f"{self.streams_per_client} replies are streaming to your network already, the most at once: "
                 "try again in a moment."
             )
+
+    def _forget_idle(self, now: float) -> None:
+        """Once a minute, drop the visitors with no turn in the last minute: the app meets many."""
+        if now - self._swept_at < _WINDOW:
+            return
+        self._swept_at = now
+        for visitor in [v for v, turns in self._turns.items() if not turns or now - turns[-1] >= _WINDOW]:
+            del self._turns[visitor]
