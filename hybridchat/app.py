@@ -83,8 +83,8 @@ def build_ui(
             return f"user:{request.username}", browser
         visitor = visitor_ids.verify(browser.get("visitor"))
         if visitor is None:  # a new browser, or an id this server did not issue
-            browser = {"visitor": visitor_ids.issue(), "session": None}
-            visitor = visitor_ids.verify(browser["visitor"])
+            visitor = visitor_ids.new_id()
+            browser = {"visitor": visitor_ids.token_for(visitor), "session": None}
         return f"visitor:{visitor}", browser
 
     def sidebar(owner: str, selected: str | None, shown: int) -> tuple[gr.Radio, gr.Button]:

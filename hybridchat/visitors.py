@@ -41,9 +41,10 @@ class VisitorIds:
     def __init__(self, secret: bytes):
         self._key = hashlib.sha256(b"hybridchat visitor id\0" + secret).digest()
 
-    def issue(self) -> str:
-        """A token for a new visitor."""
-        return self.token_for(secrets.token_hex(16))
+    @staticmethod
+    def new_id() -> str:
+        """A new visitor's id (random; its token is ``token_for(id)``)."""
+        return secrets.token_hex(16)
 
     def token_for(self, visitor_id: str) -> str:
         """The token a browser keeps for ``visitor_id``."""

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from playwright.sync_api import sync_playwright
-from test_reliability import chat
+from test_reliability import chat, visitor
 
 from bench.queue_client import QueueClient, text_of
 from bench.run import Pace, app_server, paced_server, serving
@@ -34,10 +34,6 @@ from hybridchat.visitors import VisitorIds, session_secret
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-def visitor() -> dict[str, Any]:
-    return {"visitor": None, "session": None}
 
 
 def test_deleting_a_chat_while_its_reply_streams_breaks_nobody_elses(tmp_path):
