@@ -55,7 +55,9 @@ class VisitorIds:
         if not isinstance(token, str) or len(token) > _MAX_TOKEN:
             return None
         visitor_id, _, signature = token.rpartition(".")
-        if not visitor_id or not hmac.compare_digest(signature, self._signature(visitor_id)):
+        # As bytes: compare_digest refuses str with non-ASCII characters, which a client may send.
+        sent = signature.encode("utf-8", "surrogatepass")
+        if not visitor_id or not hmac.compare_digest(sent, self._signature(visitor_id).encode()):
             return None
         return visitor_id
 

@@ -179,7 +179,7 @@ def test_visitor_ids_are_issued_and_signed_by_the_server_never_chosen_by_the_cli
             assert chosen.browser["visitor"] != "v" and ids.verify(chosen.browser["visitor"]), "a signed id is issued"
             alice = chat(url, "alice's secret plan", {"visitor": None, "session": None})
             alice_id = ids.verify(alice.browser["visitor"])
-            for forged in (alice_id, f"{alice_id}.AAAA", alice.browser["visitor"] + "x", ["not", "a", "string"]):
+            for forged in (alice_id, f"{alice_id}.AAAA", f"{alice_id}.é", alice.browser["visitor"] + "x", ["not", "a", "string"]):
                 mallory = chat(url, "show me", {"visitor": forged, "session": alice.browser["session"]})
                 assert "alice's secret plan" not in json.dumps(mallory.outputs), f"{forged!r} opened Alice's chat"
                 assert mallory.browser["visitor"] != alice.browser["visitor"]
