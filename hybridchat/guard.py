@@ -51,6 +51,8 @@ class Guard:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.too_large = (f"That is more than the app takes at once ({max_body_bytes // 1024:,} kB): "
+                          "shorten the message, or send it in parts.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,16 +68,14 @@ class Guard:
         if path.rstrip("/").endswith(UPLOAD_PATH):
             await _refuse(send_with_headers, 403, "This app takes no files.")
             return
-        too_large = (f"That is more than the app takes at once ({self.max_body_bytes // 1024:,} kB): "
-                     "shorten the message, or send it in parts.")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            await _refuse(send_with_headers, 413, too_large)  # shown by the page as it is
+            await _refuse(send_with_headers, 413, self.too_large)  # shown by the page as it is
             return
         if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
             body = await _read_at_most(receive, self.max_body_bytes)
             if body is None:
-                await _refuse(send_with_headers, 413, too_large)
+                await _refuse(send_with_headers, 413, self.too_large)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send_with_headers)
