@@ -152,7 +152,6 @@ def doctor() -> None:
 
     from hybridchat.backends import build_backends
     from hybridchat.errors import HybridChatError
-    from hybridchat.redact import redact_url
     from hybridchat.store import open_store
 
     settings = Settings()
@@ -164,9 +163,9 @@ def doctor() -> None:
         health = backend.health()
         healthy &= health.ok
         table.add_row(*_row("model", backend.label, "ok" if health.ok else "unavailable", health.detail))
-    url = redact_url(settings.resolved_store_url)
+    url = settings.resolved_store_url  # shown redacted, as every cell is (_row)
     try:
-        count = len(open_store(settings.resolved_store_url, resilient=False).list_sessions(None))
+        count = len(open_store(url, resilient=False).list_sessions(None))
         table.add_row(*_row("store", url, "ok", f"{count} session(s)"))
     except (HybridChatError, ValueError) as exc:
         healthy = False
