@@ -51,7 +51,8 @@ def text_of(message: dict[str, Any]) -> str:
 class QueueClient:
     def __init__(self, base: str, http: httpx.AsyncClient):
         self.base, self.http = base, http
-        config = httpx.get(f"{base}/config").json()
+        # With the client's headers and cookies: behind sign-in, /config is refused without them.
+        config = httpx.get(f"{base}/config", headers=http.headers, cookies=http.cookies).raise_for_status().json()
         self.fn_index = {d["api_name"]: d["id"] for d in config["dependencies"]}
 
     async def turn(

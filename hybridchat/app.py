@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` returns a FastAPI app (Gradio mounted at ``/``, ``/healthz`` for
 Kubernetes probes); ``hybridchat app`` serves it. Visitors are told apart by an id the server
-issues and signs, kept in their browser (``gr.BrowserState``, ``hybridchat.visitors``), or by
-user name when login is on.
+issues and signs, kept in their browser (``gr.BrowserState``, ``hybridchat.visitors``), by
+user name when login is on, or, signed in with Google through IAP, by e-mail: the same person
+then has the same chats on every device (``hybridchat.iap``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
 from hybridchat.guard import Guard
+from hybridchat.iap import ASSERTION_HEADER, SIGN_OUT_PATH, IapVerifier, SignInRefused
 from hybridchat.limits import Limits
 from hybridchat.login import Logins
 from hybridchat.sanitize import safe_markdown
@@ -72,6 +74,7 @@ def build_ui(
     service: ChatService,
     *,
     auth_enabled: bool,
+    sign_in: IapVerifier | None = None,
     visitor_ids: VisitorIds,
     limits: Limits,
     stream: bool,
@@ -79,6 +82,13 @@ def build_ui(
 ) -> gr.Blocks:
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
         browser = dict(browser) if isinstance(browser, dict) else {}  # whatever the client sent
+        if sign_in is not None:
+            # Guard let only requests with a valid assertion in; read from it, never from the
+            # unsigned e-mail header.
+            try:
+                return sign_in.user(request.headers.get(ASSERTION_HEADER)).email, browser
+            except SignInRefused as exc:
+                raise gr.Error(str(exc)) from None
         if auth_enabled and request.username:
             return f"user:{request.username}", browser
         visitor = visitor_ids.verify(browser.get("visitor"))
@@ -114,12 +124,14 @@ def build_ui(
         owner, browser = owner_of(browser, request)
         models = model_choices(service.backends)
         choices = gr.Dropdown(choices=models, value=models[0][1])
+        who = (gr.Markdown(f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True)
+               if sign_in is not None else gr.skip())
         try:
             conversation = resume(owner, browser)
         except StoreError as exc:
             gr.Warning(f"Your chat cannot be loaded right now: {exc}")
-            return browser, None, [], gr.skip(), gr.skip(), choices
-        return browser, conversation, to_messages(conversation.turns), *sidebar(owner, conversation.session_id, shown), choices
+            return browser, None, [], gr.skip(), gr.skip(), choices, who
+        return browser, conversation, to_messages(conversation.turns), *sidebar(owner, conversation.session_id, shown), choices, who
 
     def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
@@ -136,7 +148,9 @@ def build_ui(
                 params = GenerationParams.checked(
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
                 )
-                held.enter_context(limits.turn(owner, request.client.host if request.client else None))
+                # A signed-in person is one person; behind the load balancer every address is its own.
+                client = owner if sign_in is not None else request.client.host if request.client else None
+                held.enter_context(limits.turn(owner, client))
                 progress = service.respond(conversation, message, model, params)
                 first = next(progress)
             except InputRefused as exc:
@@ -221,6 +235,7 @@ def build_ui(
             older_button = gr.Button("Older chats", size="sm", visible=False, elem_id="older")
             delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
         gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
+        signed_in = gr.Markdown(visible=False, elem_id="signed-in")
         labels = [(backend.label, name) for name, backend in service.backends.items()]
         model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
         chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
@@ -235,7 +250,7 @@ def build_ui(
             persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
 
         demo.load(
-            start, [browser, shown], [browser, conversation, chatbot, sessions, older_button, model],
+            start, [browser, shown], [browser, conversation, chatbot, sessions, older_button, model, signed_in],
             api_visibility="private",
         )
         inputs = [box, conversation, model, temperature, top_p, max_tokens, persona, browser, shown]
@@ -273,6 +288,14 @@ def create_app(
     ``backends`` and ``store`` replace the ones ``settings`` describe."""
     settings = settings or Settings()
     visitor_ids = VisitorIds(session_secret(settings))  # first: a missing secret stops it early
+    sign_in = None
+    if settings.identity == "iap":
+        if auth:
+            raise HybridChatError(
+                "Both a password list (HYBRIDCHAT_AUTH or --auth-file) and sign-in through IAP "
+                "(HYBRIDCHAT_IDENTITY=iap) are set: they are two ways to say who a visitor is, choose one."
+            )
+        sign_in = IapVerifier(settings.iap_audience, settings.iap_keys_url)
     owned_store = None if store else open_store(settings.resolved_store_url)
     service = ChatService(
         backends or build_backends(settings),
@@ -283,6 +306,7 @@ def create_app(
     demo = build_ui(
         service,
         auth_enabled=bool(auth),
+        sign_in=sign_in,
         visitor_ids=visitor_ids,
         limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client),
         stream=settings.stream,
@@ -312,5 +336,5 @@ def create_app(
         app, demo, path="/", auth=Logins(auth) if auth else None, root_path=root_path, css=_CSS,
         show_error=False, run_history=False,
     )
-    app.add_middleware(Guard, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(Guard, max_body_bytes=settings.max_request_bytes, sign_in=sign_in)
     return app

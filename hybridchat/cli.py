@@ -163,6 +163,9 @@ def doctor() -> None:
         health = backend.health()
         healthy &= health.ok
         table.add_row(*_row("model", backend.label, "ok" if health.ok else "unavailable", health.detail))
+    identity = _identity_row(settings)
+    healthy &= identity[2].plain == "ok"
+    table.add_row(*identity)
     url = settings.resolved_store_url  # shown redacted, as every cell is (_row)
     try:
         count = len(open_store(url, resilient=False).list_sessions(None))
@@ -172,6 +175,22 @@ def doctor() -> None:
         table.add_row(*_row("store", url, "unavailable", exc))
     Console().print(table)
     raise typer.Exit(0 if healthy else 1)
+
+
+def _identity_row(settings: Settings) -> list:  # type: ignore[type-arg]
+    """Who visitors are; with sign-in through IAP, whether its keys can be read and the audience is set."""
+    from hybridchat.iap import IapVerifier, SignInRefused
+
+    source = settings.identity_source
+    if settings.identity != "iap":
+        return _row("identity", source, "ok", "HYBRIDCHAT_IDENTITY=iap for Google sign-in (deployed behind IAP)")
+    if not settings.iap_audience:
+        return _row("identity", source, "not set up", "HYBRIDCHAT_IAP_AUDIENCE is empty: every request is refused")
+    try:
+        keys = IapVerifier(settings.iap_audience, settings.iap_keys_url).check_keys()
+    except SignInRefused as exc:
+        return _row("identity", source, "unavailable", exc)
+    return _row("identity", source, "ok", f"audience {settings.iap_audience}; {keys} IAP key(s) from {settings.iap_keys_url}")
 
 
 class ExportFormat(str, Enum):
@@ -187,7 +206,9 @@ def _store():  # type: ignore[no-untyped-def]
 
 @sessions_app.command("list")
 def sessions_list(
-    user: Annotated[str | None, typer.Option(help="Only this owner's (user:NAME or visitor:ID).")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Only this owner's: an e-mail (signed in with Google), user:NAME or visitor:ID.")
+    ] = None,
 ) -> None:
     """List saved sessions, newest first."""
     from rich.console import Console
@@ -196,7 +217,8 @@ def sessions_list(
     table = Table()
     for column in ("session", "owner", "title", "updated", "turns"):
         table.add_column(column)
-    for s in _store().list_sessions(user):
+    # E-mails as IAP signs them: lowercase.
+    for s in _store().list_sessions(user.lower() if user and "@" in user and ":" not in user else user):
         updated = f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else ""
         table.add_row(*_row(s.session_id, s.user_id or "", s.title, updated, s.turn_count))
     Console().print(table)

@@ -17,6 +17,11 @@ The variable names are a contract with the Kubernetes manifests and the notebook
 ``GOOGLE_API_KEY``         Gemini API-key mode instead of Vertex AI
 ``HYBRIDCHAT_GEMINI_URL``  base URL override for the Gemini API (a local stand-in)
 ``HYBRIDCHAT_STORE_URL``   ``sqlite:///path`` or ``firestore://chat-app-db``
+``HYBRIDCHAT_IDENTITY``    who a visitor is: ``visitor`` (an anonymous id the app signs, or the
+                           user name with ``HYBRIDCHAT_AUTH``) or ``iap`` (Google sign-in through
+                           Identity-Aware Proxy: the e-mail in IAP's signed assertion)
+``HYBRIDCHAT_IAP_AUDIENCE`` the assertion's audience, ``/projects/NUMBER/global/backendServices/ID``
+``HYBRIDCHAT_IAP_KEYS_URL`` IAP's public keys (default Google's)
 ``HYBRIDCHAT_AUTH``        require login: ``user:password`` lines (or ``hybridchat app --auth-file``)
 ``HYBRIDCHAT_SESSION_SECRET`` signs visitors' ids; required in gcp mode (the
                            ``gradio-chat-session`` Secret); locally made once into
@@ -33,6 +38,8 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IAP_KEYS_URL = "https://www.gstatic.com/iap/verify/public_key"
 
 DEFAULT_LOCAL_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BACKEND_NAMES = ("gemma", "gemini", "local")
@@ -113,6 +120,15 @@ class Settings(BaseSettings):
         "Gradio re-sends the whole chat on each: 0.2 s lets one app stream 64 chats at ~65% of "
         "what the model allows, 0.1 s at ~47% (bench/)"
     )
+    identity: Literal["visitor", "iap"] = Field(
+        default="visitor", description="who a visitor is: visitor (an anonymous id the app issues and signs, "
+        "or the user name when a password list is given) or iap (Google sign-in: the e-mail IAP signs)"
+    )
+    iap_audience: str | None = Field(
+        default=None, description="audience of IAP's assertions: /projects/NUMBER/global/backendServices/ID "
+        "(identity iap; until it is set every request is refused)"
+    )
+    iap_keys_url: str = Field(default=IAP_KEYS_URL, description="where IAP publishes its public keys")
     auth: SecretStr | None = Field(
         default=None, description="require login: user:password lines (as --auth-file, kept out of argv)"
     )
@@ -147,6 +163,15 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def identity_source(self) -> str:
+        """Which identity is in force, in words (the settings table, ``doctor``)."""
+        if self.identity == "iap":
+            return "Google sign-in through IAP (the e-mail in its signed assertion)"
+        if self.auth is not None:
+            return "shared-password login (HYBRIDCHAT_AUTH)"
+        return "anonymous visitor ids, signed by the app"
 
     @property
     def local_url(self) -> str:

@@ -9,7 +9,9 @@
 * a request body over ``max_body_bytes`` is refused with 413 before anything reads it
   (declared by Content-Length, or counted as it streams in);
 * file uploads are refused: the app has no file input, and Gradio's upload route would write
-  whatever comes to disk.
+  whatever comes to disk;
+* with sign-in through IAP (``sign_in``), a request without IAP's valid assertion is refused
+  (403; ``/healthz`` excepted: the load balancer's health checks do not pass through IAP).
 
 Frames are allowed from anywhere: the workshop's notebook 05 shows the app in one.
 """
@@ -19,6 +21,10 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+import anyio
+
+from hybridchat.iap import ASSERTION_HEADER, IapVerifier, SignInRefused
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,11 +51,13 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 UPLOAD_PATH = "/gradio_api/upload"
+HEALTH_PATH = "/healthz"
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, sign_in: IapVerifier | None = None):
         self.app = app
+        self.sign_in = sign_in
         self.max_body_bytes = max_body_bytes
         self.too_large = (f"That is more than the app takes at once ({max_body_bytes // 1024:,} kB): "
                           "shorten the message, or send it in parts.")
@@ -65,6 +73,14 @@ class Guard:
             await send(message)
 
         path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if self.sign_in is not None and path != HEALTH_PATH:
+            assertion = dict(scope["headers"]).get(ASSERTION_HEADER.encode(), b"").decode("latin-1")
+            try:
+                # In a thread: now and then it fetches IAP's keys, which must not stall every visitor.
+                await anyio.to_thread.run_sync(self.sign_in.user, assertion)
+            except SignInRefused as refused:
+                await _refuse(send_with_headers, refused.status, str(refused))
+                return
         if path.rstrip("/").endswith(UPLOAD_PATH):
             await _refuse(send_with_headers, 403, "This app takes no files.")
             return
