@@ -1,6 +1,7 @@
 # What the workshop provisions: the APIs, a GKE Autopilot cluster for Gemma and the app, the
-# Firestore database for chat history, the registry Skaffold pushes to, and least-privilege
-# Workload Identity grants for the app's Kubernetes service account.
+# Firestore database for chat history, the registry Skaffold pushes to, least-privilege
+# Workload Identity grants for the app's Kubernetes service account, and the app's front door:
+# a static address, a Google-managed certificate and who may sign in through IAP.
 
 locals {
   services = {
@@ -9,7 +10,12 @@ locals {
     container        = "container.googleapis.com"
     firestore        = "firestore.googleapis.com"
     aiplatform       = "aiplatform.googleapis.com"
+    iap              = "iap.googleapis.com"
   }
+
+  # The certificate's name: your own domain, or one that names the address itself (sslip.io
+  # answers 1-2-3-4.sslip.io with 1.2.3.4), so a workshop needs no DNS of its own.
+  app_domain = var.domain != "" ? var.domain : "${replace(google_compute_global_address.app.address, ".", "-")}.sslip.io"
 
   # The app's pods act as this principal through GKE Workload Identity: no keys, no secrets.
   ksa_principal = "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${var.project_id}.svc.id.goog/subject/ns/${var.namespace}/sa/${var.ksa_name}"
@@ -52,6 +58,11 @@ resource "google_container_cluster" "primary" {
 
   release_channel {
     channel = "REGULAR"
+  }
+
+  # The Gateway API, for the app's load balancer (deploy/chat-gateway.yaml).
+  gateway_api_config {
+    channel = "CHANNEL_STANDARD"
   }
 
   timeouts {
@@ -129,4 +140,31 @@ resource "google_project_iam_member" "ksa_datastore_user" {
   member  = local.ksa_principal
 
   depends_on = [google_container_cluster.primary, google_firestore_database.chat]
+}
+
+# The app's front door (deploy/chat-gateway.yaml names both): the Gateway's address, and a
+# certificate Google issues once that name resolves to it (15-60 minutes after the Gateway).
+resource "google_compute_global_address" "app" {
+  project = var.project_id
+  name    = "gradio-chat-ip"
+}
+
+resource "google_compute_managed_ssl_certificate" "app" {
+  project = var.project_id
+  name    = "gradio-chat-cert"
+
+  managed {
+    domains = [local.app_domain]
+  }
+}
+
+# Who may sign in to the app through IAP (IAP-secured Web App User on the project's web apps).
+resource "google_iap_web_iam_member" "app_users" {
+  for_each = toset(var.iap_members)
+
+  project = var.project_id
+  role    = "roles/iap.httpsResourceAccessor"
+  member  = each.value
+
+  depends_on = [google_project_service.enabled["iap"]]
 }

@@ -22,3 +22,8 @@ output "firestore_database" {
   description = "The database the app's HYBRIDCHAT_STORE_URL names (firestore://chat-app-db)."
   value       = google_firestore_database.chat.name
 }
+
+output "app_url" {
+  description = "Where the app answers, behind Google sign-in, once its certificate is active."
+  value       = "https://${local.app_domain}"
+}

@@ -57,3 +57,20 @@ variable "namespace" {
   type        = string
   default     = "default"
 }
+
+variable "iap_members" {
+  description = "Who may sign in to the app through IAP: user:EMAIL, group:EMAIL or domain:DOMAIN entries."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for member in var.iap_members : can(regex("^(user|group|domain|serviceAccount):[^\\s]+$", member))])
+    error_message = "Each entry of iap_members is user:EMAIL, group:EMAIL, domain:DOMAIN or serviceAccount:EMAIL."
+  }
+}
+
+variable "domain" {
+  description = "The app's domain for its certificate; empty: <address-with-dashes>.sslip.io, which needs no DNS setup."
+  type        = string
+  default     = ""
+}

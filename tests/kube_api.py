@@ -29,13 +29,21 @@ DISCOVERY = {
     "/api": {"kind": "APIVersions", "versions": ["v1"],
              "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
     "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-        {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-         "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}]},
+        {"name": group, "versions": [{"groupVersion": f"{group}/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": f"{group}/v1", "version": "v1"}}
+        for group in ("apps", "gateway.networking.k8s.io", "networking.gke.io")]},
     "/api/v1": _resources("v1", {
         "services": ("Service", True), "serviceaccounts": ("ServiceAccount", True),
         "configmaps": ("ConfigMap", True), "secrets": ("Secret", True), "namespaces": ("Namespace", False),
     }),
     "/apis/apps/v1": _resources("apps/v1", {"deployments": ("Deployment", True)}),
+    # GKE's Gateway controller and its policies (CRDs on a real cluster).
+    "/apis/gateway.networking.k8s.io/v1": _resources("gateway.networking.k8s.io/v1", {
+        "gateways": ("Gateway", True), "httproutes": ("HTTPRoute", True),
+    }),
+    "/apis/networking.gke.io/v1": _resources("networking.gke.io/v1", {
+        "healthcheckpolicies": ("HealthCheckPolicy", True), "gcpbackendpolicies": ("GCPBackendPolicy", True),
+    }),
     "/version": {"major": "1", "minor": "34", "gitVersion": "v1.34.0"},
 }
 

@@ -140,13 +140,13 @@ def signed_in_app(store_url, key_set):
 
 def turn(url: str, message: str, browser: dict[str, Any], headers: dict[str, str] | None = None,
          cookies: dict[str, str] | None = None, api_name: str = "chat", data: list[Any] | None = None,
-         tab: str | None = None):
+         tab: str | None = None, model: str = "gemma"):
     """One event through the queue API; ``tab`` is the browser tab (Gradio's session hash)."""
     async def call():
         async with httpx.AsyncClient(timeout=60, headers=headers, cookies=cookies) as http:
             client = QueueClient(url, http)
             if api_name == "chat":
-                return await client.turn(message, browser, max_tokens=4, session_hash=tab)
+                return await client.turn(message, browser, max_tokens=4, session_hash=tab, model=model)
             return await client.call(api_name, data or [], session_hash=tab)
 
     return asyncio.run(call())

@@ -19,7 +19,9 @@ import pytest
 import yaml
 from fault_server import REPLY
 from kube_api import fake_cluster
-from test_reliability import chat
+from iap_double import KEYS_PATH, IapKeys, proxy_app
+from test_iap import AUDIENCE, turn
+from test_reliability import visitor
 
 from bench.run import serving
 from hybridchat import cli
@@ -28,7 +30,8 @@ from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
 from hybridchat.lab import gcp
-from hybridchat.lab.local import free_port
+from hybridchat.iap import ASSERTION_HEADER
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.lab.terraform import parse
 from hybridchat.store import firestore
 
@@ -37,6 +40,9 @@ INFRA, DEPLOY = ROOT / "infra", ROOT / "deploy"
 # The Kubernetes minor that GKE's regular channel runs.
 KUBERNETES_VERSION = "1.34.0"
 MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
+# GKE's own kinds, which kubernetes-validate has no schema for: checked by kubectl's dry run
+# against their API groups (kube_api.py) and by the contract tests below.
+GKE_KINDS = {"Gateway", "HTTPRoute", "HealthCheckPolicy", "GCPBackendPolicy"}
 
 
 def terraform() -> dict:
@@ -81,7 +87,7 @@ def test_variables_have_the_workshop_defaults_descriptions_and_validation():
     assert defaults == {
         "project_id": None, "project_number": None, "region": "us-central1",
         "cluster_name": "gradio-chat-cluster", "firestore_location": "nam5",
-        "ksa_name": "gradio-chat-ksa", "namespace": "default",
+        "ksa_name": "gradio-chat-ksa", "namespace": "default", "iap_members": [], "domain": "",
     }
     assert all(body.get("description") for body in found.values())
     for name in ("project_id", "project_number", "region", "cluster_name"):
@@ -93,11 +99,11 @@ def test_the_google_provider_is_pinned():
     assert google["source"] == "hashicorp/google" and re.match(r"~>\s*\d+\.\d+", google["version"])
 
 
-def test_the_five_apis_are_enabled_and_kept_on_destroy():
+def test_the_six_apis_are_enabled_and_kept_on_destroy():
     services = resource("google_project_service", "enabled")
     assert sorted(terraform()["locals"][0]["services"].values()) == sorted([
         "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "container.googleapis.com",
-        "firestore.googleapis.com", "aiplatform.googleapis.com",
+        "firestore.googleapis.com", "aiplatform.googleapis.com", "iap.googleapis.com",
     ])
     assert services["disable_on_destroy"] is False
 
@@ -138,7 +144,8 @@ def test_workload_identity_grants_exactly_what_the_app_needs():
 
 def test_outputs_give_what_the_next_steps_need():
     outputs = {name for block in terraform()["output"] for name in block}
-    assert outputs == {"cluster_name", "cluster_location", "get_credentials_command", "artifact_registry_repo", "firestore_database"}
+    assert outputs == {"cluster_name", "cluster_location", "get_credentials_command", "artifact_registry_repo",
+                       "firestore_database", "app_url"}
 
 
 def test_checkov_passes_and_every_skip_is_explained():
@@ -157,6 +164,9 @@ def test_checkov_passes_and_every_skip_is_explained():
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifests_validate_against_the_gke_kubernetes_version(path):
     for doc in documents(path):
+        if doc["kind"] in GKE_KINDS:
+            assert doc["apiVersion"] in ("gateway.networking.k8s.io/v1", "networking.gke.io/v1"), doc["apiVersion"]
+            continue
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
@@ -169,6 +179,8 @@ def test_kubectl_parses_every_manifest(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "deployment.apps/gradio-chat created (dry run)" in result.stdout
     assert "service/gemma-service created (dry run)" in result.stdout
+    assert "gateway.gateway.networking.k8s.io/gradio-chat-gateway created (dry run)" in result.stdout
+    assert "gcpbackendpolicy.networking.gke.io/gradio-chat-backend created (dry run)" in result.stdout
 
 
 @pytest.mark.parametrize("path", sorted(DEPLOY.glob("gemma3-12b*.yaml")), ids=lambda p: p.name)
@@ -201,11 +213,57 @@ def test_the_app_signs_visitor_ids_with_the_secret_notebook_05_creates():
     assert made[0].secrets[0] not in str(made[0]), "never shown"
 
 
-def test_the_app_sees_each_visitors_own_address():
+def test_the_app_is_reached_only_through_the_gateway_behind_sign_in():
     service = manifest("Service", "gradio-chat-service")["spec"]
-    assert service["type"] == "LoadBalancer" and service["externalTrafficPolicy"] == "Local", "no node's address instead"
+    assert service["type"] == "ClusterIP", "no load balancer of its own that would bypass IAP"
     config = manifest("ConfigMap", "gradio-chat-config")["data"]
-    assert config.get("HYBRIDCHAT_FORWARDED_ALLOW_IPS", "127.0.0.1") != "*", "no proxy in front: X-Forwarded-For is not believed"
+    assert config["HYBRIDCHAT_IDENTITY"] == "iap" and Settings(**{"identity": config["HYBRIDCHAT_IDENTITY"]})
+    assert config.get("HYBRIDCHAT_FORWARDED_ALLOW_IPS", "127.0.0.1") != "*", "X-Forwarded-For is not believed from anyone"
+    container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
+    audience = next(e for e in container["env"] if e["name"] == "HYBRIDCHAT_IAP_AUDIENCE")["valueFrom"]["configMapKeyRef"]
+    assert audience == {"name": gcp.IAP_CONFIG, "key": "audience", "optional": True}, "notebook 05 writes it there"
+
+
+def test_the_gateway_iap_and_terraform_name_the_same_things():
+    gateway_file, policy_file = DEPLOY / "chat-gateway.yaml", DEPLOY / "chat-iap-policy.yaml"
+    gateway = manifest("Gateway", "gradio-chat-gateway", gateway_file)["spec"]
+    assert gateway["gatewayClassName"] == "gke-l7-global-external-managed"
+    assert gateway["addresses"] == [{"type": "NamedAddress", "value": resource("google_compute_global_address", "app")["name"]}]
+    (listener,) = gateway["listeners"]
+    assert listener["protocol"] == "HTTPS" and listener["port"] == 443, "IAP needs HTTPS"
+    cert = resource("google_compute_managed_ssl_certificate", "app")
+    assert listener["tls"]["options"]["networking.gke.io/pre-shared-certs"] == cert["name"]
+    assert cert["managed"][0]["domains"] == ["${local.app_domain}"]
+    route = manifest("HTTPRoute", "gradio-chat-route", gateway_file)["spec"]
+    assert route["parentRefs"] == [{"name": "gradio-chat-gateway"}]
+    service = manifest("Service", "gradio-chat-service")
+    container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
+    assert route["rules"][0]["backendRefs"] == [{"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}]
+    target = {"group": "", "kind": "Service", "name": service["metadata"]["name"]}
+    health = manifest("HealthCheckPolicy", "gradio-chat-health", gateway_file)["spec"]
+    assert health["targetRef"] == target
+    assert health["default"]["config"]["httpHealthCheck"] == {
+        "port": container["ports"][0]["containerPort"], "requestPath": container["readinessProbe"]["httpGet"]["path"]}
+    policies = [d for path in MANIFESTS for d in documents(path) if d["kind"] == "GCPBackendPolicy"]
+    assert len(policies) == 1, "GKE takes one GCPBackendPolicy per Service"
+    policy = manifest("GCPBackendPolicy", "gradio-chat-backend", policy_file)["spec"]
+    assert policy["targetRef"] == target
+    assert policy["default"]["iap"] == {"enabled": True, "clientID": gcp.OAUTH_CLIENT_PLACEHOLDER,
+                                        "oauth2ClientSecret": {"name": gcp.OAUTH_SECRET}}
+    assert policy["default"]["timeoutSec"] >= 3600, "a streamed reply is one long response"
+    rendered = documents(gcp.render_iap_policy("123-abc.apps.googleusercontent.com"))[0]
+    assert rendered["spec"]["default"]["iap"]["clientID"] == "123-abc.apps.googleusercontent.com"
+    assert rendered["spec"]["targetRef"] == target
+    skaffold = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    assert "deploy/chat-iap-policy.yaml" not in skaffold["manifests"]["rawYaml"], "applied with its client id filled in"
+
+
+def test_terraform_lets_in_the_members_it_is_given():
+    grant = resource("google_iap_web_iam_member", "app_users")
+    assert grant["role"] == "roles/iap.httpsResourceAccessor" and grant["member"] == "${each.value}"
+    assert grant["for_each"] == "${toset(var.iap_members)}"
+    assert '${google_project_service.enabled["iap"]}' in grant["depends_on"]
+    assert resource("google_container_cluster", "primary")["gateway_api_config"] == [{"channel": "CHANNEL_STANDARD"}]
 
 
 def test_the_app_runs_locked_down():
@@ -236,21 +294,25 @@ def test_the_app_writes_only_in_its_writable_volume(tmp_path, fault_server, fire
     volume.mkdir(), elsewhere.mkdir()
     report = tmp_path / "refused-writes.txt"
     settings = manifest("ConfigMap", "gradio-chat-config")["data"]
+    keys = IapKeys()
+    key_set = BackgroundServer(proxy_app("http://127.0.0.1:9", keys, AUDIENCE, set()))
     env = {
         **settings, **container_env(volume),
         "HYBRIDCHAT_VLLM_URL": fault_server.url, "HYBRIDCHAT_GEMMA_MODEL": "m",
         "HYBRIDCHAT_GEMINI_URL": fault_server.url, "GOOGLE_API_KEY": "test-key",
         "GOOGLE_CLOUD_PROJECT": firestore_emulator.project, "HYBRIDCHAT_SESSION_SECRET": "s" * 32,
+        "HYBRIDCHAT_IAP_AUDIENCE": AUDIENCE, "HYBRIDCHAT_IAP_KEYS_URL": f"{key_set.url}{KEYS_PATH}",
     }
+    signed_in = {ASSERTION_HEADER: keys.assertion("learner@example.com", AUDIENCE)}
     port = free_port()
     argv = [sys.executable, str(Path(__file__).parent / "read_only_root.py"), str(volume), str(report),
             "hybridchat.cli", "app", "--port", str(port)]
     os.chdir(elsewhere)  # the container's working directory is / (read-only)
     try:
-        with serving(argv, f"http://127.0.0.1:{port}/healthz", env):
+        with key_set, serving(argv, f"http://127.0.0.1:{port}/healthz", env):
             url = f"http://127.0.0.1:{port}"
-            assert httpx.get(url).status_code == 200  # the page, as a browser loads it
-            replies = [chat(url, "hello", {"visitor": "v", "session": None}, model=model) for model in ("gemma", "gemini")]
+            assert httpx.get(url, headers=signed_in).status_code == 200  # the page, as a browser behind IAP loads it
+            replies = [turn(url, "hello", visitor(), headers=signed_in, model=model) for model in ("gemma", "gemini")]
     finally:
         os.chdir(ROOT)
     assert [reply.last_reply for reply in replies] == [REPLY, REPLY]
@@ -304,7 +366,7 @@ def test_ports_and_probes_are_what_the_app_serves(tmp_path):
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in routes
     service = manifest("Service", "gradio-chat-service")
-    assert service["spec"]["type"] == "LoadBalancer" and service["spec"]["ports"][0]["port"] == port
+    assert service["spec"]["ports"][0]["port"] == port
     assert f"EXPOSE {port}" in (DEPLOY / "Dockerfile").read_text()
 
 
@@ -316,7 +378,7 @@ def test_skaffold_builds_the_image_the_deployment_runs():
     assert (ROOT / artifact["context"] / artifact["docker"]["dockerfile"]).is_file()
     container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == artifact["image"]
-    assert skaffold["manifests"]["rawYaml"] == ["deploy/chat-deploy.yaml"]
+    assert skaffold["manifests"]["rawYaml"] == ["deploy/chat-deploy.yaml", "deploy/chat-gateway.yaml"]
     assert any(profile["name"] == "local" for profile in skaffold["profiles"])
 
 

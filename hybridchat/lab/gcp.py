@@ -22,6 +22,12 @@ DEPLOY = ROOT / "deploy"
 SETUP_APIS = ("cloudresourcemanager.googleapis.com", "storage.googleapis.com")
 APP_SERVICE = "gradio-chat-service"
 SESSION_SECRET = "gradio-chat-session"  # read by deploy/chat-deploy.yaml
+IAP_CONFIG = "gradio-chat-iap"  # the ConfigMap that gives the app IAP's audience
+OAUTH_SECRET = "gradio-chat-oauth"  # the OAuth client's secret, read by IAP (chat-iap-policy.yaml)
+OAUTH_CLIENT_PLACEHOLDER = "OAUTH_CLIENT_ID"
+IAP_POLICY = "chat-iap-policy.yaml"
+RENDERED = DEPLOY / "rendered"  # git-ignored: manifests with this project's values filled in
+APP_PORT = 7860
 
 
 def poll_seconds() -> float:
@@ -85,6 +91,108 @@ def create_session_secret() -> Command:
 
 def delete_session_secret() -> Command:
     return command("kubectl", "delete", "secret", SESSION_SECRET, "--ignore-not-found")
+
+
+def oauth_client() -> tuple[str, str]:
+    """The OAuth client IAP signs people in with (made once in the console: README, Deploy):
+    ``IAP_CLIENT_ID`` and ``IAP_CLIENT_SECRET`` if set, else asked (the secret never shown)."""
+    client_id = os.environ.get("IAP_CLIENT_ID") or input("OAuth client ID (…apps.googleusercontent.com): ").strip()
+    return client_id, os.environ.get("IAP_CLIENT_SECRET") or getpass("OAuth client secret: ")
+
+
+def oauth_secret_exists() -> Command:
+    return command("kubectl", "get", "secret", OAUTH_SECRET, "--ignore-not-found", "-o", "name")
+
+
+def create_oauth_secret(client_secret: str) -> Command:
+    """IAP reads the OAuth client's secret from this Secret (key ``key``); never shown."""
+    return command("kubectl", "create", "secret", "generic", OAUTH_SECRET, f"--from-literal=key={client_secret}",
+                   secrets=(client_secret,))
+
+
+def delete_oauth_secret() -> Command:
+    return command("kubectl", "delete", "secret", OAUTH_SECRET, "--ignore-not-found")
+
+
+def render_iap_policy(client_id: str) -> Path:
+    """``deploy/chat-iap-policy.yaml`` with the OAuth client ID filled in, in ``deploy/rendered/``
+    (git-ignored: the tracked file stays as it is)."""
+    RENDERED.mkdir(exist_ok=True)
+    rendered = RENDERED / IAP_POLICY
+    field = f"clientID: {OAUTH_CLIENT_PLACEHOLDER}"
+    rendered.write_text((DEPLOY / IAP_POLICY).read_text().replace(field, f"clientID: {client_id}"))
+    return rendered
+
+
+def backend_service_id(project_id: str) -> Command:
+    """The id of the backend service GKE's Gateway controller made for the app's Service
+    (named ``gkegw1-…-default-gradio-chat-service-7860-…``); nothing while it is being made."""
+    return command("gcloud", "compute", "backend-services", "list", f"--project={project_id}",
+                   f"--filter=name~-default-{APP_SERVICE}-{APP_PORT}-", "--format=value(id)")
+
+
+def iap_audience(project_number: str, service_id: str) -> str:
+    """The audience of IAP's assertions for a global backend service."""
+    return f"/projects/{project_number}/global/backendServices/{service_id}"
+
+
+def wait_for_audience(project_id: str, project_number: str, timeout: float = 900) -> str:
+    """IAP's audience, once the Gateway's backend service exists (a few minutes after it is applied)."""
+    import time
+
+    started = time.monotonic()
+    while not (service_id := run(backend_service_id(project_id), echo=False).strip()):
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"no backend service for {APP_SERVICE} after {timeout:g} s: see `kubectl describe gateway gradio-chat-gateway`")
+        time.sleep(poll_seconds())
+    return iap_audience(project_number, service_id.splitlines()[0])
+
+
+def set_audience(audience: str) -> list[Command]:
+    """The app's ConfigMap with IAP's audience (made anew), and the app restarted to read it."""
+    return [
+        command("kubectl", "delete", "configmap", IAP_CONFIG, "--ignore-not-found"),
+        command("kubectl", "create", "configmap", IAP_CONFIG, f"--from-literal=audience={audience}"),
+        command("kubectl", "rollout", "restart", "deployment/gradio-chat"),
+        command("kubectl", "rollout", "status", "deployment/gradio-chat", "--timeout=600s"),
+    ]
+
+
+def delete_audience() -> Command:
+    return command("kubectl", "delete", "configmap", IAP_CONFIG, "--ignore-not-found")
+
+
+def app_url_output() -> Command:
+    """The app's https URL, from Terraform (its certificate's domain)."""
+    return command("terraform", f"-chdir={ROOT / 'infra'}", "output", "-raw", "app_url")
+
+
+def wait_for_sign_in(url: str, timeout: float = 5400) -> str:
+    """Wait until ``url`` answers a visitor who is not signed in with IAP's redirect to Google
+    sign-in: the Gateway programmed, its certificate issued (15-60 minutes), IAP on."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    started = time.monotonic()
+    with tqdm(desc="Waiting for the app's HTTPS front door", bar_format="{desc}: {elapsed} {postfix}") as bar:
+        while True:
+            try:
+                answer = httpx.get(url, timeout=10)
+                state = f"HTTP {answer.status_code}"
+                if answer.is_redirect and "accounts.google.com" in answer.headers.get("location", ""):
+                    bar.set_postfix_str("IAP asks for Google sign-in")
+                    return url
+            except httpx.ConnectError as exc:
+                state = "certificate not issued yet" if "SSL" in str(exc) or "certificate" in str(exc) else "not answering yet"
+            except httpx.HTTPError as exc:
+                state = type(exc).__name__
+            bar.set_postfix_str(state)
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{url} does not ask for sign-in after {timeout:g} s ({state}): see "
+                                   "`gcloud compute ssl-certificates describe gradio-chat-cert --global` and "
+                                   "`kubectl describe gcpbackendpolicy gradio-chat-backend`")
+            time.sleep(poll_seconds())
 
 
 def apply(manifest: str | Path) -> Command:
