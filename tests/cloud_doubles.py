@@ -189,13 +189,19 @@ def initial_state(project: str, **overrides: object) -> dict:
         "objects": {},  # "kind/name" → the manifest file that made it
         "pending_polls": 2,  # the Gemma pod stays Pending for this many `get pods`
         "loading_polls": 1,  # then Running, not Ready, for this many
-        "lb_polls": 2,  # the app's service has no external IP for this many polls
         "gemma_url": "",  # where `kubectl port-forward service/gemma-service` leads
         "app_env": {},  # the app's environment when `skaffold run` starts it
         "app": None,  # {"pid", "port"} of the app skaffold started
+        "app_port": None,  # kept across restarts (`kubectl rollout restart`), as a Service's is
+        "configmaps": {},  # name → its data, made by `kubectl create configmap`
+        "iap_members": [],  # terraform.tfvars' iap_members, read by `terraform apply`
+        "gateway_port": None,  # where the Gateway (IAP's double in front of the app) listens
+        "gateway": None,  # its pid
+        "backend_service_id": "4242424242",  # the backend service GKE's Gateway controller makes
+        "backend_polls": 1,  # `backend-services list` finds none for this many polls
+        "backend_seen": 0,
         "forwards": [],  # pids of the port-forwards started (the tests stop any left)
         "pod_polls": 0,
-        "lb_seen": 0,
         **overrides,
     }
 
@@ -311,8 +317,21 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
                   {"limit": float(state["gpus_all_regions"]), "metric": "GPUS_ALL_REGIONS", "usage": 0.0}]
         return json.dumps({"kind": "compute#project", "name": state["project"], "quotas": quotas}, indent=2) + "\n"
 
+    def backend_services(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        expect(call, format="value(id)")
+        if call.flag("--filter") != "name~-default-gradio-chat-service-7860-":
+            raise Refused(f"cloud_doubles: no recorded answer for --filter={call.flag('--filter')}")
+        seen = state["backend_seen"]
+        state["backend_seen"] = seen + 1
+        if "gateway.gateway.networking.k8s.io/gradio-chat-gateway" not in state["objects"] or seen < state["backend_polls"]:
+            sys.stderr.write("Listed 0 items.\n")
+            return ""
+        return f"{state['backend_service_id']}\n"
+
     return {
         ("--version",): Spec({"--version": False}, (0, 0), version),
+        ("compute", "backend-services", "list"): Spec({**project_flag, "--filter": True, "--format": True}, (0, 0), backend_services),
         ("config", "get-value"): Spec({}, (1, 1), get_value),
         ("projects", "describe"): Spec({"--format": True}, (1, 1), describe_project),
         ("services", "enable"): Spec(project_flag, (1, None), services_enable),
@@ -374,8 +393,24 @@ def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
         if state["terraform"] != "planned" or not (folder / call.args[0]).exists():
             raise Refused(f"╷\n│ Error: Failed to load \"{call.args[0]}\" as a plan file\n╵")
         state["terraform"] = "applied"
+        tfvars = (folder / "terraform.tfvars").read_text()
+        members = re.search(r"^iap_members\s*=\s*(\[.*\])$", tfvars, re.MULTILINE)
+        state["iap_members"] = json.loads(members.group(1)) if members else []
+        sys.path.insert(0, str(ROOT))
+        from hybridchat.lab.local import free_port
+
+        state["gateway_port"] = free_port()
         return (f"google_container_cluster.primary: Creating...\ngoogle_container_cluster.primary: Still creating... [10m0s elapsed]\n"
                 f"google_container_cluster.primary: Creation complete after 10m12s\n\nApply complete! Resources: {resources(folder)} added, 0 changed, 0 destroyed.\n")
+
+    def output(call: Call) -> str:
+        infra(call)
+        if state["terraform"] != "applied":
+            raise Refused("╷\n│ Warning: No outputs found\n╵")
+        if call.args != ["app_url"]:
+            raise Refused(f"cloud_doubles: no recorded answer for output {call.args}")
+        # Plain HTTP on 127.0.0.1: the one way the double differs (the real one is https://…sslip.io).
+        return f"http://127.0.0.1:{state['gateway_port']}"
 
     def destroy(call: Call) -> str:
         folder = infra(call)
@@ -390,6 +425,7 @@ def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("plan",): Spec({"-input": True, "-out": True}, (0, 0), plan),
         ("apply",): Spec({"-input": True}, (1, 1), apply),
         ("destroy",): Spec({"-input": True, "-auto-approve": False}, (0, 0), destroy),
+        ("output",): Spec({"-raw": False}, (1, 1), output),
     }
 
 
@@ -404,7 +440,10 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
                           "The connection to the server localhost:8080 was refused - did you specify the right host or port?")
 
     def objects(manifest: Path) -> list[str]:
-        kinds = {"Deployment": "deployment.apps", "Service": "service", "ServiceAccount": "serviceaccount", "ConfigMap": "configmap"}
+        kinds = {"Deployment": "deployment.apps", "Service": "service", "ServiceAccount": "serviceaccount", "ConfigMap": "configmap",
+                 "Gateway": "gateway.gateway.networking.k8s.io", "HTTPRoute": "httproute.gateway.networking.k8s.io",
+                 "HealthCheckPolicy": "healthcheckpolicy.networking.gke.io",
+                 "GCPBackendPolicy": "gcpbackendpolicy.networking.gke.io"}
         return [f"{kinds.get(d['kind'], d['kind'].lower())}/{d['metadata']['name']}"
                 for d in yaml.safe_load_all(manifest.read_text()) if d]
 
@@ -419,6 +458,27 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         key, _, value = call.flag("--from-literal").partition("=")
         state["secrets"] = {**state["secrets"], name: {key: value}}
         return f"secret/{name} created\n"
+
+    def create_configmap(call: Call) -> str:
+        connected()
+        name = call.args[0]
+        if name in state["configmaps"]:
+            raise Refused(f'error: failed to create configmap configmaps "{name}" already exists')
+        key, _, value = call.flag("--from-literal").partition("=")
+        state["configmaps"] = {**state["configmaps"], name: {key: value}}
+        return f"configmap/{name} created\n"
+
+    def rollout(call: Call) -> str:
+        connected()
+        verb, target = call.args
+        if target != "deployment/gradio-chat" or "deployment.apps/gradio-chat" not in state["objects"]:
+            raise Refused(f'Error from server (NotFound): deployments.apps "{target.partition("/")[2]}" not found')
+        if verb == "restart":
+            _deploy(state)  # the new pod, with the ConfigMaps and Secrets as they are now
+            return "deployment.apps/gradio-chat restarted\n"
+        if verb == "status":
+            return 'deployment "gradio-chat" successfully rolled out\n'
+        raise Refused(f'error: unknown command "{verb}" for "kubectl rollout"')
 
     def apply(call: Call) -> str:
         connected()
@@ -472,28 +532,17 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
             if call.flags.get("--ignore-not-found"):
                 return ""
             raise Refused(f'Error from server (NotFound): secrets "{name}" not found')
-        if kind == "service":
-            name = call.args[1] if len(call.args) > 1 else ""
-            if f"service/{name}" not in state["objects"]:
-                raise Refused(f'Error from server (NotFound): services "{name}" not found')
-            if call.flag("-o") != "jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}":
-                raise Refused(f"cloud_doubles: no recorded answer for -o {call.flag('-o')}")
-            polls = state["lb_seen"]
-            state["lb_seen"] = polls + 1
-            app = state["app"]
-            if polls < state["lb_polls"] or app is None:
-                return ":7860"
-            return f"127.0.0.1:{app['port']}"
         raise Refused(f'error: the server doesn\'t have a resource type "{kind}"')
 
     def delete(call: Call) -> str:
         connected()
-        if call.args[:1] == ["secret"]:
-            name = call.args[1]
-            if name not in state["secrets"]:
-                return "" if call.flags.get("--ignore-not-found") else f'Error from server (NotFound): secrets "{name}" not found'
-            state["secrets"] = {k: v for k, v in state["secrets"].items() if k != name}
-            return f'secret "{name}" deleted\n'
+        if call.args[:1] in (["secret"], ["configmap"]):
+            kind, name = call.args
+            kept = state["secrets" if kind == "secret" else "configmaps"]
+            if name not in kept:
+                return "" if call.flags.get("--ignore-not-found") else f'Error from server (NotFound): {kind}s "{name}" not found'
+            state["secrets" if kind == "secret" else "configmaps"] = {k: v for k, v in kept.items() if k != name}
+            return f'{kind} "{name}" deleted\n'
         manifest = Path(call.flag("-f"))
         lines = []
         for name in objects(manifest):
@@ -504,6 +553,9 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         if manifest.name == "chat-deploy.yaml" and state["app"]:
             _stop(state["app"]["pid"])
             state["app"] = None
+        if manifest.name == "chat-gateway.yaml" and state["gateway"]:
+            _stop(state["gateway"])
+            state["gateway"] = None
         return "".join(f"{line}\n" for line in lines)
 
     def port_forward(call: Call) -> str:
@@ -523,6 +575,8 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
     return {
         ("version",): Spec({"--client": False}, (0, 0), version),
         ("create", "secret", "generic"): Spec({"--from-literal": True}, (1, 1), create_secret),
+        ("create", "configmap"): Spec({"--from-literal": True}, (1, 1), create_configmap),
+        ("rollout",): Spec({"--timeout": True}, (2, 2), rollout),
         ("apply",): Spec({"-f": True}, (0, 0), apply),
         ("get",): Spec({"-l": True, "-o": True, "--field-selector": True, "--sort-by": True, "--ignore-not-found": False}, (1, 2), get),
         ("delete",): Spec({"-f": True, "--ignore-not-found": False}, (0, 2), delete),
@@ -575,7 +629,7 @@ def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
                  "Build [gradio-chat-app] succeeded", "Starting deploy..."]
         for manifest in manifests:
             lines.append(" - " + kubectl_specs(state)[("apply",)].run(Call("kubectl", ("apply",), {"-f": str(manifest)})).strip().replace("\n", "\n - "))
-        state["app"] = _start_app({**state["app_env"], **_secret_env(ROOT / "deploy" / "chat-deploy.yaml", state)})
+        _deploy(state)
         lines += ["Waiting for deployments to stabilize...", " - deployment/gradio-chat-deployment is ready.",
                   "Deployments stabilized in 3.2 seconds"]
         return "\n".join(lines) + "\n"
@@ -586,46 +640,80 @@ def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
     }
 
 
-def _secret_env(manifest: Path, state: State) -> dict[str, str]:
-    """The app container's variables from Secrets (its manifest's ``secretKeyRef``s), as the
-    kubelet gives them: a required one whose Secret is missing keeps the pod from starting."""
+def _deploy(state: State) -> None:
+    """The app's pod as the cluster would run it now (started anew if one runs), and the
+    Gateway in front of it once ``chat-gateway.yaml`` is applied: IAP's double, signing people
+    in, if ``chat-iap-policy.yaml`` and its OAuth Secret are there too, else passing requests
+    through as a Gateway without IAP does."""
+    sys.path.insert(0, str(ROOT))
+    from hybridchat.lab.local import free_port
+
+    if state["app"]:
+        _stop(state["app"]["pid"])
+    state["app_port"] = state["app_port"] or free_port()
+    manifest = ROOT / "deploy" / "chat-deploy.yaml"
+    # The ConfigMap's settings, then this machine's (the stand-ins' URLs), then the Secrets'.
+    config = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "ConfigMap")["data"]
+    env = {**config, **state["app_env"], **_env_from_refs(manifest, state)}
+    behind_gateway = "gateway.gateway.networking.k8s.io/gradio-chat-gateway" in state["objects"]
+    if behind_gateway:
+        env["HYBRIDCHAT_IAP_KEYS_URL"] = f"http://127.0.0.1:{state['gateway_port']}/_iap_double/public_key"
+    state["app"] = _start_app(env, state["app_port"])
+    if behind_gateway and not state["gateway"]:
+        iap_on = "gcpbackendpolicy.networking.gke.io/gradio-chat-backend" in state["objects"] and "gradio-chat-oauth" in state["secrets"]
+        members = [m.partition(":")[2] for m in state["iap_members"] if m.startswith("user:")]
+        argv = [sys.executable, str(Path(__file__).with_name("iap_double.py")), "--port", str(state["gateway_port"]),
+                "--upstream", f"http://127.0.0.1:{state['app_port']}",
+                "--audience", f"/projects/{state['project_number']}/global/backendServices/{state['backend_service_id']}",
+                "--members", ",".join(members), "--key-file", str(state.folder / "iap_key.pem"), *([] if iap_on else ["--open"])]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        state["gateway"] = process.pid
+        _wait_until_answers(f"http://127.0.0.1:{state['gateway_port']}/_iap_double/public_key", process)
+
+
+def _env_from_refs(manifest: Path, state: State) -> dict[str, str]:
+    """The app container's variables from Secrets and ConfigMaps (its manifest's
+    ``secretKeyRef``s and ``configMapKeyRef``s), as the kubelet gives them: a required one that
+    is missing keeps the pod from starting; an optional one is left unset."""
     deployment = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment")
     env = {}
     for variable in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
-        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        source = variable.get("valueFrom", {})
+        kind, ref = ("secret", source["secretKeyRef"]) if "secretKeyRef" in source else ("configmap", source.get("configMapKeyRef"))
         if ref is None:
             continue
-        data = state["secrets"].get(ref["name"])
+        data = state["secrets" if kind == "secret" else "configmaps"].get(ref["name"])
         if data is None or ref["key"] not in data:
             if ref.get("optional"):
                 continue
             raise Refused(f"deployment/gradio-chat-deployment failed to stabilize: its pod is in CreateContainerConfigError "
-                          f'(secret "{ref["name"]}" not found)')
+                          f'({kind} "{ref["name"]}" not found)')
         env[variable["name"]] = data[ref["key"]]
     return env
 
 
-def _start_app(env: dict[str, str]) -> dict:
-    """The chat app as a local process: what the cluster would run, at 127.0.0.1:PORT."""
-    sys.path.insert(0, str(ROOT))
-    from hybridchat.lab.local import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+def _wait_until_answers(url: str, process: subprocess.Popen) -> None:
     import httpx
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return {"pid": process.pid, "port": port}
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             time.sleep(0.2)
     _stop(process.pid)
     raise Refused("deployment/gradio-chat-deployment failed to stabilize (its pod would be in CrashLoopBackOff)")
+
+
+def _start_app(env: dict[str, str], port: int) -> dict:
+    """The chat app as a local process: what the cluster would run, at 127.0.0.1:PORT."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    _wait_until_answers(f"http://127.0.0.1:{port}/healthz", process)
+    return {"pid": process.pid, "port": port}
 
 
 def _stop(pid: int) -> None:
@@ -688,7 +776,7 @@ def install(bin_dir: Path, state_dir: Path, state: dict, kubeconfig: Path) -> No
 def stop_all(state_dir: Path) -> None:
     """Stop what the doubles left running: port-forwards, and the app skaffold started."""
     state = json.loads((state_dir / "state.json").read_text())
-    for pid in [*state["forwards"], *([state["app"]["pid"]] if state["app"] else [])]:
+    for pid in [*state["forwards"], *([state["app"]["pid"]] if state["app"] else []), *([state["gateway"]] if state["gateway"] else [])]:
         _stop(pid)
 
 

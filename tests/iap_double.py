@@ -77,7 +77,8 @@ def subject(email: str) -> str:
     return "accounts.google.com:" + str(int(hashlib.sha256(email.encode()).hexdigest()[:15], 16))
 
 
-def proxy_app(upstream: str, keys: IapKeys, audience: str, members: set[str]) -> Starlette:
+def proxy_app(upstream: str, keys: IapKeys, audience: str, members: set[str], *, iap_on: bool = True) -> Starlette:
+    """The Gateway; ``iap_on=False``: one without IAP, passing requests through as they come."""
     client = httpx.AsyncClient(base_url=upstream, timeout=None)
 
     async def public_key(request: Request) -> Response:
@@ -94,15 +95,17 @@ def proxy_app(upstream: str, keys: IapKeys, audience: str, members: set[str]) ->
         return response
 
     async def forward(request: Request) -> Response:
-        user = request.cookies.get(COOKIE)
-        if not user:
-            return RedirectResponse("https://accounts.google.com/o/oauth2/v2/auth?client_id=iap-double", status_code=302)
-        if user not in members:
-            return PlainTextResponse("You don't have access. Ask for roles/iap.httpsResourceAccessor.", status_code=403)
-        headers = [(k, v) for k, v in request.headers.items() if k not in HOP_BY_HOP and not k.startswith("x-goog-")]
-        headers += [("x-goog-iap-jwt-assertion", keys.assertion(user, audience)),
-                    ("x-goog-authenticated-user-email", f"accounts.google.com:{user}"),
-                    ("x-goog-authenticated-user-id", subject(user))]
+        headers = [(k, v) for k, v in request.headers.items() if k not in HOP_BY_HOP]
+        if iap_on:
+            user = request.cookies.get(COOKIE)
+            if not user:
+                return RedirectResponse("https://accounts.google.com/o/oauth2/v2/auth?client_id=iap-double", status_code=302)
+            if user not in members:
+                return PlainTextResponse("You don't have access. Ask for roles/iap.httpsResourceAccessor.", status_code=403)
+            headers = [(k, v) for k, v in headers if not k.startswith("x-goog-")]
+            headers += [("x-goog-iap-jwt-assertion", keys.assertion(user, audience)),
+                        ("x-goog-authenticated-user-email", f"accounts.google.com:{user}"),
+                        ("x-goog-authenticated-user-id", subject(user))]
         upstream_request = client.build_request(
             request.method, request.url.path, params=request.query_params, headers=headers, content=await request.body()
         )
@@ -126,10 +129,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("--port", "--upstream", "--audience", "--members", "--key-file"):
         parser.add_argument(name, required=True)
+    parser.add_argument("--open", action="store_true", help="a Gateway without IAP")
     args = parser.parse_args()
     keys = IapKeys.load_or_make(Path(args.key_file))
     members = {m.strip().lower() for m in args.members.split(",") if m.strip()}
-    uvicorn.run(proxy_app(args.upstream, keys, args.audience, members), host="127.0.0.1", port=int(args.port), log_level="warning")
+    uvicorn.run(proxy_app(args.upstream, keys, args.audience, members, iap_on=not args.open), host="127.0.0.1", port=int(args.port), log_level="warning")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import cloud_doubles
 import fake_google
+import httpx
 import kube_api
 import nbformat
 import papermill
 import pytest
 from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
 from google.genai import types
+from test_iap import turn as iap_turn
 
 from hybridchat.lab import check, gcp, terraform
 from hybridchat.lab.local import BackgroundServer, free_port
@@ -34,6 +36,7 @@ FAKE_SECRETS = {
     "HF_TOKEN": "hf_FAKEnotebookTOKEN0123456789",
     "GOOGLE_API_KEY": "AIzaFAKE-notebook-key-0123456789",
     "HYBRIDCHAT_SESSION_SECRET": "notebook-session-secret-FAKE",
+    "IAP_CLIENT_SECRET": "GOCSPX-FAKE-notebook-oauth-client-secret",
 }
 
 
@@ -296,6 +299,8 @@ def cloud(lab_env, stand_in, firestore_emulator, tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub)
         monkeypatch.setenv("HYBRIDCHAT_LAB_POLL_SECONDS", "0.2")
         monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # Vertex AI with credentials, as on a real project
+        # The OAuth client a learner makes in the console for IAP (notebook 05 asks for it).
+        monkeypatch.setenv("IAP_CLIENT_ID", "123-workshop.apps.googleusercontent.com")
         try:
             yield tmp_path / "state"
         finally:
@@ -304,7 +309,8 @@ def cloud(lab_env, stand_in, firestore_emulator, tmp_path, monkeypatch):
 
 P = GCP_PROJECT
 WAIT_FOR_GEMMA = ["kubectl get pods -l app=gemma-server -o json"]  # once per poll
-LOAD_BALANCER = ["kubectl get service gradio-chat-service -o 'jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}'"]
+BACKEND_SERVICE = [f"gcloud compute backend-services list --project={P} '--filter=name~-default-gradio-chat-service-7860-' "
+                   "'--format=value(id)'"]
 # The workshop's script: every cloud command the notebooks run in gcp mode, in order.
 GCP_COMMANDS = {
     "00_setup.ipynb": [
@@ -327,6 +333,7 @@ GCP_COMMANDS = {
     "01_provision_infra.ipynb": [
         "terraform fmt -check -recursive <repo>/infra",
         f"gcloud projects describe {P} '--format=value(projectNumber)'",
+        "gcloud auth list --filter=status:ACTIVE '--format=value(account)'",  # who may sign in: you
         "terraform -chdir=<repo>/infra init -input=false",
         "terraform -chdir=<repo>/infra plan -input=false -out=tfplan",
         "terraform -chdir=<repo>/infra apply -input=false tfplan",
@@ -344,15 +351,28 @@ GCP_COMMANDS = {
     "05_launch_app.ipynb": [
         "kubectl get secret gradio-chat-session --ignore-not-found -o name",
         "kubectl create secret generic gradio-chat-session '--from-literal=secret=****'",
+        "kubectl get secret gradio-chat-oauth --ignore-not-found -o name",
+        "kubectl create secret generic gradio-chat-oauth '--from-literal=key=****'",
+        "kubectl apply -f <repo>/deploy/rendered/chat-iap-policy.yaml",
         f"skaffold run --default-repo=us-central1-docker.pkg.dev/{P}/chat-app-repo",
-        *LOAD_BALANCER * 3,  # no IP yet, no IP yet, the IP
+        f"gcloud projects describe {P} '--format=value(projectNumber)'",
+        *BACKEND_SERVICE * 2,  # not made yet, then its id
+        "kubectl delete configmap gradio-chat-iap --ignore-not-found",
+        "kubectl create configmap gradio-chat-iap '--from-literal=audience=****'",  # the log masks literals; the audience works (one_person_on_two_devices)
+        "kubectl rollout restart deployment/gradio-chat",
+        "kubectl rollout status deployment/gradio-chat --timeout=600s",
+        "terraform -chdir=<repo>/infra output -raw app_url",
     ],
     "06_chat_history.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
     "07_cleanup.ipynb": [
+        "kubectl delete --ignore-not-found -f <repo>/deploy/chat-gateway.yaml",
+        "kubectl delete --ignore-not-found -f <repo>/deploy/chat-iap-policy.yaml",
         "kubectl delete --ignore-not-found -f <repo>/deploy/chat-deploy.yaml",
         "kubectl delete --ignore-not-found -f <repo>/deploy/gemma3-12b-deploy.yaml",
         "kubectl delete secret hf-secret --ignore-not-found",
         "kubectl delete secret gradio-chat-session --ignore-not-found",
+        "kubectl delete secret gradio-chat-oauth --ignore-not-found",
+        "kubectl delete configmap gradio-chat-iap --ignore-not-found",
         "terraform -chdir=<repo>/infra destroy -input=false -auto-approve",
         f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
     ],
@@ -368,20 +388,48 @@ def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
             parameters["CONFIRM_DESTROY"] = True
         texts[path.name] = outputs(execute(path, tmp_path / path.name, **parameters))
         ran[path.name] = cloud_doubles.commands(cloud)
+        if path.name.startswith("06"):
+            across_devices = one_person_on_two_devices(cloud)
     assert ran == GCP_COMMANDS
     assert texts["00_setup.ipynb"].count("✅") == 7, "every preflight check passed"
     assert "2 Insufficient nvidia.com/gpu" in texts["02_deploy_gemma.ipynb"], "the Pending pod's events are shown"
     for caller in ("call_gemma_model", "call_gemini_model"):
         assert f"✅ {caller} answered" in texts["04_model_callers.ipynb"]
     assert "not checked here" not in texts["04_model_callers.ipynb"], "what was sent was checked"
-    assert "saved as session" in texts["05_launch_app.ipynb"], "one turn through the app skaffold started"
-    assert "gemini: '" in texts["06_chat_history.ipynb"]
+    assert "sent to Google -> https://accounts.google.com/" in texts["05_launch_app.ipynb"], "IAP is on"
+    assert across_devices, "the mission's row: sign-in, and one person's history on every device"
+    assert re.search(r"gemini: ['\"]", texts["06_chat_history.ipynb"]), "Gemini's reply printed (its repr)"
     # What 01-05 created, 07 deleted; the app skaffold started is stopped.
     left = json.loads((cloud / "state.json").read_text())
     assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], {}, {}, None)
+    assert (left["configmaps"], left["gateway"]) == ({}, None)
     assert left["terraform"] == "initialized" and left["kube_context"] is None
     saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
     assert not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), "the HF token reached a notebook"
+
+
+def one_person_on_two_devices(state_dir: Path) -> bool:
+    """What 05 deployed, as people meet it: through the Gateway with IAP, the learner (the
+    member notebook 01 let in) on a laptop and on a phone, and someone who is not a member.
+    Both of the learner's devices show the chat started on one; the stranger gets IAP's 403."""
+    state = json.loads((state_dir / "state.json").read_text())
+    gateway = f"http://127.0.0.1:{state['gateway_port']}"
+    assert httpx.get(gateway).status_code == 302, "not signed in: sent to Google"
+
+    def device(email: str) -> dict[str, str]:
+        return dict(httpx.get(f"{gateway}/_iap_double/sign_in", params={"user": email}).cookies)
+
+    assert httpx.get(gateway, cookies=device("stranger@example.com")).status_code == 403
+    laptop, phone = device(state["account"]), device(state["account"])
+    started = iap_turn(gateway, "Hello from my laptop", {"visitor": None, "session": None}, cookies=laptop)
+    assert started.ok and started.last_reply, started
+    page = iap_turn(gateway, "", {}, cookies=phone, api_name="start", data=[{"visitor": None, "session": None}, None])
+    assert started.browser["session"] in [choice[1] for choice in page.outputs[3]["choices"]], "the phone lists it"
+    assert f"Signed in as **{state['account']}**" in page.outputs[6]["value"]
+    app = f"http://127.0.0.1:{state['app']['port']}"
+    forged = {"x-goog-authenticated-user-email": f"accounts.google.com:{state['account']}"}
+    assert httpx.get(app, headers=forged).status_code == 403, "the pod itself believes only IAP's signature"
+    return True
 
 
 def test_notebook_00_in_gcp_mode_creates_nothing_when_the_preflight_fails(doubles, tmp_path, monkeypatch):

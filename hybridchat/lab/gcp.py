@@ -43,6 +43,10 @@ def current_project() -> Command:
     return command("gcloud", "config", "get-value", "project")
 
 
+def active_account() -> Command:
+    return command("gcloud", "auth", "list", "--filter=status:ACTIVE", "--format=value(account)")
+
+
 def project_number(project_id: str) -> Command:
     return command("gcloud", "projects", "describe", project_id, "--format=value(projectNumber)")
 
@@ -141,11 +145,12 @@ def wait_for_audience(project_id: str, project_number: str, timeout: float = 900
     import time
 
     started = time.monotonic()
-    while not (service_id := run(backend_service_id(project_id), echo=False).strip()):
+    # Ids only: gcloud's "Listed 0 items." (its standard error) comes in the same output.
+    while not (ids := [line for line in run(backend_service_id(project_id), echo=False).split("\n") if line.isdigit()]):
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"no backend service for {APP_SERVICE} after {timeout:g} s: see `kubectl describe gateway gradio-chat-gateway`")
         time.sleep(poll_seconds())
-    return iap_audience(project_number, service_id.splitlines()[0])
+    return iap_audience(project_number, ids[0])
 
 
 def set_audience(audience: str) -> list[Command]:
@@ -160,11 +165,6 @@ def set_audience(audience: str) -> list[Command]:
 
 def delete_audience() -> Command:
     return command("kubectl", "delete", "configmap", IAP_CONFIG, "--ignore-not-found")
-
-
-def app_url_output() -> Command:
-    """The app's https URL, from Terraform (its certificate's domain)."""
-    return command("terraform", f"-chdir={ROOT / 'infra'}", "output", "-raw", "app_url")
 
 
 def wait_for_sign_in(url: str, timeout: float = 5400) -> str:
@@ -193,6 +193,11 @@ def wait_for_sign_in(url: str, timeout: float = 5400) -> str:
                                    "`gcloud compute ssl-certificates describe gradio-chat-cert --global` and "
                                    "`kubectl describe gcpbackendpolicy gradio-chat-backend`")
             time.sleep(poll_seconds())
+
+
+def sign_in_redirect(url: str) -> str:
+    """Where ``url`` sends a visitor who is not signed in (IAP: Google's sign-in page)."""
+    return httpx.get(url, timeout=10).headers.get("location", "nowhere: IAP is not on")
 
 
 def apply(manifest: str | Path) -> Command:
@@ -253,33 +258,6 @@ def registry(project_id: str, region: str) -> str:
 
 def skaffold_run(project_id: str, region: str) -> Command:
     return command("skaffold", "run", f"--default-repo={registry(project_id, region)}", cwd=ROOT)
-
-
-def load_balancer_address() -> Command:
-    """The app's external ``IP:port`` (``:7860`` while the load balancer has no IP yet)."""
-    return command(
-        "kubectl", "get", "service", APP_SERVICE,
-        "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}:{.spec.ports[0].port}",
-    )
-
-
-def wait_for_app(timeout: float = 900) -> str:
-    """The app's URL, once its LoadBalancer has an external IP (a minute or two on GKE)."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    started = time.monotonic()
-    with tqdm(desc="Waiting for the load balancer's IP", unit="s", bar_format="{desc}: {elapsed}") as bar:
-        while True:
-            ip, _, port = run(load_balancer_address(), echo=False).strip().rpartition(":")
-            if ip:
-                bar.set_description("The load balancer has an IP")
-                return f"http://{ip}:{port}"
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"{APP_SERVICE} has no external IP after {timeout:g} s: see `kubectl describe service {APP_SERVICE}`")
-            time.sleep(poll_seconds())
-            bar.refresh()
 
 
 def pod_status(pods_json: str) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hybridchat.lab.shell import Command, command
@@ -15,6 +16,9 @@ _KEY_ATTRIBUTES = {
     "google_firestore_document": ("collection", "document_id"),
     "google_artifact_registry_repository": ("repository_id", "format", "location"),
     "google_project_iam_member": ("role", "member"),
+    "google_iap_web_iam_member": ("role", "member", "for_each"),
+    "google_compute_global_address": ("name",),
+    "google_compute_managed_ssl_certificate": ("name",),
 }
 
 
@@ -48,16 +52,24 @@ def resources(infra: Path = INFRA) -> list[dict[str, object]]:
     return rows
 
 
-def write_tfvars(project_id: str, project_number: str, region: str, cluster_name: str, infra: Path = INFRA) -> Path:
-    """``infra/terraform.tfvars`` with this project's values (git ignores it)."""
+def write_tfvars(project_id: str, project_number: str, region: str, cluster_name: str,
+                 iap_members: list[str] | tuple[str, ...] = (), infra: Path = INFRA) -> Path:
+    """``infra/terraform.tfvars`` with this project's values (git ignores it); ``iap_members``
+    may sign in to the app (``user:EMAIL``, ``group:EMAIL``, ``domain:DOMAIN``)."""
     path = infra / "terraform.tfvars"
+    members = ", ".join(json.dumps(member) for member in iap_members)
     path.write_text(
         f'project_id     = "{project_id}"\n'
         f'project_number = "{project_number}"\n'
         f'region         = "{region}"\n'
         f'cluster_name   = "{cluster_name}"\n'
+        f"iap_members    = [{members}]\n"
     )
     return path
+
+
+def output(name: str, infra: Path = INFRA) -> Command:
+    return command("terraform", f"-chdir={infra}", "output", "-raw", name)
 
 
 def fmt_check(infra: Path = INFRA) -> Command:
