@@ -450,23 +450,18 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
     def version(call: Call) -> str:
         return "Client Version: v1.34.1\nKustomize Version: v5.7.1\n"
 
-    def create_secret(call: Call) -> str:
-        connected()
-        name = call.args[0]
-        if name in state["secrets"]:
-            raise Refused(f'error: failed to create secret secrets "{name}" already exists')
-        key, _, value = call.flag("--from-literal").partition("=")
-        state["secrets"] = {**state["secrets"], name: {key: value}}
-        return f"secret/{name} created\n"
+    def creator(kind: str) -> Callable[[Call], str]:
+        """`kubectl create secret generic` or `create configmap`: one literal, kept in state."""
+        def create(call: Call) -> str:
+            connected()
+            name, kept = call.args[0], state[f"{kind}s"]
+            if name in kept:
+                raise Refused(f'error: failed to create {kind} {kind}s "{name}" already exists')
+            key, _, value = call.flag("--from-literal").partition("=")
+            state[f"{kind}s"] = {**kept, name: {key: value}}
+            return f"{kind}/{name} created\n"
 
-    def create_configmap(call: Call) -> str:
-        connected()
-        name = call.args[0]
-        if name in state["configmaps"]:
-            raise Refused(f'error: failed to create configmap configmaps "{name}" already exists')
-        key, _, value = call.flag("--from-literal").partition("=")
-        state["configmaps"] = {**state["configmaps"], name: {key: value}}
-        return f"configmap/{name} created\n"
+        return create
 
     def rollout(call: Call) -> str:
         connected()
@@ -574,8 +569,8 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
 
     return {
         ("version",): Spec({"--client": False}, (0, 0), version),
-        ("create", "secret", "generic"): Spec({"--from-literal": True}, (1, 1), create_secret),
-        ("create", "configmap"): Spec({"--from-literal": True}, (1, 1), create_configmap),
+        ("create", "secret", "generic"): Spec({"--from-literal": True}, (1, 1), creator("secret")),
+        ("create", "configmap"): Spec({"--from-literal": True}, (1, 1), creator("configmap")),
         ("rollout",): Spec({"--timeout": True}, (2, 2), rollout),
         ("apply",): Spec({"-f": True}, (0, 0), apply),
         ("get",): Spec({"-l": True, "-o": True, "--field-selector": True, "--sort-by": True, "--ignore-not-found": False}, (1, 2), get),

@@ -39,7 +39,8 @@ from starlette.routing import Route
 IAP_ISSUER = "https://cloud.google.com/iap"
 COOKIE = "iap_double_user"
 KEYS_PATH = "/_iap_double/public_key"
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
+# Not passed on (the Host header is: a Gateway keeps it, and Gradio builds its URLs from it).
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
 
 
 class IapKeys:

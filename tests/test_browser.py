@@ -6,6 +6,7 @@ import shutil
 import time
 
 import pytest
+from iap_double import KEYS_PATH, IapKeys, proxy_app
 from playwright.sync_api import Page, expect, sync_playwright
 from tests_support import api_key_client
 
@@ -108,3 +109,34 @@ def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
     expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2, timeout=30000)
     assert page.locator("#sessions label").count() == 1
     context.close()
+
+
+def test_signed_in_with_google_the_same_chats_on_two_devices(browser, stand_in, tmp_path):
+    """Behind IAP's double (Google sign-in, then IAP's signed assertion on every request): Alice
+    chats on her laptop, opens the app on her phone and finds the chat there; Bob does not."""
+    audience, keys = "/projects/123456789012/global/backendServices/77", IapKeys()
+    backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
+    with BackgroundServer(proxy_app("http://127.0.0.1:9", keys, audience, set())) as key_set:
+        settings = Settings(store_url=f"sqlite:///{tmp_path}/history.db", identity="iap",
+                            iap_audience=audience, iap_keys_url=f"{key_set}{KEYS_PATH}")
+        with BackgroundServer(create_app(settings, backends=backends)) as app_url, \
+                BackgroundServer(proxy_app(app_url, keys, audience, {"alice@example.com", "bob@example.com"})) as gateway:
+
+            def device(email: str) -> Page:
+                page = browser.new_context().new_page()
+                page.goto(f"{gateway}/_iap_double/sign_in?user={email}")  # Google's sign-in, then back to the app
+                page.wait_for_selector("#message textarea")
+                expect(page.locator("#signed-in")).to_contain_text(f"Signed in as {email}", timeout=30000)
+                return page
+
+            laptop = device("alice@example.com")
+            send_and_watch(laptop, "Plan my week, from the laptop", 0)
+            expect(laptop.locator("#sessions label")).to_have_count(1, timeout=30000)
+            phone = device("alice@example.com")
+            expect(phone.locator("#sessions label")).to_have_count(1, timeout=30000)
+            assert "Plan my week, from the laptop" in phone.locator("#sessions label").inner_text()
+            phone.locator("#sessions label").first.click()
+            expect(phone.locator('#chat [data-testid="user"]')).to_have_text(["Plan my week, from the laptop"], timeout=30000)
+            bob = device("bob@example.com")
+            bob.wait_for_timeout(1500)
+            assert bob.locator("#sessions label").count() == 0 and bot_texts(bob) == []

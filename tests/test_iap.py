@@ -219,3 +219,29 @@ def test_doctor_shows_the_identity_source_and_checks_iaps_keys(key_set):
     signed = doctor(HYBRIDCHAT_IDENTITY="iap", HYBRIDCHAT_IAP_AUDIENCE=AUDIENCE, HYBRIDCHAT_IAP_KEYS_URL=key_set)
     assert "Google sign-in through IAP" in signed and f"audience {AUDIENCE}; 1 IAP key(s)" in signed, signed
     assert "not set up" in doctor(HYBRIDCHAT_IDENTITY="iap")
+
+
+def test_signed_in_people_behind_one_address_are_not_one_client(keys, key_set, tmp_path):
+    """Behind the load balancer every request comes from Google's front ends: the per-address
+    share counts per signed-in person, so two people stream at once where one address is allowed one."""
+    env = {"HYBRIDCHAT_IDENTITY": "iap", "HYBRIDCHAT_IAP_AUDIENCE": AUDIENCE, "HYBRIDCHAT_IAP_KEYS_URL": key_set,
+           "HYBRIDCHAT_STREAMS_PER_CLIENT": "1"}
+    with paced_server(Pace(ttft=0.0, tokens=20, gap=0.05)) as (vllm, _), \
+            app_server(vllm, f"sqlite:///{tmp_path}/h.db", env=env) as (url, _):
+
+        async def both():
+            async def one(email: str):
+                async with httpx.AsyncClient(timeout=60, headers={ASSERTION_HEADER: keys.assertion(email, AUDIENCE)}) as http:
+                    return await QueueClient(url, http).turn(f"hello from {email}", visitor(), max_tokens=20)
+            return await asyncio.gather(one("alice@example.com"), one("bob@example.com"))
+
+        replies = asyncio.run(both())
+    assert all(r.ok and r.last_reply and not r.warnings for r in replies), replies
+
+
+def test_a_password_list_and_iap_together_are_refused(tmp_path):
+    from hybridchat.app import create_app
+    from hybridchat.errors import HybridChatError
+
+    with pytest.raises(HybridChatError, match="choose one"):
+        create_app(Settings(identity="iap", store_url=f"sqlite:///{tmp_path}/h.db"), auth=[("a", "b")])
