@@ -24,8 +24,8 @@ from hybridchat.backends import ChatBackend, GenerationParams, build_backends
 from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
-from hybridchat.guard import Guard
-from hybridchat.iap import ASSERTION_HEADER, SIGN_OUT_PATH, IapVerifier, SignInRefused
+from hybridchat.guard import SIGNED_IN, Guard
+from hybridchat.iap import SIGN_OUT_PATH, IapVerifier
 from hybridchat.limits import Limits
 from hybridchat.login import Logins
 from hybridchat.sanitize import safe_markdown
@@ -83,12 +83,8 @@ def build_ui(
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
         browser = dict(browser) if isinstance(browser, dict) else {}  # whatever the client sent
         if sign_in is not None:
-            # Guard let only requests with a valid assertion in; read from it, never from the
-            # unsigned e-mail header.
-            try:
-                return sign_in.user(request.headers.get(ASSERTION_HEADER)).email, browser
-            except SignInRefused as exc:
-                raise gr.Error(str(exc)) from None
+            # Who Guard found in IAP's signed assertion (never the unsigned e-mail header).
+            return getattr(request.state, SIGNED_IN).email, browser
         if auth_enabled and request.username:
             return f"user:{request.username}", browser
         visitor = visitor_ids.verify(browser.get("visitor"))

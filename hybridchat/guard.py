@@ -11,7 +11,8 @@
 * file uploads are refused: the app has no file input, and Gradio's upload route would write
   whatever comes to disk;
 * with sign-in through IAP (``sign_in``), a request without IAP's valid assertion is refused
-  (403; ``/healthz`` excepted: the load balancer's health checks do not pass through IAP).
+  (403; ``/healthz`` excepted: the load balancer's health checks do not pass through IAP);
+  the person it names is left in the request's state for the app.
 
 Frames are allowed from anywhere: the workshop's notebook 05 shows the app in one.
 """
@@ -52,6 +53,7 @@ SECURITY_HEADERS = [
 ]
 UPLOAD_PATH = "/gradio_api/upload"
 HEALTH_PATH = "/healthz"
+SIGNED_IN = "signed_in"  # the request's SignedInUser, in its ASGI scope's state
 
 
 class Guard:
@@ -77,10 +79,11 @@ class Guard:
             assertion = dict(scope["headers"]).get(ASSERTION_HEADER.encode(), b"").decode("latin-1")
             try:
                 # In a thread: now and then it fetches IAP's keys, which must not stall every visitor.
-                await anyio.to_thread.run_sync(self.sign_in.user, assertion)
+                user = await anyio.to_thread.run_sync(self.sign_in.user, assertion)
             except SignInRefused as refused:
                 await _refuse(send_with_headers, refused.status, str(refused))
                 return
+            scope.setdefault("state", {})[SIGNED_IN] = user  # the app's handlers read it (request.state)
         if path.rstrip("/").endswith(UPLOAD_PATH):
             await _refuse(send_with_headers, 403, "This app takes no files.")
             return
