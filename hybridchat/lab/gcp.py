@@ -156,7 +156,7 @@ def wait_for_audience(project_id: str, project_number: str, timeout: float = 900
 def set_audience(audience: str) -> list[Command]:
     """The app's ConfigMap with IAP's audience (made anew), and the app restarted to read it."""
     return [
-        command("kubectl", "delete", "configmap", IAP_CONFIG, "--ignore-not-found"),
+        delete_audience(),
         command("kubectl", "create", "configmap", IAP_CONFIG, f"--from-literal=audience={audience}"),
         command("kubectl", "rollout", "restart", "deployment/gradio-chat"),
         command("kubectl", "rollout", "status", "deployment/gradio-chat", "--timeout=600s"),
