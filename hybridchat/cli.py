@@ -214,14 +214,22 @@ def sessions_list(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table()
-    for column in ("session", "owner", "title", "updated", "turns"):
-        table.add_column(column)
+    columns = ("session", "owner", "title", "updated", "turns")
     # E-mails as IAP signs them: lowercase.
-    for s in _store().list_sessions(user.lower() if user and "@" in user and ":" not in user else user):
-        updated = f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else ""
-        table.add_row(*_row(s.session_id, s.user_id or "", s.title, updated, s.turn_count))
-    Console().print(table)
+    sessions = _store().list_sessions(user.lower() if user and "@" in user and ":" not in user else user)
+    rows = [(s.session_id, s.user_id or "", s.title, f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else "", s.turn_count)
+            for s in sessions]
+    console = Console()
+    if not console.is_terminal:  # piped: whole values, tab-separated, for `cut` and `sessions show`
+        for row in (columns, *rows):
+            typer.echo("\t".join(terminal_safe(str(cell)).replace("\t", "\\t").replace("\n", "\\n") for cell in row))
+        return
+    table = Table()
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*_row(*row))
+    console.print(table)
 
 
 @sessions_app.command("show")

@@ -2,6 +2,8 @@
 
     HybridChatError
     ├── InputRefused             a message or setting refused before the reply starts
+    ├── SignInRefused            a request IAP did not sign (``hybridchat.iap``)
+    ├── SecretMissing            no session secret where one is required (``hybridchat.visitors``)
     ├── BackendError             a model could not answer (``backend`` names which)
     │   ├── BackendUnavailable   nothing listens at its address
     │   ├── BackendLoading       up, but the model is still loading (HTTP 503)

@@ -205,9 +205,9 @@ def test_one_person_has_the_same_chats_on_every_device_through_iap(signed_in_app
         assert stolen.ok and stolen.browser["session"] != chat_id, "Bob's turn starts his own chat"
         assert "from my laptop" not in json.dumps(stolen.outputs)
     listed = subprocess.run([sys.executable, "-m", "hybridchat.cli", "sessions", "list", "--user", "alice@example.com"],
-                            env={"PATH": "", "HYBRIDCHAT_STORE_URL": store_url, "COLUMNS": "200"},
+                            env={"PATH": "", "HYBRIDCHAT_STORE_URL": store_url},  # piped: 80 columns
                             capture_output=True, text=True, check=True).stdout
-    assert chat_id[:12] in listed and "alice@example.com" in listed, listed
+    assert chat_id in listed and "alice@example.com" in listed, "the whole id, to paste into `sessions show`"
 
 
 def test_doctor_shows_the_identity_source_and_checks_iaps_keys(key_set):
