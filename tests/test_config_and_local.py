@@ -190,3 +190,29 @@ def test_serve_local_command_listens_once_loaded_then_serves_and_stops_on_ctrl_c
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0
     assert f"Local stand-in for Gemma and Gemini: http://127.0.0.1:{port}" in output
+
+
+def test_every_setting_is_in_the_table_and_every_variable_the_manifests_set_is_one():
+    """config.py's table is the contract with the manifests and notebooks: it names every field's
+    variable, and the app's manifest sets no variable the app would not read."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from hybridchat import config
+
+    def variable(name: str, field) -> str:  # type: ignore[no-untyped-def]
+        return field.validation_alias.choices[0] if field.validation_alias else f"HYBRIDCHAT_{name.upper()}"
+
+    fields = {variable(name, field) for name, field in Settings.model_fields.items()}
+    documented = set(re.findall(r"^``([A-Z_]+)``", config.__doc__ or "", re.MULTILINE))
+    assert documented == fields, f"missing: {fields - documented}; not a setting: {documented - fields}"
+    manifest = Path(__file__).resolve().parents[1] / "deploy" / "chat-deploy.yaml"
+    set_there = set()
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        if doc and doc["kind"] == "ConfigMap":
+            set_there |= set(doc["data"])
+        if doc and doc["kind"] == "Deployment":
+            set_there |= {e["name"] for e in doc["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    assert set_there and set_there <= fields, f"the manifest sets what the app never reads: {set_there - fields}"
