@@ -24,7 +24,7 @@ from hybridchat.backends import ChatBackend, GenerationParams, build_backends
 from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
-from hybridchat.guard import SIGNED_IN, Guard
+from hybridchat.guard import HEALTH_PATH, SIGNED_IN, Guard
 from hybridchat.iap import SIGN_OUT_PATH, IapVerifier
 from hybridchat.limits import Limits
 from hybridchat.login import Logins
@@ -321,7 +321,7 @@ def create_app(
 
     app = FastAPI(lifespan=lifespan)
 
-    @app.get("/healthz")
+    @app.get(HEALTH_PATH)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

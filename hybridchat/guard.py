@@ -75,8 +75,9 @@ class Guard:
             await send(message)
 
         path = scope["path"].removeprefix(scope.get("root_path", ""))
+        headers = dict(scope["headers"])
         if self.sign_in is not None and path != HEALTH_PATH:
-            assertion = dict(scope["headers"]).get(ASSERTION_HEADER.encode(), b"").decode("latin-1")
+            assertion = headers.get(ASSERTION_HEADER.encode(), b"").decode("latin-1")
             try:
                 # In a thread: now and then it fetches IAP's keys, which must not stall every visitor.
                 user = await anyio.to_thread.run_sync(self.sign_in.user, assertion)
@@ -87,7 +88,7 @@ class Guard:
         if path.rstrip("/").endswith(UPLOAD_PATH):
             await _refuse(send_with_headers, 403, "This app takes no files.")
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await _refuse(send_with_headers, 413, self.too_large)  # shown by the page as it is
             return

@@ -195,7 +195,7 @@ def test_gemma_gets_the_gpus_its_tensor_parallelism_uses(path):
     assert args["model"] == "google/gemma-3-12b-it" and int(args["max-model-len"]) > 0
     assert ":" in container["image"] and not container["image"].endswith(":latest")
     token = next(e for e in container["env"] if e["name"] == "HUGGING_FACE_HUB_TOKEN")["valueFrom"]["secretKeyRef"]
-    assert token == {"name": "hf-secret", "key": "hf_api_token"}
+    assert token == {"name": gcp.HF_SECRET, "key": "hf_api_token"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == HEALTH_PATH

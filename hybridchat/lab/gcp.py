@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SETUP_APIS = ("cloudresourcemanager.googleapis.com", "storage.googleapis.com")
 APP_SERVICE = "gradio-chat-service"
+HF_SECRET = "hf-secret"  # read by deploy/gemma3-12b-*.yaml
 SESSION_SECRET = "gradio-chat-session"  # read by deploy/chat-deploy.yaml
 IAP_CONFIG = "gradio-chat-iap"  # the ConfigMap that gives the app IAP's audience
 OAUTH_SECRET = "gradio-chat-oauth"  # the OAuth client's secret, read by IAP (chat-iap-policy.yaml)
@@ -74,14 +75,18 @@ def get_credentials(cluster_name: str, region: str, project_id: str) -> Command:
 def create_hf_secret(token: str) -> Command:
     """The Hugging Face token secret Gemma's pod reads; the token never shows in output."""
     return command(
-        "kubectl", "create", "secret", "generic", "hf-secret", f"--from-literal=hf_api_token={token}",
+        "kubectl", "create", "secret", "generic", HF_SECRET, f"--from-literal=hf_api_token={token}",
         secrets=(token,),
     )
 
 
-def session_secret_exists() -> Command:
-    """Prints the app's session secret's name if it exists (else nothing)."""
-    return command("kubectl", "get", "secret", SESSION_SECRET, "--ignore-not-found", "-o", "name")
+def secret_exists(name: str) -> Command:
+    """Prints the Secret's name if it exists (else nothing)."""
+    return command("kubectl", "get", "secret", name, "--ignore-not-found", "-o", "name")
+
+
+def delete_secret(name: str) -> Command:
+    return command("kubectl", "delete", "secret", name, "--ignore-not-found")
 
 
 def create_session_secret() -> Command:
@@ -93,10 +98,6 @@ def create_session_secret() -> Command:
     )
 
 
-def delete_session_secret() -> Command:
-    return command("kubectl", "delete", "secret", SESSION_SECRET, "--ignore-not-found")
-
-
 def oauth_client() -> tuple[str, str]:
     """The OAuth client IAP signs people in with (made once in the console: README, Deploy):
     ``IAP_CLIENT_ID`` and ``IAP_CLIENT_SECRET`` if set, else asked (the secret never shown)."""
@@ -104,18 +105,10 @@ def oauth_client() -> tuple[str, str]:
     return client_id, os.environ.get("IAP_CLIENT_SECRET") or getpass("OAuth client secret: ")
 
 
-def oauth_secret_exists() -> Command:
-    return command("kubectl", "get", "secret", OAUTH_SECRET, "--ignore-not-found", "-o", "name")
-
-
 def create_oauth_secret(client_secret: str) -> Command:
     """IAP reads the OAuth client's secret from this Secret (key ``key``); never shown."""
     return command("kubectl", "create", "secret", "generic", OAUTH_SECRET, f"--from-literal=key={client_secret}",
                    secrets=(client_secret,))
-
-
-def delete_oauth_secret() -> Command:
-    return command("kubectl", "delete", "secret", OAUTH_SECRET, "--ignore-not-found")
 
 
 def render_iap_policy(client_id: str) -> Path:
@@ -206,10 +199,6 @@ def apply(manifest: str | Path) -> Command:
 
 def delete(manifest: str | Path) -> Command:
     return command("kubectl", "delete", "--ignore-not-found", "-f", str(DEPLOY / manifest))
-
-
-def delete_hf_secret() -> Command:
-    return command("kubectl", "delete", "secret", "hf-secret", "--ignore-not-found")
 
 
 def gemma_pods() -> Command:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from hybridchat.lab.gcp import DEPLOY
+from hybridchat.lab.gcp import DEPLOY, active_account
 from hybridchat.lab.shell import CommandFailed
 
 # Terraform enables the workshop's other APIs (infra/main.tf); these must be on before it runs:
@@ -61,7 +61,7 @@ def _gcloud(*argv: str) -> str:
 
 def account() -> Result:
     try:
-        active = _gcloud("auth", "list", "--filter=status:ACTIVE", "--format=value(account)")
+        active = _gcloud(*active_account().argv[1:])
     except CommandFailed:
         active = ""
     if "@" in active:  # logged out, gcloud prints nothing here (and a warning on stderr)
