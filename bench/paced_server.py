@@ -47,8 +47,11 @@ def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
                     # Sleep to an absolute schedule, so delays do not drift with event-loop load.
                     due = started + ttft + index * gap
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    # The last token carries the finish reason, as vLLM's does. The answer is as
+                    # long as asked for: it ends of itself ("stop"), never at the limit.
+                    finish = "stop" if index == count - 1 else None
                     chunk = {"id": "b", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-                             "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}]}
+                             "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": finish}]}
                     yield f"data: {json.dumps(chunk)}\n\n"
             finally:
                 streams["now"] -= 1

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench.model_servers import CONTEXT, ModelServer
-from hybridchat.backends import GenerationParams, VllmBackend, VllmClient
+from hybridchat.backends import GenerationParams, RetryPolicy, VllmBackend, VllmClient
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.context import KEEP
 from hybridchat.store import open_store
@@ -52,7 +52,7 @@ def counters(url: str) -> dict[str, float]:
 
 def conversation(url: str, keep: float, turns: int, label: str) -> list[dict]:
     store = open_store(f"sqlite:///{tempfile.mkdtemp(prefix='hybridchat-prefix-')}/history.db", resilient=False)
-    service = ChatService({"gemma": VllmBackend(VllmClient(url, retry_backoff=0.1))}, store, keep=keep)
+    service = ChatService({"gemma": VllmBackend(VllmClient(url, retry=RetryPolicy(backoff=0.1)))}, store, keep=keep)
     chat = Conversation(f"bench-{label}")
     # A persona of its own per policy: the two conversations share no cached prefix.
     params = GenerationParams(temperature=0, max_tokens=48, system_prompt=f"You are assistant '{label}'. Be brief.")

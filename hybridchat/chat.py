@@ -13,10 +13,11 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hybridchat.backends import ChatBackend, GenerationParams
+from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
 from hybridchat.context import KEEP, Fitted, fit_context
 from hybridchat.errors import BackendError, ContextOverflow, InputRefused, SessionNotFound, StoreError
 from hybridchat.store import HistoryStore, Turn
@@ -116,7 +117,7 @@ class ChatService:
         self.catch_up(conversation)
         previous = start = self._context_start(conversation, backend_name)
         draft = _Draft(text, backend_name, params)
-        reply: Iterator[str] | None = None
+        reply: ReplyStream | None = None
         refused, overcount = False, 1.0
         try:
             for _ in range(2):
@@ -127,9 +128,10 @@ class ChatService:
                 draft.fitted(fitted, previous, backend.label)
                 reply = backend.stream(text, fitted.history, fitted.params)
                 try:
-                    for piece in reply:
-                        draft.pieces.append(piece)
-                        yield Progress(text, "".join(draft.pieces), context_note=draft.notice)
+                    with closing(reply):  # on Stop too: the model's HTTP stream ends now
+                        for piece in reply:
+                            draft.pieces.append(piece)
+                            yield Progress(text, "".join(draft.pieces), context_note=draft.notice)
                     break
                 except ContextOverflow as exc:
                     if refused or draft.pieces:
@@ -241,10 +243,9 @@ class _Draft:
             if fitted.start > previous_start and fitted.not_sent else None
         )
 
-    def turn(self, reply: Iterator[str] | None = None) -> Turn:
-        # Backends report usage and the finish reason through a ReplyStream; plain iterators don't.
-        usage = getattr(reply, "usage", None)
-        if self.status == "ok" and getattr(reply, "finish_reason", None) == "length":
+    def turn(self, reply: ReplyStream | None = None) -> Turn:
+        usage = reply.usage if reply else None
+        if self.status == "ok" and reply and reply.finish_reason == "length":
             self.status = "cut_off"
         if self.status == "error":
             self.notice = None  # nothing reached the model: the next answered turn tells

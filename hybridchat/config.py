@@ -57,8 +57,12 @@ The variable names are a contract with the Kubernetes manifests and the notebook
                                       (``~/.hybridchat/session_secret``)
 ``HYBRIDCHAT_CONNECT_TIMEOUT``        seconds to connect to a model (5)
 ``HYBRIDCHAT_TIMEOUT``                seconds to wait for a model's answer (120)
-``HYBRIDCHAT_RETRY_ATTEMPTS``         tries for transient errors, the first included (3) …
-``HYBRIDCHAT_RETRY_BACKOFF``          … and the first wait between them (1 s)
+``HYBRIDCHAT_RETRY_ATTEMPTS``         tries for a transient failure, the first included (3) …
+``HYBRIDCHAT_RETRY_BACKOFF``          … the first wait between them (1 s) …
+``HYBRIDCHAT_RETRY_STATUSES``         … and the HTTP statuses that are transient (408, 429,
+                                      500, 502, 503, 504); a refused connection is too, a
+                                      timeout is not. Every model backend follows this one
+                                      policy
 ``HYBRIDCHAT_LOG_LEVEL``              ``DEBUG`` … ``ERROR``
 ====================================  ==========================================================
 
@@ -179,6 +183,9 @@ class Settings(BaseSettings):
     timeout: float = Field(default=120.0, gt=0, description="seconds to wait for a model's answer")
     retry_attempts: int = Field(default=3, ge=1, description="tries for transient errors, first included")
     retry_backoff: float = Field(default=1.0, ge=0, description="first wait between tries, in seconds")
+    retry_statuses: tuple[int, ...] = Field(
+        default=(408, 429, 500, 502, 503, 504), description="HTTP statuses asked again (JSON list)"
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -2,7 +2,7 @@
 
 Modes: ``ok``, ``loading`` (503), ``server_error`` (500), ``bad_request`` (400), ``quota``
 (429), ``slow`` (answers after ``delay`` s), ``malformed`` (not JSON), ``truncated`` (SSE
-that stops early), ``flaky`` (503 for the first ``failures`` generation requests, then ok); Gemini only:
+that stops early, with no finish reason), ``lean`` (chunks with only their ``choices``), ``flaky`` (503 for the first ``failures`` generation requests, then ok); Gemini only:
 ``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``; vLLM chat only: ``html`` (a
 hostile reply: ``hostile``), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
 stopped). ``requests`` counts what came.
@@ -115,10 +115,12 @@ def create_fault_app(control: FaultServer) -> FastAPI:
             return sse([json.dumps(chunk)])
         if control.mode == "engine_dead":  # vLLM 0.32's stream when its engine process is killed
             return sse([json.dumps(chunk), json.dumps(ENGINE_DEAD), "[DONE]"])
+        finished = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         if control.mode == "abort":  # vLLM 0.32's stream when its API server is stopped (SIGTERM)
-            aborted = {**chunk, "choices": [{**chunk["choices"][0], "finish_reason": "abort"}]}
-            return sse([json.dumps(aborted), "[DONE]"])
-        return sse([json.dumps(chunk), "[DONE]"])
+            finished["choices"][0]["finish_reason"] = "abort"
+        if control.mode == "lean":  # what other OpenAI-compatible servers send: no id, created, model
+            chunk, finished = ({"choices": frame["choices"]} for frame in (chunk, finished))
+        return sse([json.dumps(chunk), json.dumps(finished), "[DONE]"])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -15,7 +15,7 @@ from gradio_client import Client
 from tests_support import api_key_client
 
 from hybridchat.app import create_app, model_choices
-from hybridchat.backends import ChatBackend, GenerationParams, VllmBackend, VllmClient
+from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream, RetryPolicy, VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
@@ -49,10 +49,10 @@ class Recording(ChatBackend):
 def app_server(stand_in, tmp_path_factory):
     store_url = f"sqlite:///{tmp_path_factory.mktemp('app')}/history.db"
     backends = {
-        "gemma": VllmBackend(VllmClient(stand_in, retry_backoff=0.01), label="Gemma"),
+        "gemma": VllmBackend(VllmClient(stand_in, retry=RetryPolicy(backoff=0.01)), label="Gemma"),
         "gemini": Recording(GeminiBackend(api_key_client(stand_in), label="Gemini 2.5 Flash (local stand-in)")),
         "down": VllmBackend(
-            VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), name="down", label="Broken Gemma"
+            VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1), connect_timeout=1), name="down", label="Broken Gemma"
         ),
     }
     # Every piece streamed as it comes (the default sends at most one update per 100 ms).
@@ -162,7 +162,7 @@ def test_visitors_never_see_each_others_sessions(app_server, client):
 
 
 def test_an_unreachable_model_is_listed_as_unavailable_with_the_reason(stand_in, tiny_model_dir):
-    down = VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), label="Gemma")
+    down = VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1), connect_timeout=1), label="Gemma")
     up = VllmBackend(VllmClient(stand_in), name="up", label="Gemma up")
     choices = dict((name, label) for label, name in model_choices({"gemma": down, "up": up}))
     assert choices["gemma"].startswith("Gemma — unavailable: Gemma is not reachable at http://127.0.0.1:9")
@@ -179,6 +179,40 @@ def test_only_the_owner_can_open_or_delete_a_session(tmp_path, stand_in):
         service.delete("visitor:mallory", conversation.session_id)
     service.delete("visitor:alice", conversation.session_id)
     assert service.store.list_sessions("visitor:alice") == []
+
+
+class Stoppable(ChatBackend):
+    """A real backend whose replies it keeps (so nothing but an explicit close ends them)."""
+
+    def __init__(self, inner: ChatBackend):
+        self.inner, self.name, self.label = inner, inner.name, inner.label
+        self.replies: list[ReplyStream] = []
+        self.closed = 0
+
+    def stream(self, message, history, params=None):
+        def pieces():
+            try:
+                yield from self.inner.stream(message, history, params)
+            finally:
+                self.closed += 1
+
+        self.replies.append(ReplyStream(pieces()))
+        return self.replies[-1]
+
+    def health(self):
+        return self.inner.health()
+
+
+def test_stop_closes_the_models_stream_and_keeps_what_came(tmp_path, stand_in):
+    backend = Stoppable(VllmBackend(VllmClient(stand_in), label="Gemma"))
+    service = ChatService({"gemma": backend}, open_store(f"sqlite:///{tmp_path}/h.db"))
+    conversation = Conversation("visitor:alice")
+    turn = service.respond(conversation, "Tell me a story", "gemma", GenerationParams(max_tokens=64))
+    first = next(turn)
+    turn.close()  # what Gradio does when the visitor presses Stop
+    assert backend.closed == 1, "the model's stream is closed at once, not when collected"
+    [saved] = service.store.load(conversation.session_id)
+    assert saved.status == "interrupted" and saved.reply == first.reply
 
 
 def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests_support import api_key_client, vertex_client
 
 from hybridchat.backends import (
+    RetryPolicy,
     ChatBackend,
     ContextWindow,
     GeminiBackend,
@@ -112,7 +113,7 @@ def test_turns_are_left_out_in_blocks_so_the_prompts_beginning_stays_the_same(ti
 
 def test_failed_turns_are_never_sent(tiny_model, store, closed_port_url):
     local = Recording(LocalBackend(model=tiny_model))
-    down = VllmBackend(VllmClient(closed_port_url, model="m", retry_attempts=1, connect_timeout=1), name="down")
+    down = VllmBackend(VllmClient(closed_port_url, model="m", retry=RetryPolicy(attempts=1), connect_timeout=1), name="down")
     service = ChatService({"local": local, "down": down}, store)
     conversation = Conversation("alice")
     chat(service, conversation, ["first"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from google.genai import types
+from fault_server import REPLY
 from tests_support import api_key_client, vertex_client
 
-from hybridchat.backends import GenerationParams, build_backends, call_gemini_model
+from hybridchat.backends import GenerationParams, RetryPolicy, build_backends, call_gemini_model
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
 from hybridchat.errors import (
@@ -23,7 +24,8 @@ from hybridchat.history import process_message_gemini, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
 
 GREEDY = GenerationParams(temperature=0, max_tokens=12)
-NO_RETRY = types.HttpRetryOptions(attempts=1)
+NO_RETRY = RetryPolicy(attempts=1)
+QUICK_RETRY = RetryPolicy(backoff=0.01)  # production's attempts and statuses, shorter waits
 
 
 @pytest.mark.parametrize("make_client", [api_key_client, vertex_client], ids=["api-key", "vertex"])
@@ -82,25 +84,45 @@ def test_vertex_mode_without_credentials_is_a_clear_message(monkeypatch, tmp_pat
 # --- faults -------------------------------------------------------------------------------
 
 
-def faulty(fault_server, **options) -> GeminiBackend:
-    options.setdefault("retry_options", NO_RETRY)
-    return GeminiBackend(vertex_client(fault_server.url, **options), label="Gemini")
+def faulty(fault_server, retry: RetryPolicy = NO_RETRY, **options) -> GeminiBackend:
+    return GeminiBackend(vertex_client(fault_server.url, **options), label="Gemini", retry=retry)
 
 
-def test_quota_is_explained_and_not_retried(fault_server):
+def test_quota_is_retried_then_explained(fault_server):
     fault_server.mode = "quota"
-    backend = faulty(fault_server, retry_options=types.HttpRetryOptions(attempts=3, initial_delay=0.01, http_status_codes=[500, 503]))
     with pytest.raises(QuotaExceeded, match="quota or rate limit"):
-        backend.complete("Hi", [])
-    assert fault_server.posts() == 1
+        faulty(fault_server, QUICK_RETRY).complete("Hi", [])
+    assert fault_server.posts() == 3
 
 
 def test_server_error_is_retried_then_explained(fault_server):
     fault_server.mode = "server_error"
-    backend = faulty(fault_server, retry_options=types.HttpRetryOptions(attempts=3, initial_delay=0.01, http_status_codes=[500]))
     with pytest.raises(BadResponse, match=r"Gemini failed with a server error \(HTTP 500\)"):
-        backend.complete("Hi", [])
+        faulty(fault_server, QUICK_RETRY).complete("Hi", [])
     assert fault_server.posts() == 3
+
+
+def test_a_503_then_success_is_transparent(fault_server):
+    fault_server.mode, fault_server.failures = "flaky", 2
+    assert faulty(fault_server, QUICK_RETRY).complete("Hi", []) == REPLY
+    assert fault_server.posts() == 3
+
+
+def test_a_safety_block_is_not_retried(fault_server):
+    fault_server.mode = "safety_prompt"
+    with pytest.raises(ContentBlocked):
+        faulty(fault_server, QUICK_RETRY).complete("Hi", [])
+    assert fault_server.posts() == 1
+
+
+def test_the_retry_statuses_setting_is_what_gemini_follows(fault_server):
+    fault_server.mode = "quota"
+    backend = GeminiBackend(
+        settings=Settings(gemini_url=fault_server.url, google_api_key="k", retry_backoff=0.01, retry_statuses=[503])
+    )
+    with pytest.raises(QuotaExceeded):
+        backend.complete("Hi", [])
+    assert fault_server.posts() == 1
 
 
 def test_unavailable_is_explained(fault_server):
@@ -141,7 +163,7 @@ def test_slow_answer_times_out(fault_server):
 
 
 def test_connection_refused_is_explained(closed_port_url):
-    backend = GeminiBackend(api_key_client(closed_port_url, retry_options=NO_RETRY), label="Gemini")
+    backend = GeminiBackend(api_key_client(closed_port_url), label="Gemini", retry=NO_RETRY)
     with pytest.raises(BackendUnavailable, match="Gemini is not reachable"):
         backend.complete("Hi", [])
     assert not backend.health().ok

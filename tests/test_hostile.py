@@ -25,7 +25,7 @@ from test_reliability import chat, visitor
 from bench.queue_client import QueueClient, text_of
 from bench.run import Pace, app_server, paced_server, serving
 from hybridchat.app import create_app, to_messages
-from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.backends import RetryPolicy, VllmBackend, VllmClient
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.sanitize import safe_markdown
@@ -269,7 +269,7 @@ def test_model_and_server_text_is_shown_defused():
 
 
 def test_no_uploads_and_no_oversized_requests(tmp_path):
-    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1)), label="Gemma")}
     web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db", max_request_bytes=64 * 1024), backends=backends)
     with BackgroundServer(web) as url:
         upload = httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.txt", b"x" * 1000)})
@@ -313,7 +313,7 @@ def test_the_persona_is_cleaned_capped_and_neutralised_as_messages_are(stand_in,
 
 
 def test_bad_values_from_a_client_get_a_clear_message_not_an_exception(tmp_path):
-    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1)), label="Gemma")}
     with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
 
         async def turns() -> tuple:
@@ -427,7 +427,7 @@ def test_a_visitor_with_many_chats_gets_the_newest_50_and_older_ones_on_demand(t
     for n, session in enumerate(sessions):
         store.append(session, Turn(user=f"chat {n}", model="gemma", reply="ok"))
     browser = {"visitor": VisitorIds(secret.encode()).token_for("hoarder"), "session": None}
-    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1)), label="Gemma")}
     settings = Settings(store_url=store_url, session_secret=secret)
     with BackgroundServer(create_app(settings, backends=backends)) as url:
 

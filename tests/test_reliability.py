@@ -94,7 +94,7 @@ GEMMA_FAULTS = {  # mode: (what the visitor is told, requests made: retried only
     "slow": ("Gemma did not answer within 1 s", 1),
     "malformed": ("Gemma sent an answer that is not valid JSON", 1),
     "truncated": ("Gemma's reply was cut off: the stream ended early", 1),
-    "server_error": ("Gemma failed with a server error (HTTP 500)", 1),
+    "server_error": ("Gemma failed with a server error (HTTP 500)", 3),
 }
 GEMINI_FAULTS = {
     "quota": ("Gemini is over its quota or rate limit (HTTP 429)", 3),

@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 
 from bench.run import serving
 from hybridchat.app import create_app
-from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.backends import RetryPolicy, VllmBackend, VllmClient
 from hybridchat.config import Settings
 from hybridchat.history import parse_gemma_prompt, process_message_gemma
 from hybridchat.lab.local import BackgroundServer, free_port
@@ -93,7 +93,7 @@ def test_no_endpoint_opens_another_visitors_session(tmp_path):
     store = open_store(store_url)
     alice = store.create_session("visitor:alice")
     store.append(alice, Turn(user="alice's secret plan", model="gemma", reply="noted"))
-    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1), label="Gemma")}
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1)), label="Gemma")}
     with BackgroundServer(create_app(Settings(store_url=store_url), backends=backends)) as url:
         config = httpx.get(f"{url}/config").json()
         mallory = {"visitor": "mallory", "session": alice}
@@ -134,7 +134,7 @@ def _raw_call(url: str, fn_index: int, data: list) -> str:
 def down_app(tmp_path_factory):
     """The app with a Gemma that is down: every turn ends at once, with an error message."""
     store_url = f"sqlite:///{tmp_path_factory.mktemp('bad-input')}/h.db"
-    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry_attempts=1, connect_timeout=1), label="Gemma")}
+    backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1), connect_timeout=1), label="Gemma")}
     with BackgroundServer(create_app(Settings(store_url=store_url), backends=backends)) as url:
         with closing(Client(url, verbose=False)) as client:
             yield client, store_url

@@ -8,8 +8,9 @@ import re
 import pytest
 from fault_server import REPLY
 
-from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, call_gemma_model
+from hybridchat.backends import GenerationParams, RetryPolicy, VllmBackend, VllmClient, call_gemma_model
 from hybridchat.backends.vllm import clean_gemma_output
+from hybridchat.config import Settings
 from hybridchat.errors import (
     BackendError,
     BackendLoading,
@@ -18,6 +19,7 @@ from hybridchat.errors import (
     BackendUnavailable,
     BadResponse,
     ModelNotFound,
+    QuotaExceeded,
 )
 from hybridchat.history import process_message_gemma, process_message_openai
 from hybridchat.protocols.legacy import echoed
@@ -26,8 +28,8 @@ from hybridchat.serve_local import STAND_IN_PREFIX
 GREEDY = GenerationParams(temperature=0, max_tokens=12)
 
 
-def client(url: str, **options) -> VllmClient:
-    return VllmClient(url, retry_backoff=0.01, connect_timeout=1, **options)
+def client(url: str, attempts: int = 3, **options) -> VllmClient:
+    return VllmClient(url, retry=RetryPolicy(attempts, backoff=0.01), connect_timeout=1, **options)
 
 
 def test_chat_streams_the_models_own_reply_over_http(stand_in, tiny_model):
@@ -98,7 +100,7 @@ def test_clean_gemma_output_follows_the_codelab_rules(raw, prompt, expected):
 
 
 def test_connection_refused_is_retried_then_explained(closed_port_url):
-    backend = VllmBackend(client(closed_port_url, model="m", retry_attempts=2), label="Gemma")
+    backend = VllmBackend(client(closed_port_url, model="m", attempts=2), label="Gemma")
     with pytest.raises(BackendUnavailable, match="Gemma is not reachable at http://127.0.0.1:.*Is the server running"):
         backend.complete("Hi", [])
     assert not backend.health().ok
@@ -106,7 +108,7 @@ def test_connection_refused_is_retried_then_explained(closed_port_url):
 
 def test_loading_model_says_gemma_is_starting(fault_server):
     fault_server.mode = "loading"
-    backend = VllmBackend(client(fault_server.url, model="m", retry_attempts=3), label="Gemma")
+    backend = VllmBackend(client(fault_server.url, model="m", attempts=3), label="Gemma")
     with pytest.raises(BackendLoading, match="Gemma is starting.*try Gemini or wait"):
         backend.complete("Hi", [])
     assert fault_server.posts() == 3, "503 is retried"
@@ -116,17 +118,36 @@ def test_loading_model_says_gemma_is_starting(fault_server):
 
 def test_503_while_loading_then_success_is_transparent(fault_server):
     fault_server.mode, fault_server.failures = "flaky", 2
-    backend = VllmBackend(client(fault_server.url, model="m", retry_attempts=3), label="Gemma")
+    backend = VllmBackend(client(fault_server.url, model="m", attempts=3), label="Gemma")
     assert backend.complete("Hi", []) == "fault server says hi"
     assert fault_server.posts() == 3
 
 
-def test_server_error_is_reported_without_retry(fault_server):
-    fault_server.mode = "server_error"
+@pytest.mark.parametrize(("mode", "error", "told"), [
+    ("server_error", BadResponse, r"Gemma failed with a server error \(HTTP 500\)"),
+    ("quota", QuotaExceeded, r"Gemma is over its quota or rate limit \(HTTP 429\)"),
+])
+def test_transient_statuses_are_retried_as_for_every_backend(fault_server, mode, error, told):
+    fault_server.mode = mode
     backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
-    with pytest.raises(BadResponse, match=r"Gemma failed with a server error \(HTTP 500\)"):
+    with pytest.raises(error, match=told):
         backend.complete("Hi", [])
+    assert fault_server.posts() == 3
+
+
+def test_the_retry_statuses_setting_is_what_gemma_follows(fault_server):
+    fault_server.mode = "server_error"
+    settings = Settings(vllm_url=fault_server.url, gemma_model="m", retry_backoff=0.01, retry_statuses=[503])
+    with pytest.raises(BadResponse):
+        VllmBackend(VllmClient.from_settings(settings)).complete("Hi", [])
     assert fault_server.posts() == 1
+
+
+def test_what_other_openai_compatible_servers_send_is_read(fault_server):
+    """No id, created or model in the chunks (a missing 'created' once made Gemma "unavailable")."""
+    fault_server.mode = "lean"
+    reply = VllmBackend(client(fault_server.url, model="m")).stream("Hi", [])
+    assert list(reply) == [REPLY] and reply.finish_reason == "stop"
 
 
 def test_a_client_error_keeps_the_servers_reason_for_the_log_and_is_not_retried(fault_server, caplog):

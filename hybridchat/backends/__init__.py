@@ -13,6 +13,7 @@ from hybridchat.backends.base import (
     Finish,
     GenerationParams,
     ReplyStream,
+    RetryPolicy,
     Usage,
     estimate_tokens,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "GenerationParams",
     "LocalBackend",
     "ReplyStream",
+    "RetryPolicy",
     "Usage",
     "VllmBackend",
     "VllmClient",
@@ -59,6 +61,7 @@ def build_backends(settings: Settings) -> dict[str, ChatBackend]:
                 settings=settings,
                 model=settings.gemini_model,
                 label=gemini_label(settings.gemini_model, where),
+                retry=RetryPolicy.from_settings(settings),
             )
         elif name == "local":
             backends[name] = LocalBackend.from_settings(settings)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import tenacity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hybridchat.errors import InputRefused
+from hybridchat.errors import BackendError, BackendUnavailable, InputRefused
 from hybridchat.history import process_message_openai
 
 
@@ -32,6 +33,45 @@ class GenerationParams(BaseModel):
         except ValidationError as exc:
             wrong = "; ".join(f"{'.'.join(map(str, e['loc'])).replace('_', ' ')}: {e['msg']}" for e in exc.errors())
             raise InputRefused(f"A setting is not valid ({wrong}).") from None
+
+
+if TYPE_CHECKING:
+    from hybridchat.config import Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When every backend asks a model again: a refused connection, or an answer with one of
+    ``statuses`` (quota, still loading, server errors), before any of the reply has come.
+    Never a timeout: a model that took ``timeout`` seconds is busy, and asking again would
+    multiply the wait."""
+
+    attempts: int = 3
+    backoff: float = 1.0  # the first wait, doubled each time (at most 30 s)
+    statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.retry_attempts, settings.retry_backoff, settings.retry_statuses)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if not isinstance(exc, BackendError):
+            return False
+        if exc.status_code is None:
+            return isinstance(exc, BackendUnavailable)
+        return exc.status_code in self.statuses
+
+    def call(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, tried again while it raises a transient ``BackendError``."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(self.is_transient),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_exponential(multiplier=self.backoff, max=30),
+            reraise=True,
+        )
+        return retrying(attempt)
 
 
 @dataclass(frozen=True)
@@ -130,9 +170,9 @@ class ChatBackend(ABC):
     @abstractmethod
     def stream(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> Iterator[str]:
-        """Yield the reply to ``message`` after ``history``, piece by piece (a ``ReplyStream``
-        where the backend reports token counts)."""
+    ) -> ReplyStream:
+        """The reply to ``message`` after ``history``, piece by piece; once exhausted it holds
+        the token counts and finish reason the backend reported. Closing it stops the reply."""
 
     def complete(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None

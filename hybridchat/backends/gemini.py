@@ -1,19 +1,20 @@
 """Gemini through ``google-genai``: Vertex AI (project + location + ADC) or an API key.
 
 ``HYBRIDCHAT_GEMINI_URL`` (``http_options.base_url``) points the real SDK at another
-endpoint, such as ``hybridchat serve-local``'s stand-in. The SDK retries timeouts, quota
-errors (429) and 5xx (``HttpRetryOptions``); what still fails, and safety blocks and empty
-answers, become clear messages.
+endpoint, such as ``hybridchat serve-local``'s stand-in. Transient failures are asked again
+by the one ``RetryPolicy`` every backend follows (the SDK's own retries stay off); what still
+fails, and safety blocks and empty answers, become clear messages.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import google.auth
 import google.auth.exceptions
@@ -30,6 +31,7 @@ from hybridchat.backends.base import (
     Finish,
     GenerationParams,
     ReplyStream,
+    RetryPolicy,
     Usage,
     estimate_tokens,
 )
@@ -48,6 +50,7 @@ from hybridchat.errors import (
 from hybridchat.history import process_message_gemini, system_instruction
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 try:  # google-genai sends through httpx2 when it is installed, else httpx
     import httpx2
@@ -72,16 +75,8 @@ def gemini_label(model: str, where: str) -> str:
 
 def make_gemini_client(settings: Settings) -> genai.Client:
     """A ``genai.Client`` for the configured mode; ``NeedsCredentials`` when none is usable."""
-    http_options = types.HttpOptions(
-        base_url=settings.resolved_gemini_url,
-        timeout=int(settings.timeout * 1000),
-        retry_options=types.HttpRetryOptions(
-            attempts=settings.retry_attempts,
-            initial_delay=settings.retry_backoff,
-            # Transient: timeouts, quota (Vertex AI's shared quota frees up within seconds), 5xx.
-            http_status_codes=[408, 429, 500, 502, 503, 504],
-        ),
-    )
+    # No retry_options: the SDK does not retry, GeminiBackend's RetryPolicy does.
+    http_options = types.HttpOptions(base_url=settings.resolved_gemini_url, timeout=int(settings.timeout * 1000))
     if settings.google_api_key is not None:
         return genai.Client(api_key=settings.google_api_key.get_secret_value(), http_options=http_options)
     if settings.mode == "local":
@@ -119,11 +114,13 @@ class GeminiBackend(ChatBackend):
         model: str = "gemini-2.5-flash",
         name: str = "gemini",
         label: str | None = None,
+        retry: RetryPolicy | None = None,
     ):
         if client is None and settings is None:
             raise ValueError("GeminiBackend needs a client or settings")
         self._client = client
         self._settings = settings
+        self._retry = retry or (RetryPolicy.from_settings(settings) if settings else RetryPolicy())
         self._client_lock = threading.Lock()
         self._configured_limit = settings.gemini_context_tokens if settings else None
         self._input_limit: int | None = None  # from models.get (0: it gave none) or a refusal
@@ -142,7 +139,7 @@ class GeminiBackend(ChatBackend):
 
     def stream(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> Iterator[str]:
+    ) -> ReplyStream:
         params = params or GenerationParams()
         config = _config(params, system_instruction(history, params.system_prompt))
         contents = process_message_gemini(message, history)
@@ -151,10 +148,8 @@ class GeminiBackend(ChatBackend):
     def _pieces(self, contents: list[types.Content], config: types.GenerateContentConfig) -> Iterator[str | Usage | Finish]:
         produced, usage, finish = False, None, None
         with self._errors():
-            chunks = self.client.models.generate_content_stream(
-                model=self.model, contents=contents, config=config
-            )
-            for chunk in chunks:
+            chunks, first = self._retry.call(lambda: self._open_stream(contents, config))
+            for chunk in itertools.chain(first, chunks):
                 text = self._text_of(chunk, produced)
                 if text:
                     produced = True
@@ -170,6 +165,14 @@ class GeminiBackend(ChatBackend):
             yield usage
         if finish is not None:
             yield Finish(finish)
+
+    def _open_stream(
+        self, contents: list[types.Content], config: types.GenerateContentConfig
+    ) -> tuple[Iterator[types.GenerateContentResponse], list[types.GenerateContentResponse]]:
+        """The stream and its first chunk: the request is sent, and may fail, only then."""
+        with self._errors():
+            chunks = self.client.models.generate_content_stream(model=self.model, contents=contents, config=config)
+            return chunks, list(itertools.islice(chunks, 1))
 
     def context_window(self) -> ContextWindow | None:
         """Most prompt tokens (the reply has a limit of its own): the smaller of the configured
@@ -192,16 +195,16 @@ class GeminiBackend(ChatBackend):
         system = system_instruction(history, params.system_prompt)
         if system:
             contents.insert(0, types.Content(role="user", parts=[types.Part(text=system)]))
-        with self._errors():
-            counted = self.client.models.count_tokens(model=self.model, contents=contents).total_tokens
+        counted = self._retry.call(lambda: self._call(self.client.models.count_tokens, model=self.model, contents=contents)).total_tokens
         return counted if counted is not None else estimate_tokens(message, history, params.system_prompt)
 
     def generate(self, contents: list[types.Content], params: GenerationParams) -> str:
         """One whole reply to ready-made ``contents`` (the notebook-facing path)."""
+        response = self._retry.call(lambda: self._call(
+            self.client.models.generate_content,
+            model=self.model, contents=contents, config=_config(params, params.system_prompt),
+        ))
         with self._errors():
-            response = self.client.models.generate_content(
-                model=self.model, contents=contents, config=_config(params, params.system_prompt)
-            )
             text = self._text_of(response, False)
         if not text:
             raise self._empty(response)
@@ -252,6 +255,10 @@ class GeminiBackend(ChatBackend):
         return EmptyResponse(
             f"{self.display} returned an empty reply. Try rephrasing your message.", backend=self.display
         )
+
+    def _call(self, method: Callable[..., T], **arguments: Any) -> T:
+        with self._errors():
+            return method(**arguments)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -213,7 +213,7 @@ class LocalBackend(ChatBackend):
 
     def stream(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> Iterator[str]:
+    ) -> ReplyStream:
         params = params or GenerationParams()
         return self.model.stream(process_message_openai(message, history, params.system_prompt), params)
 

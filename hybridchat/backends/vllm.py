@@ -1,15 +1,16 @@
 """Self-hosted Gemma served by vLLM, over either of its two wire protocols.
 
-* ``openai`` (default): vLLM's OpenAI-compatible server — ``/v1/chat/completions`` (streamed
-  SSE) for chat, ``/v1/completions`` for a raw prompt, ``/v1/models``, ``/health``.
+* ``openai`` (default): vLLM's OpenAI-compatible server, through the ``openai`` SDK as vLLM's
+  docs call it (``OpenAI(base_url=…/v1)``): streamed chat, raw completions, ``/v1/models``;
+  and vLLM's own ``/health`` and ``/tokenize`` through the same client.
 * ``legacy``: the Vertex AI Model Garden container the codelab used — ``POST /generate``
   answering ``{"predictions": [text]}``, the text possibly echoing the prompt.
 
-Connection errors and 503 (model still loading) are retried with backoff; any other error
-status is reported at once. Every failure is a ``BackendError`` worded for the user; the
-server's own text goes to the log. The served model's name and context length come from
-``/v1/models`` (re-asked when the server answers that the model does not exist: it restarted
-under another name), exact token counts from vLLM's ``/tokenize``.
+The SDK never retries (``max_retries=0``): transient failures follow the one ``RetryPolicy``
+every backend follows. The SDK's errors become ``BackendError``s worded for the user in one
+place (``VllmClient._errors``); the server's own text goes to the log. The served model's name
+and context length come from ``/v1/models`` (re-asked when the server answers that the model
+does not exist: it restarted under another name), exact token counts from ``/tokenize``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
-import httpx
-import tenacity
-from pydantic import ValidationError
+import openai
+from pydantic import BaseModel, ValidationError
 
 from hybridchat.backends.base import (
     BackendHealth,
@@ -32,6 +32,7 @@ from hybridchat.backends.base import (
     Finish,
     GenerationParams,
     ReplyStream,
+    RetryPolicy,
     Usage,
     estimate_tokens,
 )
@@ -55,12 +56,18 @@ from hybridchat.history import (
     process_message_gemma,
     process_message_openai,
 )
-from hybridchat.protocols import legacy, openai
+from hybridchat.protocols import legacy
+from hybridchat.protocols import openai as protocol
 from hybridchat.redact import redact_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 HEALTH_PATH = "/health"  # vLLM's readiness route; the Kubernetes probes use it too
+# vLLM takes any key unless started with --api-key; an explicit one keeps the SDK from
+# sending a learner's OPENAI_API_KEY to a self-hosted server.
+NO_API_KEY = "EMPTY"
 # Where a raw completion runs on into a turn that is not its own.
 _NEXT_TURN = re.compile(r"<end_of_turn>|<start_of_turn>|user's turn:", re.IGNORECASE)
 # vLLM's refusals of a prompt or max_tokens that does not fit: "This model's maximum context
@@ -74,7 +81,7 @@ _TEMPLATE_STOPS: dict[Template, tuple[str, ...]] = {
 
 
 class VllmClient:
-    """HTTP client for a vLLM server; shared by ``VllmBackend`` and ``call_gemma_model``."""
+    """A client for a vLLM server; shared by ``VllmBackend`` and ``call_gemma_model``."""
 
     def __init__(
         self,
@@ -86,8 +93,7 @@ class VllmClient:
         display: str = "Gemma",
         connect_timeout: float = 5.0,
         timeout: float = 120.0,
-        retry_attempts: int = 3,
-        retry_backoff: float = 1.0,
+        retry: RetryPolicy | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.shown_url = redact_url(self.base_url)  # for messages and logs: no password in it
@@ -99,14 +105,14 @@ class VllmClient:
         self._max_model_len: int | None = None  # from /v1/models, /tokenize or a refusal
         self._context_asked = False
         self._can_tokenize = api == "openai"
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=connect_timeout))
         self._connect_timeout = connect_timeout
         self._timeout = timeout
-        self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type((BackendUnavailable, BackendLoading)),
-            stop=tenacity.stop_after_attempt(retry_attempts),
-            wait=tenacity.wait_exponential(multiplier=retry_backoff, max=30),
-            reraise=True,
+        self._retry = retry or RetryPolicy()
+        self._openai = openai.OpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key=NO_API_KEY,
+            max_retries=0,
+            timeout=openai.Timeout(timeout, connect=connect_timeout),
         )
 
     @classmethod
@@ -118,12 +124,11 @@ class VllmClient:
             context_tokens=settings.gemma_context_tokens,
             connect_timeout=settings.connect_timeout,
             timeout=settings.timeout,
-            retry_attempts=settings.retry_attempts,
-            retry_backoff=settings.retry_backoff,
+            retry=RetryPolicy.from_settings(settings),
         )
 
     def close(self) -> None:
-        self._http.close()
+        self._openai.close()
 
     @property
     def known_model(self) -> str | None:
@@ -141,8 +146,7 @@ class VllmClient:
         """Ask ``/v1/models`` what the server serves now, and its context length.
 
         ``ModelNotFound`` when the configured model is not among them: every turn would fail."""
-        with self._request("GET", "/v1/models") as response:
-            cards = self._parse(openai.ModelList, self._json(response)).data
+        cards = self._retry.call(lambda: self._call(self._openai.models.list)).data or []
         if not cards:
             raise BadResponse(f"{self.display}'s server lists no model.", backend=self.display)
         card = next((c for c in cards if c.id == self._configured), None) if self._configured else cards[0]
@@ -155,7 +159,7 @@ class VllmClient:
                 status_code=404,
             )
         self._model = card.id
-        self._max_model_len = card.max_model_len or self._max_model_len
+        self._max_model_len = getattr(card, "max_model_len", None) or self._max_model_len  # vLLM's extension
         self._can_tokenize = self.api == "openai"  # a proxy's 404 while the server restarted is forgotten
 
     def context_window(self) -> ContextWindow | None:
@@ -177,35 +181,33 @@ class VllmClient:
             return None
         payload = {"messages": messages, "add_generation_prompt": True} if messages is not None else {"prompt": prompt}
         try:
-            with closing(self._post_for_model("/tokenize", lambda model: {"model": model, **payload})) as response:
-                counted = self._parse(openai.TokenizeResponse, self._json(response))
+            answer = self._for_model(
+                lambda model: self._openai.post(f"{self.base_url}/tokenize", body={"model": model, **payload}, cast_to=object)
+            )
         except BackendRejected as exc:
             if exc.status_code in (404, 405) and not isinstance(exc, ModelNotFound):
                 self._can_tokenize = False
                 return None
             raise
+        counted = self._parse(protocol.TokenizeResponse, answer)
         self._max_model_len = counted.max_model_len or self._max_model_len
         return counted.count
 
     def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[str | Usage | Finish]:
-        """Stream a chat reply through ``/v1/chat/completions`` (OpenAI protocol only); the
-        server's token counts and finish reason come last."""
-
-        def body(model: str) -> dict[str, Any]:
-            return {
-                "model": model,
-                "messages": messages,
-                **_sampling(params, params.stop),
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-
+        """Stream a chat reply (OpenAI protocol only); the server's token counts and finish
+        reason come last. A stream that ends without a finish reason was cut off."""
+        stream = self._for_model(lambda model: self._openai.chat.completions.create(
+            model=model,
+            messages=cast(Any, messages),
+            stream=True,
+            stream_options={"include_usage": True},
+            **_sampling(params, params.stop),
+        ))
         produced, usage, finish = False, None, None
-        with closing(self._post_for_model("/v1/chat/completions", body)) as response:
-            for event in self._sse_events(response):
-                chunk = self._parse(openai.ChatCompletionChunk, event)
-                for choice in chunk.choices:
-                    if choice.delta.content:
+        with closing(stream), self._errors(mid_reply=True):
+            for chunk in stream:
+                for choice in chunk.choices or []:
+                    if choice.delta and choice.delta.content:
                         produced = True
                         yield choice.delta.content
                     finish = choice.finish_reason or finish
@@ -217,12 +219,13 @@ class VllmClient:
                 "Try again in a minute, or switch model.",
                 backend=self.display,
             )
+        if finish is None:
+            raise BadResponse(f"{self.display}'s reply was cut off: the stream ended early.", backend=self.display)
         if not produced:
             raise self._empty()
         if usage is not None:
             yield usage
-        if finish is not None:
-            yield Finish(finish)
+        yield Finish(finish)
 
     def generate(self, prompt: str, params: GenerationParams) -> str:
         """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``); only the new reply."""
@@ -234,18 +237,21 @@ class VllmClient:
         stop = params.stop or (_TEMPLATE_STOPS[template] if template else ())
         if self.api == "legacy":
             body = {"prompt": prompt, **_sampling(params, stop)}
-            with self._request("POST", "/generate", body) as response:
-                predictions = self._parse(legacy.GenerateResponse, self._json(response)).predictions
+            answer = self._retry.call(
+                lambda: self._call(self._openai.post, f"{self.base_url}/generate", body=body, cast_to=object)
+            )
+            predictions = self._parse(legacy.GenerateResponse, answer).predictions
             if not predictions:
                 raise self._empty()
             raw, finish = predictions[0], None
         else:
-            request = {"prompt": prompt, **_sampling(params, stop)}
-            with closing(self._post_for_model("/v1/completions", lambda model: {"model": model, **request})) as response:
-                choices = self._parse(openai.Completion, self._json(response)).choices
-            if not choices:
-                raise self._empty()
-            raw, finish = choices[0].text, choices[0].finish_reason
+            completion = self._for_model(
+                lambda model: self._openai.completions.create(model=model, prompt=prompt, **_sampling(params, stop))
+            )
+            with self._errors():
+                if not completion.choices:
+                    raise self._empty()
+                raw, finish = completion.choices[0].text or "", completion.choices[0].finish_reason
         reply = clean_gemma_output(raw, prompt)
         if not reply:
             raise self._empty()
@@ -258,14 +264,8 @@ class VllmClient:
         if self.api == "legacy":
             return self._legacy_health()
         try:
-            response = self._http.get(f"{self.base_url}{HEALTH_PATH}", timeout=self._connect_timeout)
-        except httpx.HTTPError as exc:
-            return BackendHealth(False, str(self._transport_error(exc)))
-        if response.status_code == 503:
-            return BackendHealth(False, str(self._loading()))
-        if response.status_code >= 400:
-            return BackendHealth(False, str(status_error(self.display, response.status_code)))
-        try:
+            self._call(self._openai.get, f"{self.base_url}{HEALTH_PATH}", cast_to=str,
+                       options={"timeout": self._connect_timeout})
             self.discover()
         except BackendError as exc:
             return BackendHealth(False, str(exc))
@@ -275,7 +275,8 @@ class VllmClient:
     def _legacy_health(self) -> BackendHealth:
         probe = {"prompt": "Hi", "max_tokens": 1, "temperature": 0}
         try:
-            self._send("POST", "/generate", probe, timeout=max(self._connect_timeout, 30)).close()
+            self._call(self._openai.post, f"{self.base_url}/generate", body=probe, cast_to=object,
+                       options={"timeout": max(self._connect_timeout, 30)})
         except BackendRejected as exc:
             if exc.status_code in (404, 405):
                 return BackendHealth(
@@ -289,45 +290,62 @@ class VllmClient:
             return BackendHealth(False, str(exc))
         return BackendHealth(True, f"{self.display} answers /generate at {self.shown_url}", self._model)
 
-    def _post_for_model(self, path: str, body_of: Callable[[str], dict[str, Any]]) -> httpx.Response:
-        """POST for the served model: an open (streaming) response of a success. A 404 "model
-        does not exist" re-discovers the name once (the server restarted with another)."""
+    def _for_model(self, send: Callable[[str], T]) -> T:
+        """``send(model)`` for the served model, retried by the policy. A 404 "model does not
+        exist" re-discovers the name once (the server restarted with another)."""
         try:
-            return self._send_retrying("POST", path, body_of(self.served_model()))
+            return self._retry.call(lambda: self._call(send, self.served_model()))
         except ModelNotFound:
             self.discover()
-            return self._send_retrying("POST", path, body_of(self.served_model()))
+            return self._retry.call(lambda: self._call(send, self.served_model()))
+
+    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        log.debug("%s at %s", getattr(method, "__name__", "request"), self.shown_url)
+        with self._errors():
+            return method(*args, **kwargs)
 
     @contextmanager
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Iterator[httpx.Response]:
-        """Send with retries; yield the open (streaming) response of a success."""
-        with closing(self._send_retrying(method, path, body)) as response:
-            yield response
-
-    def _send_retrying(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
-        log.debug("%s %s%s", method, self.shown_url, path)
-        for attempt in self._retrying.copy():  # a copy per call: Retrying keeps state
-            with attempt:
-                return self._send(method, path, body)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
-
-    def _send(self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None = None) -> httpx.Response:
-        request = self._http.build_request(
-            method, f"{self.base_url}{path}", json=body, **({"timeout": timeout} if timeout else {})
-        )
+    def _errors(self, *, mid_reply: bool = False) -> Iterator[None]:
+        """The SDK's exceptions as our errors, worded for the user: the one place they are mapped."""
         try:
-            response = self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        if response.status_code < 400:
-            return response
+            yield
+        except BackendError:
+            raise
+        except openai.APIStatusError as exc:
+            raise self._refusal(exc.status_code, _error_detail(exc.body)) from None
+        except openai.APITimeoutError as exc:
+            # Not connected in time: nothing listens (yet). Connected, no answer: the model is busy.
+            if not mid_reply and type(exc.__cause__).__name__ == "ConnectTimeout":
+                raise self._unreachable(exc.__cause__) from None
+            raise self._timed_out() from None
+        except openai.APIConnectionError as exc:
+            if mid_reply:
+                raise BackendUnavailable(
+                    f"{self.display} stopped answering mid-reply (connection lost).", backend=self.display
+                ) from None
+            raise self._unreachable(exc.__cause__) from None
+        except openai.APIError as exc:  # an error event inside the stream
+            # vLLM's own text ("EngineCore encountered an issue. See stack trace…") is for its
+            # operator, not a visitor.
+            log.warning("%s failed mid-reply: %s", self.display, shorten(exc.message.splitlines()[0], 160))
+            raise BadResponse(
+                f"{self.display}'s server failed mid-reply; it may be restarting. "
+                "Try again in a minute, or switch model.",
+                backend=self.display,
+            ) from None
+        except json.JSONDecodeError:
+            raise BadResponse(f"{self.display} sent an answer that is not valid JSON.", backend=self.display) from None
+        except (AttributeError, TypeError):  # the SDK does not validate: a field of the wrong shape
+            raise self._unreadable("body") from None
+
+    def _parse(self, schema: type[M], payload: Any) -> M:
         try:
-            detail = openai.error_message(json.loads(response.read()))
-        except (ValueError, httpx.HTTPError):
-            detail = None
-        finally:
-            response.close()
-        raise self._refusal(response.status_code, detail)
+            return schema.model_validate(payload)
+        except ValidationError as exc:
+            raise self._unreadable(".".join(map(str, exc.errors()[0]["loc"])) or "body") from None
+
+    def _unreadable(self, field: str) -> BadResponse:
+        return BadResponse(f"{self.display} sent an answer hybridchat cannot read (bad '{field}').", backend=self.display)
 
     def _refusal(self, status: int, detail: str | None) -> BackendError:
         """Our own sentence for an error status; the server's reason (its first line: later ones
@@ -356,68 +374,10 @@ class VllmClient:
             )
         return status_error(self.display, status)
 
-    def _sse_events(self, response: httpx.Response) -> Iterator[Any]:
-        """The JSON payloads of an SSE stream, which must end with ``data: [DONE]``."""
-        try:
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    return
-                event = self._loads(data)
-                if message := openai.error_message(event):
-                    # vLLM's own text ("EngineCore encountered an issue. See stack trace…") is
-                    # for its operator, not a visitor.
-                    log.warning("%s failed mid-reply: %s", self.display, shorten(message.splitlines()[0], 160))
-                    raise BadResponse(
-                        f"{self.display}'s server failed mid-reply; it may be restarting. "
-                        "Try again in a minute, or switch model.",
-                        backend=self.display,
-                    )
-                yield event
-        except httpx.HTTPError as exc:
-            if isinstance(exc, httpx.TimeoutException):
-                raise self._timed_out() from None
-            raise BackendUnavailable(
-                f"{self.display} stopped answering mid-reply (connection lost).", backend=self.display
-            ) from None
-        raise BadResponse(f"{self.display}'s reply was cut off: the stream ended early.", backend=self.display)
-
-    def _json(self, response: httpx.Response) -> Any:
-        try:
-            return self._loads(response.read())
-        except httpx.TimeoutException:
-            raise self._timed_out() from None
-        except httpx.HTTPError:
-            raise BackendUnavailable(
-                f"{self.display} stopped answering mid-reply (connection lost).", backend=self.display
-            ) from None
-
-    def _loads(self, data: str | bytes) -> Any:
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise BadResponse(
-                f"{self.display} sent an answer that is not valid JSON.", backend=self.display
-            ) from None
-
-    def _parse(self, schema: type[Any], payload: Any) -> Any:
-        try:
-            return schema.model_validate(payload)
-        except ValidationError as exc:
-            field = ".".join(map(str, exc.errors()[0]["loc"])) or "body"
-            raise BadResponse(
-                f"{self.display} sent an answer hybridchat cannot read (bad '{field}').",
-                backend=self.display,
-            ) from None
-
-    def _transport_error(self, exc: httpx.HTTPError) -> BackendError:
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return self._timed_out()
+    def _unreachable(self, cause: BaseException | None) -> BackendUnavailable:
         # vLLM listens only once its weights are loaded: "not listening" may mean "starting".
         return BackendUnavailable(
-            f"{self.display} is not reachable at {self.shown_url} ({type(exc).__name__}). "
+            f"{self.display} is not reachable at {self.shown_url} ({type(cause or self).__name__}). "
             "Is the server running? A server just started listens only once its model has loaded "
             "(minutes for Gemma): try Gemini meanwhile.",
             backend=self.display,
@@ -460,7 +420,7 @@ class VllmBackend(ChatBackend):
 
     def stream(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> Iterator[str]:
+    ) -> ReplyStream:
         params = params or GenerationParams()
         if self.client.api == "openai":
             messages = process_message_openai(message, history, params.system_prompt)
@@ -542,6 +502,13 @@ def call_gemma_model(
         return owned.generate(prompt, params)
     finally:
         owned.close()
+
+
+def _error_detail(body: object) -> str | None:
+    """The message of an error body as the SDK keeps it: vLLM's ``error`` object, or its
+    older flat shape (``{"object": "error", "message": …}``)."""
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else None
 
 
 def _sampling(params: GenerationParams, stop: Iterable[str]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""The subset of vLLM's OpenAI-compatible API that hybridchat uses.
+"""The subset of vLLM's OpenAI-compatible API that ``hybridchat serve-local`` serves.
 
 Spec: https://platform.openai.com/docs/api-reference/chat and
 https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html — fields in the spec's order.
-Requests ignore fields they don't know (clients send many); responses are exact.
+Requests ignore fields they don't know (clients send many); responses are exact. The
+client side reads them through the ``openai`` SDK, which also takes what other servers send.
 """
 
 from __future__ import annotations
@@ -156,14 +157,3 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
     tokens: list[int]
     token_strs: list[str] | None = None
-
-
-def error_message(body: Any) -> str | None:
-    """The message of an error body, in current vLLM's shape or its older flat one."""
-    if isinstance(body, dict):
-        inner = body.get("error")
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
-        if body.get("object") == "error" and isinstance(body.get("message"), str):
-            return body["message"]
-    return None
