@@ -1,6 +1,6 @@
 """A vLLM stand-in whose cost is known exactly: the first token after ``ttft`` seconds, then one
 token every ``gap`` seconds, ``tokens`` in all (fewer if the request's ``max_tokens`` says so).
-Speaks vLLM's OpenAI-compatible chat API.
+Speaks vLLM's OpenAI-compatible chat API, streamed or in one answer.
 
     python -m bench.paced_server --port 8100 --ttft 0.2 --tokens 50 --gap 0.02
 """
@@ -13,7 +13,7 @@ import json
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 MODEL = "paced/gemma-stand-in"
 
@@ -35,8 +35,17 @@ def create_app(ttft: float, tokens: int, gap: float) -> FastAPI:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]})
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> StreamingResponse:
-        count = min(tokens, (await request.json()).get("max_tokens") or tokens)
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        count = min(tokens, body.get("max_tokens") or tokens)
+        if not body.get("stream"):  # one blocking answer, after as long as the stream would take
+            await asyncio.sleep(ttft + (count - 1) * gap)
+            return JSONResponse({
+                "id": "b", "object": "chat.completion", "created": 0, "model": MODEL,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(f"tok{i} " for i in range(count))},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1},
+            })
 
         async def events():
             started = time.perf_counter()

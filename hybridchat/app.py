@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
@@ -77,7 +77,6 @@ def build_ui(
     sign_in: IapVerifier | None = None,
     visitor_ids: VisitorIds,
     limits: Limits,
-    stream: bool,
     stream_interval: float,
 ) -> gr.Blocks:
     def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
@@ -130,6 +129,24 @@ def build_ui(
         return browser, conversation, to_messages(conversation.turns), *sidebar(owner, conversation.session_id, shown), choices, who
 
     def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
+        def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
+            return service.respond(conversation, message, model, params)
+
+        yield from turn(ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+
+    def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
+        """Ask again for the last reply (the earlier attempt stays in the saved history)."""
+        if conversation is None or not conversation.turns:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+
+        def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
+            return service.retry(conversation, model, params)
+
+        yield from turn(ask, gr.skip(), conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+
+    def turn(ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
+        """Stream the reply ``ask`` gives; ``message``: what the box holds if the turn cannot go."""
         owner, browser = owner_of(browser, request)
         if conversation is None or conversation.owner != owner:
             try:
@@ -147,7 +164,7 @@ def build_ui(
                 # A signed-in person is one person; behind the load balancer every address is its own.
                 client = owner if sign_in is not None else request.client.host if request.client else None
                 held.enter_context(limits.turn(owner, client))
-                progress = service.respond(conversation, message, model, params)
+                progress = ask(conversation, params)
                 first = next(progress)
             except InputRefused as exc:
                 gr.Warning(str(exc))
@@ -161,7 +178,7 @@ def build_ui(
                     # The browser state and sidebar are given as they are, not gr.skip(): Gradio
                     # rebuilds a component for every skip, a third of its time under load.
                     now = time.monotonic()
-                    if not stream or (shown_at is not None and now - shown_at < stream_interval):
+                    if not service.stream or (shown_at is not None and now - shown_at < stream_interval):
                         continue
                     shown_at = now
                     messages = to_messages(conversation.turns, update)
@@ -177,15 +194,6 @@ def build_ui(
                     browser,
                     sidebar(owner, conversation.session_id, shown)[0],
                 )
-
-    def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
-        """Ask again for the last reply (the earlier attempt stays in the saved history)."""
-        if conversation is None or not conversation.turns:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
-        last = conversation.turns.pop()
-        conversation.retried.add(last.turn_id)
-        yield from chat(last.user, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request)
 
     def open_session(session_id, browser, request: gr.Request):  # type: ignore[no-untyped-def]
         owner, browser = owner_of(browser, request)
@@ -298,6 +306,7 @@ def create_app(
         store or owned_store,
         max_message_bytes=settings.max_message_bytes,
         max_persona_bytes=settings.max_persona_bytes,
+        stream=settings.stream,
     )
     demo = build_ui(
         service,
@@ -305,7 +314,6 @@ def create_app(
         sign_in=sign_in,
         visitor_ids=visitor_ids,
         limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client),
-        stream=settings.stream,
         stream_interval=settings.stream_interval,
     )
     # Each streaming chat holds a worker thread; Gradio's pool (and its queue's slots) default

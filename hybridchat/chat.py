@@ -59,13 +59,20 @@ def _refuse_over(text: str, max_bytes: int, what: str, fix: str) -> None:
 
 @dataclass
 class Conversation:
-    """What one browser tab is chatting in: its session (once saved) and its turns;
-    ``retried``: turns asked again in this tab, kept out of its context."""
+    """What one browser tab is chatting in: its session (once saved) and its turns as they
+    stand; ``replaced``: the ids of saved turns asked again since (Retry), not among them."""
 
     owner: str
     session_id: str | None = None
     turns: list[Turn] = field(default_factory=list)
-    retried: set[str] = field(default_factory=set)
+    replaced: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, owner: str, session_id: str, saved: list[Turn], replaced: set[str] | None = None) -> Conversation:
+        """The conversation as the saved turns leave it: those asked again (by a later turn, or
+        in ``replaced``) left out."""
+        replaced = (replaced or set()) | {turn.replaces for turn in saved if turn.replaces}
+        return cls(owner, session_id, [turn for turn in saved if turn.turn_id not in replaced], replaced)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class ChatService:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_persona_bytes: int = DEFAULT_MAX_PERSONA_BYTES,
         keep: float = KEEP,
+        stream: bool = True,
     ):
         if not backends:
             raise ValueError("no backend is configured: set HYBRIDCHAT_BACKENDS")
@@ -97,11 +105,19 @@ class ChatService:
         self.max_message_bytes = max_message_bytes
         self.max_persona_bytes = max_persona_bytes
         self.keep = keep
+        self.stream = stream  # False: one blocking call per reply, the codelab's design
 
     def respond(
-        self, conversation: Conversation, message: str, backend_name: str, params: GenerationParams
+        self,
+        conversation: Conversation,
+        message: str,
+        backend_name: str,
+        params: GenerationParams,
+        *,
+        replaces: str | None = None,
     ) -> Iterator[Progress]:
-        """Stream the reply to ``message``; the last ``Progress`` carries the saved turn.
+        """Stream the reply to ``message``; the last ``Progress`` carries the saved turn
+        (which ``replaces`` the turn of that id, asked again).
 
         ``InputRefused`` (before the reply starts) for a bad message or model, or a message
         too long for the model's context. Backend failures do not raise: they end the turn,
@@ -116,7 +132,7 @@ class ChatService:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
         self.catch_up(conversation)
         previous = start = self._context_start(conversation, backend_name)
-        draft = _Draft(text, backend_name, params)
+        draft = _Draft(text, backend_name, params, replaces=replaces)
         reply: ReplyStream | None = None
         refused, overcount = False, 1.0
         try:
@@ -126,7 +142,7 @@ class ChatService:
                     shrink=refused, overcount=overcount,
                 )
                 draft.fitted(fitted, previous, backend.label)
-                reply = backend.stream(text, fitted.history, fitted.params)
+                reply = (backend.stream if self.stream else backend.answer)(text, fitted.history, fitted.params)
                 try:
                     with closing(reply):  # on Stop too: the model's HTTP stream ends now
                         for piece in reply:
@@ -147,6 +163,20 @@ class ChatService:
         turn = draft.turn(reply)
         yield Progress(text, turn.reply, turn, self._save(conversation, turn), turn.notice)
 
+    def retry(self, conversation: Conversation, backend_name: str, params: GenerationParams) -> Iterator[Progress]:
+        """Ask again for the last reply: the new turn takes its place, in the chat and in what
+        any model sees next; the store keeps both (the new one names the one it replaces)."""
+        if not conversation.turns:
+            raise InputRefused("There is no reply to ask again for yet.")
+        last = conversation.turns.pop()
+        conversation.replaced.add(last.turn_id)
+        try:
+            yield from self.respond(conversation, last.user, backend_name, params, replaces=last.turn_id)
+        except InputRefused:  # refused before it began: the last reply stands
+            conversation.turns.append(last)
+            conversation.replaced.discard(last.turn_id)
+            raise
+
     @staticmethod
     def _context_start(conversation: Conversation, backend_name: str) -> int:
         """Where this model's last answered context began: its prompt keeps that beginning."""
@@ -163,20 +193,21 @@ class ChatService:
             return
         try:
             stored = self.store.get_session(conversation.session_id).turn_count
-            if stored == len(conversation.turns) + len(conversation.retried):
+            if stored == len(conversation.turns) + len(conversation.replaced):
                 return
             saved = self.store.load(conversation.session_id)
         except StoreError:
             return  # the database cannot say now: go on with what this tab has
         saved_ids = {turn.turn_id for turn in saved}
         unsaved = [turn for turn in conversation.turns if turn.turn_id not in saved_ids]
-        conversation.turns = [turn for turn in saved if turn.turn_id not in conversation.retried] + unsaved
+        now = Conversation.of(conversation.owner, conversation.session_id, saved + unsaved, conversation.replaced)
+        conversation.turns, conversation.replaced = now.turns, now.replaced
 
     def open(self, owner: str, session_id: str) -> Conversation:
         """A saved session of ``owner``'s; ``SessionNotFound`` for anyone else's."""
         if self.store.get_session(session_id).user_id != owner:
             raise SessionNotFound(f"No session {session_id!r}.")
-        return Conversation(owner, session_id, self.store.load(session_id))
+        return Conversation.of(owner, session_id, self.store.load(session_id))
 
     def delete(self, owner: str, session_id: str) -> None:
         self.open(owner, session_id)  # the same ownership check
@@ -226,6 +257,7 @@ class _Draft:
     text: str
     backend_name: str
     params: GenerationParams
+    replaces: str | None = None
     pieces: list[str] = field(default_factory=list)
     status: str = "ok"
     error: str | None = None
@@ -263,4 +295,5 @@ class _Draft:
             completion_tokens=usage.completion_tokens if usage else None,
             context_start=self.context_start,
             notice=self.notice,
+            replaces=self.replaces,
         )

@@ -257,8 +257,12 @@ def _markdown(session_id: str) -> str:
     store = _store()
     summary = store.get_session(session_id)
     lines = [f"# {summary.title or session_id}", ""]
-    for turn in store.load(session_id):
-        lines += [f"**You** ({turn.started_at:%Y-%m-%d %H:%M}):", "", turn.user, "", f"**{turn.model}**:", "", turn.reply or f"_({turn.error})_", ""]
+    turns = store.load(session_id)
+    replaced = {turn.replaces for turn in turns}
+    for turn in turns:
+        asked_again = " _(asked again: the next reply replaces this one)_" if turn.turn_id in replaced else ""
+        lines += [f"**You** ({turn.started_at:%Y-%m-%d %H:%M}):", "", turn.user, "",
+                  f"**{turn.model}**{asked_again}:", "", turn.reply or f"_({turn.error})_", ""]
     return "\n".join(lines)
 
 

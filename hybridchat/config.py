@@ -39,7 +39,8 @@ The variable names are a contract with the Kubernetes manifests and the notebook
                                       signed-in person (32; 0: no limit)
 ``HYBRIDCHAT_REQUEST_TIMEOUT``        seconds a request may take to arrive whole (10)
 ``HYBRIDCHAT_FORWARDED_ALLOW_IPS``    proxies whose X-Forwarded-For is believed (``127.0.0.1``)
-``HYBRIDCHAT_STREAM``                 stream replies (``true``) or not
+``HYBRIDCHAT_STREAM``                 stream replies (``true``), or ask the model for the whole
+                                      reply in one blocking call (``false``: the codelab)
 ``HYBRIDCHAT_STREAM_INTERVAL``        least seconds between two streamed updates (0.2)
 ``HYBRIDCHAT_IDENTITY``               who a visitor is: ``visitor`` (an anonymous id the app
                                       signs, or the user name with ``HYBRIDCHAT_AUTH``) or

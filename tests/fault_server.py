@@ -107,6 +107,11 @@ def create_fault_app(control: FaultServer) -> FastAPI:
         if fault := status_fault(False, generating=True):
             return fault
         text = control.hostile if control.mode == "html" else REPLY
+        if body.get("stream") is not True:  # one answer, as vLLM gives without "stream"
+            return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m"),
                  "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
         if control.mode == "malformed":

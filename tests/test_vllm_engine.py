@@ -29,6 +29,7 @@ from bench.model_servers import CONTEXT, ModelServer
 
 from bench.queue_client import QueueClient, Reply, text_of
 from hybridchat.app import create_app
+from hybridchat.backends import GenerationParams, VllmBackend, VllmClient
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer
 from hybridchat.store import open_store
@@ -159,6 +160,19 @@ def test_a_reply_stopped_at_max_tokens_is_saved_and_shown_as_cut_off(app):
     turn = saved(store_url, reply.browser["session"])[-1]
     assert turn.status == "cut_off" and turn.completion_tokens == 5
     assert reply.last_reply == f"{turn.reply}\n\n{CUT_OFF}"
+
+
+def test_one_blocking_call_answers_as_the_stream_does(gemma):
+    """HYBRIDCHAT_STREAM=false asks the engine once for the whole reply: the same greedy reply,
+    token counts and finish reason as the stream's."""
+    backend = VllmBackend(VllmClient(gemma.url))
+    params = GenerationParams(temperature=0, max_tokens=8)
+    streamed = backend.stream("Name a colour.", [], params)
+    text = "".join(streamed)
+    whole = backend.answer("Name a colour.", [], params)
+    assert list(whole) == [text] and text
+    assert (whole.usage, whole.finish_reason) == (streamed.usage, streamed.finish_reason)
+    assert whole.usage is not None and whole.finish_reason in ("stop", "length")
 
 
 def test_doctor_checks_the_model_name_against_what_the_server_serves(gemma, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -109,6 +110,11 @@ class ReplyStream(Iterator[str]):
             else:
                 return item
 
+    @classmethod
+    def whole(cls, text: str, usage: Usage | None, finish_reason: str | None) -> ReplyStream:
+        """A reply that came in one answer, as a stream of one piece."""
+        return cls(iter([text, *([usage] if usage else []), *([Finish(finish_reason)] if finish_reason else [])]))
+
     def close(self) -> None:
         close = getattr(self._pieces, "close", None)
         if close is not None:
@@ -173,6 +179,15 @@ class ChatBackend(ABC):
     ) -> ReplyStream:
         """The reply to ``message`` after ``history``, piece by piece; once exhausted it holds
         the token counts and finish reason the backend reported. Closing it stops the reply."""
+
+    def answer(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> ReplyStream:
+        """The reply from one blocking call, as a stream of one piece (``HYBRIDCHAT_STREAM=false``:
+        the codelab's design). Backends whose API answers whole override this gathered stream."""
+        with closing(self.stream(message, history, params)) as reply:
+            text = "".join(reply)
+        return ReplyStream.whole(text, reply.usage, reply.finish_reason)
 
     def complete(
         self, message: str, history: Iterable[Any], params: GenerationParams | None = None

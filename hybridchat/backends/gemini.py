@@ -154,11 +154,7 @@ class GeminiBackend(ChatBackend):
                 if text:
                     produced = True
                     yield text
-                if chunk.candidates and chunk.candidates[0].finish_reason:
-                    finish = "length" if _name(chunk.candidates[0].finish_reason) == "MAX_TOKENS" else "stop"
-                counted = chunk.usage_metadata
-                if counted is not None and counted.prompt_token_count is not None:
-                    usage = Usage(counted.prompt_token_count, counted.candidates_token_count or 0)
+                usage, finish = _usage(chunk) or usage, _finish(chunk) or finish
         if not produced:
             raise self._empty(None)
         if usage is not None:
@@ -198,17 +194,29 @@ class GeminiBackend(ChatBackend):
         counted = self._retry.call(lambda: self._call(self.client.models.count_tokens, model=self.model, contents=contents)).total_tokens
         return counted if counted is not None else estimate_tokens(message, history, params.system_prompt)
 
+    def answer(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> ReplyStream:
+        params = params or GenerationParams()
+        config = _config(params, system_instruction(history, params.system_prompt))
+        response, text = self._generate(process_message_gemini(message, history), config)
+        return ReplyStream.whole(text, _usage(response), _finish(response))
+
     def generate(self, contents: list[types.Content], params: GenerationParams) -> str:
         """One whole reply to ready-made ``contents`` (the notebook-facing path)."""
-        response = self._retry.call(lambda: self._call(
-            self.client.models.generate_content,
-            model=self.model, contents=contents, config=_config(params, params.system_prompt),
-        ))
+        return self._generate(contents, _config(params, params.system_prompt))[1]
+
+    def _generate(
+        self, contents: list[types.Content], config: types.GenerateContentConfig
+    ) -> tuple[types.GenerateContentResponse, str]:
+        response = self._retry.call(
+            lambda: self._call(self.client.models.generate_content, model=self.model, contents=contents, config=config)
+        )
         with self._errors():
             text = self._text_of(response, False)
         if not text:
             raise self._empty(response)
-        return text
+        return response, text
 
     def health(self) -> BackendHealth:
         try:
@@ -335,6 +343,19 @@ def _config(params: GenerationParams, system: str | None) -> types.GenerateConte
         stop_sequences=list(params.stop) or None,
         system_instruction=system,
     )
+
+
+def _usage(response: types.GenerateContentResponse) -> Usage | None:
+    counted = response.usage_metadata
+    if counted is None or counted.prompt_token_count is None:
+        return None
+    return Usage(counted.prompt_token_count, counted.candidates_token_count or 0)
+
+
+def _finish(response: types.GenerateContentResponse) -> str | None:
+    """``"length"`` where the reply stopped at max tokens, ``"stop"`` where it ended."""
+    reason = _name(response.candidates[0].finish_reason) if response.candidates else ""
+    return ("length" if reason == "MAX_TOKENS" else "stop") if reason else None
 
 
 def _name(value: Any) -> str:

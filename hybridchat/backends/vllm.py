@@ -227,6 +227,20 @@ class VllmClient:
             yield usage
         yield Finish(finish)
 
+    def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> ReplyStream:
+        """A chat reply in one blocking call (OpenAI protocol only)."""
+        completion = self._for_model(lambda model: self._openai.chat.completions.create(
+            model=model, messages=cast(Any, messages), **_sampling(params, params.stop)
+        ))
+        with self._errors():
+            choice = completion.choices[0] if completion.choices else None
+            text = choice.message.content if choice and choice.message else None
+            if not text:
+                raise self._empty()
+            counted = completion.usage
+            usage = Usage(counted.prompt_tokens, counted.completion_tokens) if counted else None
+            return ReplyStream.whole(text, usage, choice.finish_reason if choice else None)
+
     def generate(self, prompt: str, params: GenerationParams) -> str:
         """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``); only the new reply."""
         return self.complete_prompt(prompt, params)[0]
@@ -435,6 +449,14 @@ class VllmBackend(ChatBackend):
                 yield Finish(finish)
 
         return ReplyStream(whole_reply())
+
+    def answer(
+        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
+    ) -> ReplyStream:
+        params = params or GenerationParams()
+        if self.client.api == "openai":
+            return self.client.chat(process_message_openai(message, history, params.system_prompt), params)
+        return self.stream(message, history, params)  # /generate answers whole already
 
     def health(self) -> BackendHealth:
         return self.client.health()

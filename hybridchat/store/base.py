@@ -59,6 +59,9 @@ class Turn(BaseModel):
     context_start: int | None = None
     notice: str | None = None
     turn_id: str = Field(default_factory=new_id)
+    # Retry: the turn this one asks again for. That one stays saved, but no model sees it again
+    # and the chat no longer shows it.
+    replaces: str | None = None
 
 
 class SessionSummary(BaseModel):
