@@ -8,6 +8,7 @@ first update and the warnings (``gr.Warning``) shown on the way.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any
 
 import httpx
 from gradio_client.utils import apply_diff
+
+_MODEL_LINE = re.compile(r"<sub>(.*?)</sub>\n\n")
 
 
 @dataclass
@@ -39,13 +42,26 @@ class Reply:
 
     @property
     def last_reply(self) -> str:
-        return text_of(self.messages[-1]) if self.messages else ""
+        """The last reply's text, without the line naming its model (``last_model``)."""
+        return model_and_text(self.messages[-1])[1] if self.messages else ""
+
+    @property
+    def last_model(self) -> str | None:
+        return model_and_text(self.messages[-1])[0] if self.messages else None
 
 
 def text_of(message: dict[str, Any]) -> str:
     """A chat message's text, whether its content is a string or a list of text blocks."""
     content = message["content"]
     return content if isinstance(content, str) else "".join(block.get("text", "") for block in content)
+
+
+def model_and_text(message: dict[str, Any]) -> tuple[str | None, str]:
+    """A reply's model, as the line the app puts over it names it (``app.model_line``), and
+    its text; ``None`` for a message without that line."""
+    text = text_of(message)
+    found = _MODEL_LINE.match(text)
+    return (found.group(1), text[found.end():]) if found else (None, text)
 
 
 class QueueClient:

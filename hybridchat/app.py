@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
+from gradio.blocks import Block
 
 from hybridchat.backends import ChatBackend, GenerationParams, build_backends
 from hybridchat.chat import ChatService, Conversation, Progress
@@ -51,110 +52,198 @@ def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
 _MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tokens limit)*"}
 
 
-def to_messages(turns: list[Turn], pending: Progress | None = None) -> list[dict[str, str]]:
-    """The chat display of saved turns, plus a turn still streaming."""
+def to_messages(
+    turns: list[Turn], pending: Progress | None = None, labels: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """The chat display of saved turns, plus a turn still streaming; each reply under the name
+    of the model that wrote it (``labels``: by backend, for turns saved without one)."""
     messages: list[dict[str, str]] = []
     for turn in turns:
-        messages += _shown(turn.user, turn.reply, turn.notice, _MARKS.get(turn.status), turn.error)
+        label = turn.model_label or (labels or {}).get(turn.model, turn.model)
+        messages += _shown(turn.user, label, turn.reply, turn.notice, _MARKS.get(turn.status), turn.error)
     if pending is not None:
-        messages += _shown(pending.message, pending.reply, pending.context_note)
+        messages += _shown(pending.message, pending.label, pending.reply, pending.context_note)
     return messages
 
 
-def _shown(message: str, reply: str, note: str | None = None, mark: str | None = None, error: str | None = None) -> list[dict[str, str]]:
-    # Every text shown goes through safe_markdown: replies and servers' error texts are not ours.
-    parts = [f"ℹ️ *{note}*" if note else "", safe_markdown(reply), mark or "", f"⚠️ {safe_markdown(error)}" if error else ""]
+def _shown(
+    message: str, label: str, reply: str, note: str | None = None, mark: str | None = None, error: str | None = None
+) -> list[dict[str, str]]:
+    # Every text shown goes through safe_markdown: replies, servers' error texts and the model
+    # names servers report are not ours.
+    parts = [model_line(label), f"ℹ️ *{note}*" if note else "", safe_markdown(reply), mark or "",
+             f"⚠️ {safe_markdown(error)}" if error else ""]
     return [
         {"role": "user", "content": safe_markdown(message)},
         {"role": "assistant", "content": "\n\n".join(p for p in parts if p)},
     ]
 
 
-def build_ui(
-    service: ChatService,
-    *,
-    auth_enabled: bool,
-    sign_in: IapVerifier | None = None,
-    visitor_ids: VisitorIds,
-    limits: Limits,
-    stream_interval: float,
-) -> gr.Blocks:
-    def owner_of(browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
-        browser = dict(browser) if isinstance(browser, dict) else {}  # whatever the client sent
-        if sign_in is not None:
-            # Who Guard found in IAP's signed assertion (never the unsigned e-mail header).
-            return getattr(request.state, SIGNED_IN).email, browser
-        if auth_enabled and request.username:
-            return f"user:{request.username}", browser
-        visitor = visitor_ids.verify(browser.get("visitor"))
-        if visitor is None:  # a new browser, or an id this server did not issue
-            visitor = visitor_ids.new_id()
-            browser = {"visitor": visitor_ids.token_for(visitor), "session": None}
-        return f"visitor:{visitor}", browser
+def model_line(label: str) -> str:
+    """The small line over a reply that names the model that wrote it."""
+    return f"<sub>{safe_markdown(label)}</sub>"
 
-    def sidebar(owner: str, selected: str | None, shown: int) -> tuple[gr.Radio, gr.Button]:
-        """The sidebar's newest ``shown`` entries, (title · date, session id), and the button
-        that shows older ones, if there are; left as they are while the store cannot list them
-        (the turn or page load has said why)."""
+
+Updates = dict[Block, Any]  # a handler's updates, by component; the others stay as they are
+Ask = Callable[[Conversation, GenerationParams], Iterator[Progress]]
+
+
+class ChatUI:
+    """The chat page, laid out and wired the way Gradio's own ``ChatInterface`` is: the
+    ``_render_*`` methods place the components, ``_setup_events`` connects them to the handlers,
+    and each handler returns its updates by component."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        *,
+        auth_enabled: bool,
+        sign_in: IapVerifier | None = None,
+        visitor_ids: VisitorIds,
+        limits: Limits,
+        stream_interval: float,
+    ):
+        self.service = service
+        self.auth_enabled = auth_enabled
+        self.sign_in = sign_in
+        self.visitor_ids = visitor_ids
+        self.limits = limits
+        self.stream_interval = stream_interval
+        with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as self.demo:
+            self._render_state()
+            self._render_sidebar()
+            self._render_chat()
+            self._render_settings()
+            self._setup_events()
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def _render_state(self) -> None:
+        self.browser = gr.BrowserState(
+            {"visitor": None, "session": None}, storage_key="hybridchat", secret=self.visitor_ids.browser_storage_key()
+        )
+        self.conversation = gr.State(None)
+        self.shown = gr.State(SIDEBAR_PAGE)  # how many chats the sidebar lists
+
+    def _render_sidebar(self) -> None:
+        with gr.Sidebar(label="Chats"):
+            self.new_button = gr.Button("New chat", variant="primary")
+            self.sessions = gr.Radio(label="Your chats", choices=[], elem_id="sessions")
+            self.older_button = gr.Button("Older chats", size="sm", visible=False, elem_id="older")
+            self.delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
+
+    def _render_chat(self) -> None:
+        gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
+        self.signed_in = gr.Markdown(visible=False, elem_id="signed-in")
+        labels = [(backend.label, name) for name, backend in self.service.backends.items()]
+        self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
+        self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
+        with gr.Row():
+            self.box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True)
+            self.send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            self.stop_button = gr.Button("Stop", scale=1, elem_id="stop")
+
+    def _render_settings(self) -> None:
+        with gr.Accordion("Settings", open=False):
+            self.temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
+            self.top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
+            self.max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
+            self.persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
+
+    def _setup_events(self) -> None:
+        chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions]
+        self.demo.load(
+            self._start, [self.browser, self.shown],
+            [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model, self.signed_in],
+            api_visibility="private",
+        )
+        settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
+        inputs = [self.box, self.conversation, *settings]
+        sent = [
+            self.box.submit(self._chat, inputs, chat_view, api_name="chat"),
+            self.send_button.click(self._chat, inputs, chat_view, api_visibility="private"),
+            self.chatbot.retry(self._retry, [self.conversation, *settings], chat_view, api_visibility="private"),
+        ]
+        self.stop_button.click(None, cancels=sent)
+        self.sessions.input(
+            self._open_session, [self.sessions, self.browser], [self.conversation, self.chatbot, self.browser],
+            api_visibility="private",
+        )
+        for starts_over in (self.new_button.click, self.chatbot.clear):
+            starts_over(
+                self._new_chat, [self.browser], [self.conversation, self.chatbot, self.browser, self.sessions],
+                api_visibility="private",
+            )
+        # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
+        self.delete_button.click(
+            self._delete_chat, [self.conversation, self.browser, self.shown],
+            [self.conversation, self.chatbot, self.browser, self.sessions, self.older_button],
+            cancels=sent, api_visibility="private",
+        )
+        self.older_button.click(
+            self._show_older, [self.conversation, self.browser, self.shown],
+            [self.shown, self.sessions, self.older_button], api_visibility="private",
+        )
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def _start(self, browser: dict[str, Any] | None, shown: int, request: gr.Request) -> Updates:
+        owner, browser = self._owner_of(browser, request)
+        models = model_choices(self.service.backends)
+        updates: Updates = {self.browser: browser, self.model: gr.Dropdown(choices=models, value=models[0][1])}
+        if self.sign_in is not None:
+            updates[self.signed_in] = gr.Markdown(
+                f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True
+            )
         try:
-            sessions = service.store.list_sessions(owner, limit=shown + 1)
-        except HybridChatError as exc:
-            log.debug("sessions not listed: %s", exc)
-            return gr.skip(), gr.skip()
-        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id)
-                   for s in sessions[:shown]]
-        return gr.Radio(choices=choices, value=selected), gr.Button(visible=len(sessions) > shown)
-
-    def resume(owner: str, browser: dict[str, Any]) -> Conversation:
-        """The session this browser was in, if it is still there and its own; ``StoreError``
-        while the store cannot say (the browser keeps its session for later)."""
-        if browser.get("session"):
-            try:
-                return service.open(owner, browser["session"])
-            except SessionNotFound:
-                browser["session"] = None
-        return Conversation(owner)
-
-    def start(browser: dict[str, Any] | None, shown: int, request: gr.Request):  # type: ignore[no-untyped-def]
-        owner, browser = owner_of(browser, request)
-        models = model_choices(service.backends)
-        choices = gr.Dropdown(choices=models, value=models[0][1])
-        who = (gr.Markdown(f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True)
-               if sign_in is not None else gr.skip())
-        try:
-            conversation = resume(owner, browser)
+            conversation = self._resume(owner, browser)
         except StoreError as exc:
             gr.Warning(f"Your chat cannot be loaded right now: {exc}")
-            return browser, None, [], gr.skip(), gr.skip(), choices, who
-        return browser, conversation, to_messages(conversation.turns), *sidebar(owner, conversation.session_id, shown), choices, who
+            return updates | {self.conversation: None, self.chatbot: []}
+        return updates | {
+            self.conversation: conversation,
+            self.chatbot: self._messages(conversation),
+            **self._sidebar(owner, conversation.session_id, shown),
+        }
 
-    def chat(message, conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
+    def _chat(
+        self, message: str, conversation: Conversation | None, model: str, temperature: float, top_p: float,
+        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
         def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
-            return service.respond(conversation, message, model, params)
+            return self.service.respond(conversation, message, model, params)
 
-        yield from turn(ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+        yield from self._turn(ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
 
-    def retry(conversation, model, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
+    def _retry(
+        self, conversation: Conversation | None, model: str, temperature: float, top_p: float, max_tokens: int,
+        persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
         """Ask again for the last reply (the earlier attempt stays in the saved history)."""
         if conversation is None or not conversation.turns:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield {}
             return
 
         def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
-            return service.retry(conversation, model, params)
+            return self.service.retry(conversation, model, params)
 
-        yield from turn(ask, gr.skip(), conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+        yield from self._turn(ask, None, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
 
-    def turn(ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
-        """Stream the reply ``ask`` gives; ``message``: what the box holds if the turn cannot go."""
-        owner, browser = owner_of(browser, request)
+    def _turn(
+        self, ask: Ask, message: str | None, conversation: Conversation | None, temperature: float, top_p: float,
+        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
+        """Stream the reply ``ask`` gives. ``message``: what goes back in the box when the turn
+        cannot go (``None``: the box is left as it is)."""
+        owner, browser = self._owner_of(browser, request)
+        kept = {self.box: message} if message is not None else {}
         if conversation is None or conversation.owner != owner:
             try:
-                conversation = resume(owner, browser)
+                conversation = self._resume(owner, browser)
             except StoreError as exc:
                 # Not a new chat in its place: the message waits in the box until it can go on.
                 gr.Warning(f"Your chat cannot be loaded right now, so the message was not sent: {exc}")
-                yield gr.skip(), message, None, browser, gr.skip()
+                yield kept | {self.conversation: None, self.browser: browser}
                 return
         with ExitStack() as held:
             try:
@@ -162,121 +251,120 @@ def build_ui(
                     temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
                 )
                 # A signed-in person is one person; behind the load balancer every address is its own.
-                client = owner if sign_in is not None else request.client.host if request.client else None
-                held.enter_context(limits.turn(owner, client))
+                client = owner if self.sign_in is not None else request.client.host if request.client else None
+                held.enter_context(self.limits.turn(owner, client))
                 progress = ask(conversation, params)
                 first = next(progress)
             except InputRefused as exc:
                 gr.Warning(str(exc))
-                yield to_messages(conversation.turns), message, conversation, browser, gr.Radio()
+                yield kept | {self.chatbot: self._messages(conversation), self.conversation: conversation,
+                              self.browser: browser}
                 return
             shown_at = None
             for update in itertools.chain([first], progress):
                 if update.turn is None:
                     # The first piece at once, then at most one update per interval: Gradio re-sends
                     # the whole chat each time. Only the chat changes; the rest is sent at the end.
-                    # The browser state and sidebar are given as they are, not gr.skip(): Gradio
-                    # rebuilds a component for every skip, a third of its time under load.
+                    # The browser state and sidebar are given as they are, not left out: Gradio
+                    # rebuilds a component for every one left out, a third of its time under load.
                     now = time.monotonic()
-                    if not service.stream or (shown_at is not None and now - shown_at < stream_interval):
+                    if not self.service.stream or (shown_at is not None and now - shown_at < self.stream_interval):
                         continue
                     shown_at = now
-                    messages = to_messages(conversation.turns, update)
-                    yield messages, "", gr.skip(), browser, conversation.session_id
+                    yield {self.chatbot: self._messages(conversation, update), self.box: "",
+                           self.browser: browser, self.sessions: conversation.session_id}
                     continue
                 if update.notice:
                     gr.Warning(update.notice)
                 browser["session"] = conversation.session_id
-                yield (
-                    to_messages(conversation.turns),
-                    "",
-                    conversation,
-                    browser,
-                    sidebar(owner, conversation.session_id, shown)[0],
-                )
+                yield {
+                    self.chatbot: self._messages(conversation),
+                    self.box: "",
+                    self.conversation: conversation,
+                    self.browser: browser,
+                    self.sessions: self._sidebar(owner, conversation.session_id, shown).get(self.sessions, gr.skip()),
+                }
 
-    def open_session(session_id, browser, request: gr.Request):  # type: ignore[no-untyped-def]
-        owner, browser = owner_of(browser, request)
+    def _open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
+        owner, browser = self._owner_of(browser, request)
         if not session_id:
-            return gr.skip(), gr.skip(), gr.skip()
+            return {}
         try:
-            conversation = service.open(owner, session_id)
+            conversation = self.service.open(owner, session_id)
         except HybridChatError as exc:
             gr.Warning(str(exc))
-            return gr.skip(), gr.skip(), gr.skip()
+            return {}
         browser["session"] = session_id
-        return conversation, to_messages(conversation.turns), browser
+        return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser}
 
-    def new_chat(browser, request: gr.Request):  # type: ignore[no-untyped-def]
-        owner, browser = owner_of(browser, request)
+    def _new_chat(self, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
+        owner, browser = self._owner_of(browser, request)
         browser["session"] = None
-        return Conversation(owner), [], browser, gr.Radio(value=None)
+        return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
+                self.sessions: gr.Radio(value=None)}
 
-    def delete_chat(conversation, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
-        owner, browser = owner_of(browser, request)
+    def _delete_chat(
+        self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
+    ) -> Updates:
+        owner, browser = self._owner_of(browser, request)
         if conversation is not None and conversation.session_id:
             try:
-                service.delete(owner, conversation.session_id)
+                self.service.delete(owner, conversation.session_id)
             except HybridChatError as exc:
                 gr.Warning(str(exc))
         browser["session"] = None
-        return Conversation(owner), [], browser, *sidebar(owner, None, shown)
+        return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
+                **self._sidebar(owner, None, shown)}
 
-    def show_older(conversation, browser, shown, request: gr.Request):  # type: ignore[no-untyped-def]
-        owner, browser = owner_of(browser, request)
+    def _show_older(
+        self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
+    ) -> Updates:
+        owner, _ = self._owner_of(browser, request)
         shown += SIDEBAR_PAGE
-        return shown, *sidebar(owner, conversation.session_id if conversation else None, shown)
+        return {self.shown: shown, **self._sidebar(owner, conversation.session_id if conversation else None, shown)}
 
-    with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as demo:
-        browser = gr.BrowserState(
-            {"visitor": None, "session": None}, storage_key="hybridchat", secret=visitor_ids.browser_storage_key()
-        )
-        conversation = gr.State(None)
-        shown = gr.State(SIDEBAR_PAGE)  # how many chats the sidebar lists
-        with gr.Sidebar(label="Chats"):
-            new_button = gr.Button("New chat", variant="primary")
-            sessions = gr.Radio(label="Your chats", choices=[], elem_id="sessions")
-            older_button = gr.Button("Older chats", size="sm", visible=False, elem_id="older")
-            delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
-        gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
-        signed_in = gr.Markdown(visible=False, elem_id="signed-in")
-        labels = [(backend.label, name) for name, backend in service.backends.items()]
-        model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
-        chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
-        with gr.Row():
-            box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True)
-            send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-            stop_button = gr.Button("Stop", scale=1, elem_id="stop")
-        with gr.Accordion("Settings", open=False):
-            temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
-            max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
-            persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
+    # --- helpers --------------------------------------------------------------------------
 
-        demo.load(
-            start, [browser, shown], [browser, conversation, chatbot, sessions, older_button, model, signed_in],
-            api_visibility="private",
-        )
-        inputs = [box, conversation, model, temperature, top_p, max_tokens, persona, browser, shown]
-        outputs = [chatbot, box, conversation, browser, sessions]
-        sent = [
-            box.submit(chat, inputs, outputs, api_name="chat"),
-            send_button.click(chat, inputs, outputs, api_visibility="private"),
-        ]
-        sent.append(chatbot.retry(retry, inputs[1:], outputs, api_visibility="private"))
-        stop_button.click(None, cancels=sent)
-        sessions.input(open_session, [sessions, browser], [conversation, chatbot, browser], api_visibility="private")
-        for starts_over in (new_button.click, chatbot.clear):
-            starts_over(new_chat, [browser], [conversation, chatbot, browser, sessions], api_visibility="private")
-        # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
-        delete_button.click(
-            delete_chat, [conversation, browser, shown], [conversation, chatbot, browser, sessions, older_button],
-            cancels=sent, api_visibility="private",
-        )
-        older_button.click(
-            show_older, [conversation, browser, shown], [shown, sessions, older_button], api_visibility="private"
-        )
-    return demo
+    def _owner_of(self, browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
+        browser = dict(browser) if isinstance(browser, dict) else {}  # whatever the client sent
+        if self.sign_in is not None:
+            # Who Guard found in IAP's signed assertion (never the unsigned e-mail header).
+            return str(getattr(request.state, SIGNED_IN).email), browser
+        if self.auth_enabled and request.username:
+            return f"user:{request.username}", browser
+        visitor = self.visitor_ids.verify(browser.get("visitor"))
+        if visitor is None:  # a new browser, or an id this server did not issue
+            visitor = self.visitor_ids.new_id()
+            browser = {"visitor": self.visitor_ids.token_for(visitor), "session": None}
+        return f"visitor:{visitor}", browser
+
+    def _sidebar(self, owner: str, selected: str | None, shown: int) -> Updates:
+        """The sidebar's newest ``shown`` entries, (title · date, session id), and the button
+        that shows older ones, if there are; left as they are while the store cannot list them
+        (the turn or page load has said why)."""
+        try:
+            sessions = self.service.sessions(owner, shown + 1)
+        except HybridChatError as exc:
+            log.debug("sessions not listed: %s", exc)
+            return {}
+        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id)
+                   for s in sessions[:shown]]
+        return {self.sessions: gr.Radio(choices=choices, value=selected),
+                self.older_button: gr.Button(visible=len(sessions) > shown)}
+
+    def _resume(self, owner: str, browser: dict[str, Any]) -> Conversation:
+        """The session this browser was in, if it is still there and its own; ``StoreError``
+        while the store cannot say (the browser keeps its session for later)."""
+        if browser.get("session"):
+            try:
+                return self.service.open(owner, browser["session"])
+            except SessionNotFound:
+                browser["session"] = None
+        return Conversation(owner)
+
+    def _messages(self, conversation: Conversation, pending: Progress | None = None) -> list[dict[str, str]]:
+        labels = {name: backend.label for name, backend in self.service.backends.items()}
+        return to_messages(conversation.turns, pending, labels)
 
 
 def create_app(
@@ -308,14 +396,14 @@ def create_app(
         max_persona_bytes=settings.max_persona_bytes,
         stream=settings.stream,
     )
-    demo = build_ui(
+    demo = ChatUI(
         service,
         auth_enabled=bool(auth),
         sign_in=sign_in,
         visitor_ids=visitor_ids,
         limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client),
         stream_interval=settings.stream_interval,
-    )
+    ).demo
     # Each streaming chat holds a worker thread; Gradio's pool (and its queue's slots) default
     # to 40, below the concurrency asked for, and only launch() can raise it: set it here.
     demo.max_threads = max(40, 2 * settings.concurrency)

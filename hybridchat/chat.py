@@ -20,7 +20,7 @@ from datetime import datetime
 from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
 from hybridchat.context import KEEP, Fitted, fit_context
 from hybridchat.errors import BackendError, ContextOverflow, InputRefused, SessionNotFound, StoreError
-from hybridchat.store import HistoryStore, Turn
+from hybridchat.store import HistoryStore, SessionSummary, Turn
 from hybridchat.store.base import utcnow
 
 log = logging.getLogger("hybridchat.turns")
@@ -77,11 +77,13 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Progress:
-    """The reply so far to ``message`` (as sent: cleaned); ``turn`` is set once it is finished
-    and saved (or kept). ``context_note``: earlier turns were left out of the context."""
+    """The reply so far to ``message`` (as sent: cleaned) from the model ``label`` names;
+    ``turn`` is set once it is finished and saved (or kept). ``context_note``: earlier turns
+    were left out of the context."""
 
     message: str
     reply: str
+    label: str
     turn: Turn | None = None
     notice: str | None = None
     context_note: str | None = None
@@ -147,7 +149,7 @@ class ChatService:
                     with closing(reply):  # on Stop too: the model's HTTP stream ends now
                         for piece in reply:
                             draft.pieces.append(piece)
-                            yield Progress(text, "".join(draft.pieces), context_note=draft.notice)
+                            yield Progress(text, "".join(draft.pieces), backend.label, context_note=draft.notice)
                     break
                 except ContextOverflow as exc:
                     if refused or draft.pieces:
@@ -157,11 +159,12 @@ class ChatService:
         except BackendError as exc:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
-            draft.status = "interrupted"
+            draft.status, draft.label = "interrupted", backend.label
             self._save(conversation, draft.turn())
             raise
+        draft.label = backend.label  # now that the server has said which model it serves
         turn = draft.turn(reply)
-        yield Progress(text, turn.reply, turn, self._save(conversation, turn), turn.notice)
+        yield Progress(text, turn.reply, backend.label, turn, self._save(conversation, turn), turn.notice)
 
     def retry(self, conversation: Conversation, backend_name: str, params: GenerationParams) -> Iterator[Progress]:
         """Ask again for the last reply: the new turn takes its place, in the chat and in what
@@ -208,6 +211,10 @@ class ChatService:
         if self.store.get_session(session_id).user_id != owner:
             raise SessionNotFound(f"No session {session_id!r}.")
         return Conversation.of(owner, session_id, self.store.load(session_id))
+
+    def sessions(self, owner: str, limit: int) -> list[SessionSummary]:
+        """``owner``'s newest ``limit`` sessions, most recent first."""
+        return self.store.list_sessions(owner, limit=limit)
 
     def delete(self, owner: str, session_id: str) -> None:
         self.open(owner, session_id)  # the same ownership check
@@ -258,6 +265,7 @@ class _Draft:
     backend_name: str
     params: GenerationParams
     replaces: str | None = None
+    label: str | None = None
     pieces: list[str] = field(default_factory=list)
     status: str = "ok"
     error: str | None = None
@@ -284,6 +292,7 @@ class _Draft:
         return Turn(
             user=self.text,
             model=self.backend_name,
+            model_label=self.label,
             reply="".join(self.pieces),
             params=self.params.model_dump(exclude_none=True),
             started_at=self.started,

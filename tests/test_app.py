@@ -11,6 +11,7 @@ from contextlib import closing
 
 import httpx
 import pytest
+from bench.queue_client import model_and_text
 from gradio_client import Client
 from fault_server import REPLY
 from tests_support import api_key_client
@@ -59,7 +60,7 @@ def app_server(stand_in, tmp_path_factory):
     # Every piece streamed as it comes (the default sends at most one update per 100 ms).
     settings = Settings(store_url=store_url, stream_interval=0)
     with BackgroundServer(create_app(settings, backends=backends)) as url:
-        yield url, store_url, backends["gemini"]
+        yield url, store_url, backends["gemini"], backends
 
 
 @pytest.fixture
@@ -74,7 +75,12 @@ def say(client, message, model, browser, persona=""):
 
 
 def texts(messages):
-    return [m["content"][0]["text"] if isinstance(m["content"], list) else m["content"] for m in messages]
+    """What each message says, without the line over a reply that names its model."""
+    return [model_and_text(m)[1] for m in messages]
+
+
+def models(messages):
+    return [model_and_text(m)[0] for m in messages if m["role"] == "assistant"]
 
 
 def test_healthz(app_server):
@@ -94,6 +100,10 @@ def test_switching_model_keeps_the_whole_history(client, app_server):
     assert app_server[2].histories[-1] == [Message("user", "What is the capital of France?"), Message("assistant", saved[0].reply)]
     assert app_server[2].params[-1].system_prompt == "Be brief."
     assert texts(messages)[-2] == "And of Germany?" and texts(messages)[-1]
+    gemma_label = app_server[3]["gemma"].label
+    assert gemma_label.startswith(f"Gemma ({STAND_IN_PREFIX}"), "named as the server serves it"
+    assert models(messages) == [gemma_label, "Gemini 2.5 Flash (local stand-in)"], "each reply says who wrote it"
+    assert [t.model_label for t in saved] == models(messages)
     assert [c[1] for c in sessions["choices"]] == [browser["session"]]
     assert [(t.model, t.status) for t in saved] == [("gemma", "cut_off"), ("gemini", "cut_off")]
     assert saved[0].params["temperature"] == 0.1 and saved[0].latency_ms > 0
@@ -124,6 +134,7 @@ def test_a_session_is_listed_and_resumed_from_another_connection(app_server, cli
         messages, _, again, sessions = say(later, "What number?", "gemini", browser)
     assert again["session"] == browser["session"]
     assert texts(messages)[0::2] == ["Remember the number 7", "What number?"]
+    assert models(messages)[0].startswith("Gemma (") and models(messages)[1].startswith("Gemini"), "also when resumed"
     assert len(sessions["choices"]) == 1
 
 

@@ -45,6 +45,8 @@ class Turn(BaseModel):
     user: str
     model: str
     reply: str
+    # The model as the chat named it when it answered, e.g. "Gemma (google/gemma-3-12b-it)".
+    model_label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
