@@ -46,7 +46,9 @@ $(VLLM)/.installed:
 	$(VLLM)/bin/python -c 'import pathlib, sysconfig; d = pathlib.Path(sysconfig.get_paths()["purelib"], "vllm-0.32.0+cpu.dist-info"); d.mkdir(exist_ok=True); (d / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n")'
 	touch $@
 
+# Lint first: it takes seconds, the tests minutes.
 test: setup browser $(CHECKOV)/.installed $(VLLM)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 # Prints a table and writes bench/results/*.json (about 5 minutes on 2 cores).

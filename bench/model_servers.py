@@ -7,6 +7,7 @@ under the manifest's served model name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -119,10 +120,8 @@ class ModelServer:
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
         try:  # the engine's workers, if any outlived it
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -11,6 +11,7 @@ counters, read before and after the turn). Prints a table; writes ``bench/result
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import statistics
@@ -87,7 +88,7 @@ def summarise(per_turn: dict[str, list[dict]]) -> dict[str, dict]:
             "turns": len(after),
             "hit_rate": statistics.mean(row["hit_rate"] for row in after),
             "ttft_p50_s": statistics.median(row["ttft_s"] for row in after),
-            "prefix_changes": sum(1 for a, b in zip(starts, starts[1:]) if a != b),
+            "prefix_changes": sum(1 for a, b in itertools.pairwise(starts) if a != b),
         }
     return {"from_turn": full, **summary}
 

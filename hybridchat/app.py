@@ -148,13 +148,16 @@ class ChatUI:
             self.temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
             self.top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
             self.max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
-            self.persona = gr.Textbox(label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2)
+            self.persona = gr.Textbox(
+                label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2
+            )
 
     def _setup_events(self) -> None:
         chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions]
         self.demo.load(
             self._start, [self.browser, self.shown],
-            [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model, self.signed_in],
+            [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
+             self.signed_in],
             api_visibility="private",
         )
         settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
@@ -213,7 +216,9 @@ class ChatUI:
         def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
             return self.service.respond(conversation, message, model, params)
 
-        yield from self._turn(ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+        yield from self._turn(
+            ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request
+        )
 
     def _retry(
         self, conversation: Conversation | None, model: str, temperature: float, top_p: float, max_tokens: int,

@@ -83,7 +83,9 @@ def serve_local(
     served_model_name: Annotated[
         str, typer.Option(help="The name /v1/models gives, as vLLM's flag (default local-stand-in/MODEL).")
     ] = "",
-    max_model_len: Annotated[int, typer.Option(help="Context length in tokens, as vLLM's flag (default the model's).")] = 0,
+    max_model_len: Annotated[
+        int, typer.Option(help="Context length in tokens, as vLLM's flag (default the model's).")
+    ] = 0,
 ) -> None:
     """Serve the local model as stand-ins for Gemma (vLLM APIs) and Gemini (its REST API)."""
     from hybridchat.backends.local import LocalModel, default_model_source
@@ -110,7 +112,8 @@ def run_app(
         list[str], typer.Option(help="Require login: user:password (repeatable; shows in the process list).")
     ] = [],  # noqa: B006
     auth_file: Annotated[
-        Path | None, typer.Option(help="Require login: a file of user:password lines (or HYBRIDCHAT_AUTH).", exists=True)
+        Path | None,
+        typer.Option(help="Require login: a file of user:password lines (or HYBRIDCHAT_AUTH).", exists=True),
     ] = None,
     root_path: Annotated[str, typer.Option(help="Path prefix when served behind a proxy.")] = "",
 ) -> None:
@@ -190,7 +193,8 @@ def _identity_row(settings: Settings) -> list:  # type: ignore[type-arg]
         keys = IapVerifier(settings.iap_audience, settings.iap_keys_url).check_keys()
     except SignInRefused as exc:
         return _row("identity", source, "unavailable", exc)
-    return _row("identity", source, "ok", f"audience {settings.iap_audience}; {keys} IAP key(s) from {settings.iap_keys_url}")
+    said = f"audience {settings.iap_audience}; {keys} IAP key(s) from {settings.iap_keys_url}"
+    return _row("identity", source, "ok", said)
 
 
 class ExportFormat(str, Enum):
@@ -217,8 +221,10 @@ def sessions_list(
     columns = ("session", "owner", "title", "updated", "turns")
     # E-mails as IAP signs them: lowercase.
     sessions = _store().list_sessions(user.lower() if user and "@" in user and ":" not in user else user)
-    rows = [(s.session_id, s.user_id or "", s.title, f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else "", s.turn_count)
-            for s in sessions]
+    rows = [
+        (s.session_id, s.user_id or "", s.title, f"{s.updated_at:%Y-%m-%d %H:%M}" if s.updated_at else "", s.turn_count)
+        for s in sessions
+    ]
     console = Console()
     if not console.is_terminal:  # piped: whole values, tab-separated, for `cut` and `sessions show`
         for row in (columns, *rows):

@@ -67,7 +67,8 @@ The variable names are a contract with the Kubernetes manifests and the notebook
 ``HYBRIDCHAT_LOG_LEVEL``              ``DEBUG`` … ``ERROR``
 ====================================  ==========================================================
 
-Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are ``SecretStr``: they print as ``**********``.
+Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are
+``SecretStr``: they print as ``**********``.
 """
 
 from __future__ import annotations

@@ -96,7 +96,9 @@ class IapVerifier:
             claims = jwt.decode(assertion, certs=keys, audience=self.audience, clock_skew_in_seconds=CLOCK_SKEW)
         except (ValueError, exceptions.GoogleAuthError) as exc:
             log.info("sign-in assertion refused: %s", exc)
-            raise SignInRefused(f"The sign-in assertion is not valid ({_reason(exc)}): reload the page to sign in again.") from None
+            raise SignInRefused(
+                f"The sign-in assertion is not valid ({_reason(exc)}): reload the page to sign in again."
+            ) from None
         if claims.get("iss") != IAP_ISSUER or not claims.get("email") or not claims.get("sub"):
             raise SignInRefused("The sign-in assertion is not IAP's (issuer, e-mail or subject missing).")
         return SignedInUser(email=str(claims["email"]).lower(), subject=str(claims["sub"]))

@@ -55,7 +55,9 @@ class Logins:
             if failures.count > FREE_FAILURES:
                 wait = min(2.0 ** (failures.count - FREE_FAILURES - 1), LONGEST_WAIT)
                 failures.refused_until = now + wait
-                log.warning("login: %d failed tries for one user name; the next is taken in %.0f s", failures.count, wait)
+                log.warning(
+                    "login: %d failed tries for one user name; the next is taken in %.0f s", failures.count, wait
+                )
             self._failures[username] = failures
             while len(self._failures) > _REMEMBERED:
                 self._failures.popitem(last=False)

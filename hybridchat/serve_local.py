@@ -125,7 +125,9 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
 
     @app.get("/v1/models")
     def models() -> openai.ModelList:
-        card = openai.ModelCard(id=served, created=int(time.time()), root=model.name, max_model_len=model.context_length)
+        card = openai.ModelCard(
+            id=served, created=int(time.time()), root=model.name, max_model_len=model.context_length
+        )
         return openai.ModelList(data=[card])
 
     @app.post("/tokenize")
@@ -143,9 +145,12 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         check_model(body.model)
         history = [message.model_dump() for message in body.messages]
         messages = [{"role": m.role, "content": m.content} for m in normalize_history(history)]
-        params = _params(body.temperature, body.top_p, checked(body.max_completion_tokens or body.max_tokens), body.stop)
+        max_tokens = checked(body.max_completion_tokens or body.max_tokens)
+        params = _params(body.temperature, body.top_p, max_tokens, body.stop)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        reply = record("/v1/chat/completions", params, model.stream(messages, params), model=body.model, messages=messages)
+        reply = record(
+            "/v1/chat/completions", params, model.stream(messages, params), model=body.model, messages=messages
+        )
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_chat_chunks(reply, ident, created, served, usage))
@@ -154,7 +159,9 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
             id=ident,
             created=created,
             model=served,
-            choices=[openai.ChatChoice(message=openai.AssistantMessage(content=text), finish_reason=reply.finish_reason)],
+            choices=[
+                openai.ChatChoice(message=openai.AssistantMessage(content=text), finish_reason=reply.finish_reason)
+            ],
             usage=_usage(reply),
         )
 
@@ -180,7 +187,8 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
     @app.post("/generate")
     def generate(body: legacy.GenerateRequest) -> legacy.GenerateResponse:
         params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
-        reply = "".join(record("/generate", params, model.stream(_conversation_of(body.prompt), params), prompt=body.prompt))
+        pieces = model.stream(_conversation_of(body.prompt), params)
+        reply = "".join(record("/generate", params, pieces, prompt=body.prompt))
         return legacy.GenerateResponse(predictions=[reply if body.raw_response else legacy.echoed(body.prompt, reply)])
 
     @app.get("/{version}/models/{name}")
@@ -302,7 +310,8 @@ def _chat_chunks(reply: ReplyStream, ident: str, created: int, name: str, includ
         yield chunk(openai.Delta(content=piece))
     yield chunk(openai.Delta(), finish=reply.finish_reason)
     if include_usage:
-        yield openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=_usage(reply)).model_dump_json()
+        last = openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=_usage(reply))
+        yield last.model_dump_json()
     yield "[DONE]"
 
 
@@ -358,7 +367,9 @@ def _sse(events: Iterator[str], separator: str = "\n\n") -> StreamingResponse:
         except Exception as exc:  # headers are sent: report in-band, as vLLM does
             log.exception("generation failed mid-stream")
             body = openai.ErrorResponse(
-                error=openai.ErrorInfo(message=f"generation failed: {type(exc).__name__}", type="InternalServerError", code=500)
+                error=openai.ErrorInfo(
+                    message=f"generation failed: {type(exc).__name__}", type="InternalServerError", code=500
+                )
             )
             yield f"data: {body.model_dump_json()}{separator}"
 
@@ -380,10 +391,14 @@ def _error(request: Request, status: int, message: str, param: str | None = None
     return JSONResponse(gemini_wire.error_body(status, status_name, message), status_code=status)
 
 
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+_ERROR_TYPES = {
+    400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError", 503: "ServiceUnavailableError"
+}
 
 
-def serve(model: LocalModel, host: str, port: int, log_level: str = "info", served_model_name: str | None = None) -> None:
+def serve(
+    model: LocalModel, host: str, port: int, log_level: str = "info", served_model_name: str | None = None
+) -> None:
     """Run the stand-in server for a loaded model until interrupted. Stopped, it breaks off the
     replies still streaming after a second, as vLLM does, rather than finishing them."""
     import uvicorn

@@ -21,6 +21,7 @@ folder; every command line run is appended to `commands.log` there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -712,10 +713,8 @@ def _start_app(env: dict[str, str], port: int) -> dict:
 
 
 def _stop(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 # --- entry point -------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ DISCOVERY = {
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         doc = DISCOVERY.get(self.path.split("?")[0])
         status = 200 if doc is not None else 404
         if doc is None:

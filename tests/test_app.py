@@ -11,11 +11,11 @@ from contextlib import closing
 
 import httpx
 import pytest
-from bench.queue_client import model_and_text
-from gradio_client import Client
 from fault_server import REPLY
+from gradio_client import Client
 from tests_support import api_key_client
 
+from bench.queue_client import model_and_text
 from hybridchat.app import create_app, model_choices
 from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream, RetryPolicy, VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
@@ -176,7 +176,7 @@ def test_visitors_never_see_each_others_sessions(app_server, client):
 def test_an_unreachable_model_is_listed_as_unavailable_with_the_reason(stand_in, tiny_model_dir):
     down = VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1), connect_timeout=1), label="Gemma")
     up = VllmBackend(VllmClient(stand_in), name="up", label="Gemma up")
-    choices = dict((name, label) for label, name in model_choices({"gemma": down, "up": up}))
+    choices = {name: label for label, name in model_choices({"gemma": down, "up": up})}
     assert choices["gemma"].startswith("Gemma — unavailable: Gemma is not reachable at http://127.0.0.1:9")
     assert choices["up"] == f"Gemma up ({STAND_IN_PREFIX}{tiny_model_dir.name})", "named as the server serves it"
 

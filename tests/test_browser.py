@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 
@@ -76,7 +77,7 @@ def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
     assert len(shown) > 1, "the reply should appear piece by piece"
     # Append-only, as far as Markdown lets it show: a second "~" turns earlier text into strikethrough.
     plain = ["".join(ch for ch in text if ch.isalnum()) for text in shown]
-    assert all(later.startswith(earlier[:10]) for earlier, later in zip(plain, plain[1:])), shown
+    assert all(later.startswith(earlier[:10]) for earlier, later in itertools.pairwise(plain)), shown
 
     page.click("#model input")
     page.get_by_role("option", name=GEMINI).click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -141,7 +142,7 @@ def test_closing_the_stream_early_stops_generation(tiny_model):
 
 def test_a_missing_model_is_a_clear_error(tmp_path):
     backend = LocalBackend(str(tmp_path / "nothing.gguf"))
-    with pytest.raises(Exception, match="could not be loaded.*HYBRIDCHAT_LOCAL_MODEL"):
+    with pytest.raises(Exception, match=r"could not be loaded.*HYBRIDCHAT_LOCAL_MODEL"):
         backend.complete("Hi", [])
 
 
@@ -175,10 +176,8 @@ def test_serve_local_command_listens_once_loaded_then_serves_and_stops_on_ctrl_c
         statuses = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 statuses.append(httpx.get(f"{url}/health", timeout=2).status_code)
-            except httpx.TransportError:
-                pass
             if statuses and statuses[-1] == 200:
                 break
             time.sleep(0.05)

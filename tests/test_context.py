@@ -7,18 +7,20 @@ the real vLLM engine in test_vllm_engine.py.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests_support import api_key_client, vertex_client
 
 from hybridchat.backends import (
-    RetryPolicy,
     ChatBackend,
     ContextWindow,
     GeminiBackend,
     GenerationParams,
     LocalBackend,
+    RetryPolicy,
     VllmBackend,
     VllmClient,
     estimate_tokens,
@@ -102,13 +104,13 @@ def test_turns_are_left_out_in_blocks_so_the_prompts_beginning_stays_the_same(ti
     one_by_one = chat(ChatService({"local": LocalBackend(model=tiny_model)}, store, keep=1.0), Conversation("b"), messages)
 
     def moves(turns: list[Turn]) -> int:
-        return sum(1 for before, after in zip(turns, turns[1:]) if after.context_start != before.context_start)
+        return sum(1 for before, after in itertools.pairwise(turns) if after.context_start != before.context_start)
 
     assert one_by_one[-1].context_start > 0 and blocks[-1].context_start > 0
     assert moves(blocks) * 2 <= moves(one_by_one), (moves(blocks), moves(one_by_one))
     # Each block leaves the prompt at most 70% of the budget: more than one turn at a time.
     assert all(after.context_start - before.context_start >= 2
-               for before, after in zip(blocks, blocks[1:]) if after.context_start != before.context_start)
+               for before, after in itertools.pairwise(blocks) if after.context_start != before.context_start)
 
 
 def test_failed_turns_are_never_sent(tiny_model, store, closed_port_url):
@@ -196,7 +198,7 @@ def test_a_server_that_counts_more_than_we_did_gets_a_smaller_prompt_next(stand_
     # The server said how many tokens it counted: the retry drops a block by that much, so the
     # prompt's beginning moves by several turns at a time, not one per turn.
     starts = [t.context_start for t in turns]
-    assert starts[-1] > 0 and all(b - a >= 2 for a, b in zip(starts, starts[1:]) if b != a), starts
+    assert starts[-1] > 0 and all(b - a >= 2 for a, b in itertools.pairwise(starts) if b != a), starts
 
 
 def test_a_count_that_fails_falls_back_to_the_estimate(tiny_model, store):

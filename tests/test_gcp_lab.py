@@ -10,18 +10,15 @@ import subprocess
 import sys
 import time
 
-import cloud_doubles
 import fake_google
 import httpx
 import pytest
 import requests
+from conftest import DOUBLES_PROJECT as PROJECT
 
 from hybridchat.history import process_message_gemma
 from hybridchat.lab import check, gcp, preflight
 from hybridchat.lab.shell import Background, CommandFailed, command
-
-from conftest import DOUBLES_PROJECT as PROJECT
-
 
 # --- the doubles speak the real tools' syntax ------------------------------------------------------
 

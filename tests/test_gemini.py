@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from google.genai import types
 from fault_server import REPLY
 from tests_support import api_key_client, vertex_client
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from google.genai import types
 from hypothesis import given
@@ -190,7 +192,7 @@ def test_normalizing_is_idempotent_and_alternates(history, message):
     once = normalize_history(history)
     assert normalize_history(once) == once
     assert normalize_history([{"role": m.role, "content": m.content} for m in once]) == once
-    assert all(a.role != b.role for a, b in zip(once, once[1:]))
+    assert all(a.role != b.role for a, b in itertools.pairwise(once))
 
 
 @given(history=histories, message=texts)

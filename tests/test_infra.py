@@ -18,8 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from fault_server import REPLY
-from kube_api import fake_cluster
 from iap_double import KEYS_PATH, IapKeys, proxy_app
+from kube_api import fake_cluster
 from test_iap import AUDIENCE, turn
 from test_reliability import visitor
 
@@ -29,8 +29,8 @@ from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
-from hybridchat.lab import gcp
 from hybridchat.iap import ASSERTION_HEADER
+from hybridchat.lab import gcp
 from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.lab.terraform import parse
 from hybridchat.store import firestore
@@ -217,7 +217,7 @@ def test_the_app_is_reached_only_through_the_gateway_behind_sign_in():
     service = manifest("Service", "gradio-chat-service")["spec"]
     assert service["type"] == "ClusterIP", "no load balancer of its own that would bypass IAP"
     config = manifest("ConfigMap", "gradio-chat-config")["data"]
-    assert config["HYBRIDCHAT_IDENTITY"] == "iap" and Settings(**{"identity": config["HYBRIDCHAT_IDENTITY"]})
+    assert config["HYBRIDCHAT_IDENTITY"] == "iap" and Settings(identity=config["HYBRIDCHAT_IDENTITY"])
     assert config.get("HYBRIDCHAT_FORWARDED_ALLOW_IPS", "127.0.0.1") != "*", "X-Forwarded-For is not believed from anyone"
     container = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]
     audience = next(e for e in container["env"] if e["name"] == "HYBRIDCHAT_IAP_AUDIENCE")["valueFrom"]["configMapKeyRef"]

@@ -3,11 +3,9 @@ right hint, checkers that can fail, and the exact gcp-mode commands."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -247,7 +245,7 @@ def test_commands_that_work_offline_run_for_real(tmp_path):
         run(command("terraform", "fmt", "-check", str(_unformatted(tmp_path))), echo=False)
     counted = run(command("printf", "a\\nb\\nc\\n"), echo=False, progress="lines")
     assert counted.splitlines() == ["a", "b", "c"]
-    with pytest.raises(CommandFailed, match="ran past 0.5 s"):
+    with pytest.raises(CommandFailed, match=r"ran past 0\.5 s"):
         run(command("sleep", "5"), timeout=0.5, echo=False)
 
 

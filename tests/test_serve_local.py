@@ -61,7 +61,7 @@ def test_vllms_own_refusals_in_vllms_own_words(sdk, tiny_model):
     assert too_long.value.body["param"] == "input_tokens"
     with pytest.raises(openai.BadRequestError, match=f"max_tokens=4096 cannot be greater than max_model_len={limit}"):
         sdk.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4096)
-    with pytest.raises(openai.NotFoundError, match="The model `google/gemma-3-12b-it` does not exist."):
+    with pytest.raises(openai.NotFoundError, match=r"The model `google/gemma-3-12b-it` does not exist\."):
         sdk.chat.completions.create(model="google/gemma-3-12b-it", messages=[{"role": "user", "content": "Hi"}])
 
 

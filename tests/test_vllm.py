@@ -101,7 +101,7 @@ def test_clean_gemma_output_follows_the_codelab_rules(raw, prompt, expected):
 
 def test_connection_refused_is_retried_then_explained(closed_port_url):
     backend = VllmBackend(client(closed_port_url, model="m", attempts=2), label="Gemma")
-    with pytest.raises(BackendUnavailable, match="Gemma is not reachable at http://127.0.0.1:.*Is the server running"):
+    with pytest.raises(BackendUnavailable, match=r"Gemma is not reachable at http://127\.0\.0\.1:.*Is the server running"):
         backend.complete("Hi", [])
     assert not backend.health().ok
 
@@ -109,7 +109,7 @@ def test_connection_refused_is_retried_then_explained(closed_port_url):
 def test_loading_model_says_gemma_is_starting(fault_server):
     fault_server.mode = "loading"
     backend = VllmBackend(client(fault_server.url, model="m", attempts=3), label="Gemma")
-    with pytest.raises(BackendLoading, match="Gemma is starting.*try Gemini or wait"):
+    with pytest.raises(BackendLoading, match=r"Gemma is starting.*try Gemini or wait"):
         backend.complete("Hi", [])
     assert fault_server.posts() == 3, "503 is retried"
     health = backend.health()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -24,9 +25,9 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
+
 from bench import prefix_cache
 from bench.model_servers import CONTEXT, ModelServer
-
 from bench.queue_client import QueueClient, Reply, text_of
 from hybridchat.app import create_app
 from hybridchat.backends import GenerationParams, VllmBackend, VllmClient
@@ -110,7 +111,7 @@ def test_a_three_turn_chat_streams_carries_its_context_logs_usage_and_saves_ever
     assert [t.user for t in turns] == messages
     assert all(t.status in ("ok", "cut_off") and t.reply for t in turns)
     # The server's own counts: each prompt held the whole conversation before it.
-    for before, after in zip(turns, turns[1:]):
+    for before, after in itertools.pairwise(turns):
         assert after.prompt_tokens > before.prompt_tokens + before.completion_tokens
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hybridchat.turns"]
     assert [(line["prompt_tokens"], line["completion_tokens"]) for line in logged] == [

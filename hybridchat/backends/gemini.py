@@ -145,7 +145,9 @@ class GeminiBackend(ChatBackend):
         contents = process_message_gemini(message, history)
         return ReplyStream(self._pieces(contents, config))
 
-    def _pieces(self, contents: list[types.Content], config: types.GenerateContentConfig) -> Iterator[str | Usage | Finish]:
+    def _pieces(
+        self, contents: list[types.Content], config: types.GenerateContentConfig
+    ) -> Iterator[str | Usage | Finish]:
         produced, usage, finish = False, None, None
         with self._errors():
             chunks, first = self._retry.call(lambda: self._open_stream(contents, config))
@@ -191,7 +193,9 @@ class GeminiBackend(ChatBackend):
         system = system_instruction(history, params.system_prompt)
         if system:
             contents.insert(0, types.Content(role="user", parts=[types.Part(text=system)]))
-        counted = self._retry.call(lambda: self._call(self.client.models.count_tokens, model=self.model, contents=contents)).total_tokens
+        counted = self._retry.call(
+            lambda: self._call(self.client.models.count_tokens, model=self.model, contents=contents)
+        ).total_tokens
         return counted if counted is not None else estimate_tokens(message, history, params.system_prompt)
 
     def answer(
@@ -224,7 +228,8 @@ class GeminiBackend(ChatBackend):
                 found = self.client.models.get(model=self.model)
         except BackendError as exc:
             return BackendHealth(False, str(exc))
-        return BackendHealth(True, f"{self.display} is up, serving {found.display_name or found.name or self.model}", self.model)
+        serving = found.display_name or found.name or self.model
+        return BackendHealth(True, f"{self.display} is up, serving {serving}", self.model)
 
     def _text_of(self, response: types.GenerateContentResponse, produced: bool) -> str:
         """The text of a response or chunk; raises when a safety filter stopped it."""

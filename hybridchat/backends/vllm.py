@@ -182,7 +182,9 @@ class VllmClient:
         payload = {"messages": messages, "add_generation_prompt": True} if messages is not None else {"prompt": prompt}
         try:
             answer = self._for_model(
-                lambda model: self._openai.post(f"{self.base_url}/tokenize", body={"model": model, **payload}, cast_to=object)
+                lambda model: self._openai.post(
+                    f"{self.base_url}/tokenize", body={"model": model, **payload}, cast_to=object
+                )
             )
         except BackendRejected as exc:
             if exc.status_code in (404, 405) and not isinstance(exc, ModelNotFound):
@@ -359,7 +361,9 @@ class VllmClient:
             raise self._unreadable(".".join(map(str, exc.errors()[0]["loc"])) or "body") from None
 
     def _unreadable(self, field: str) -> BadResponse:
-        return BadResponse(f"{self.display} sent an answer hybridchat cannot read (bad '{field}').", backend=self.display)
+        return BadResponse(
+            f"{self.display} sent an answer hybridchat cannot read (bad '{field}').", backend=self.display
+        )
 
     def _refusal(self, status: int, detail: str | None) -> BackendError:
         """Our own sentence for an error status; the server's reason (its first line: later ones

@@ -49,14 +49,17 @@ def _call(fn: Callable[..., Any], name: str, *args: Any) -> Any:
 
 def _gemma_hint(expected: str, got: str) -> str:
     if "<start_of_turn>assistant" in got:
-        return "Gemma calls the assistant's turns `model`: write `<start_of_turn>model`, not `<start_of_turn>assistant`."
+        return (
+            "Gemma calls the assistant's turns `model`: write `<start_of_turn>model`, not `<start_of_turn>assistant`."
+        )
     if not got.endswith("<start_of_turn>model\n"):
         return f"the prompt must end with `<start_of_turn>model\\n`, so that Gemma answers next; got …{got[-40:]!r}"
     if got.count("<end_of_turn>") != expected.count("<end_of_turn>"):
         return (f"every turn must end with `<end_of_turn>` and a newline: expected {expected.count('<end_of_turn>')} "
                 f"of them, got {got.count('<end_of_turn>')} in {got!r}")
     at = next(i for i, (a, b) in enumerate(zip(expected + "\0", got + "\0")) if a != b)
-    return f"first difference at character {at}: expected …{expected[max(at - 20, 0):at + 20]!r}, got …{got[max(at - 20, 0):at + 20]!r}"
+    around = slice(max(at - 20, 0), at + 20)
+    return f"first difference at character {at}: expected …{expected[around]!r}, got …{got[around]!r}"
 
 
 def gemma_translator(fn: Callable[[str, list], str]) -> None:

@@ -61,7 +61,10 @@ def build_bucket(project_id: str) -> str:
 
 
 def create_build_bucket(project_id: str, region: str) -> Command:
-    return command("gcloud", "storage", "buckets", "create", build_bucket(project_id), f"--project={project_id}", f"--location={region}")
+    return command(
+        "gcloud", "storage", "buckets", "create", build_bucket(project_id), f"--project={project_id}",
+        f"--location={region}",
+    )
 
 
 def delete_build_bucket(project_id: str) -> Command:
@@ -69,7 +72,10 @@ def delete_build_bucket(project_id: str) -> Command:
 
 
 def get_credentials(cluster_name: str, region: str, project_id: str) -> Command:
-    return command("gcloud", "container", "clusters", "get-credentials", cluster_name, f"--region={region}", f"--project={project_id}")
+    return command(
+        "gcloud", "container", "clusters", "get-credentials", cluster_name, f"--region={region}",
+        f"--project={project_id}",
+    )
 
 
 def create_hf_secret(token: str) -> Command:
@@ -141,7 +147,10 @@ def wait_for_audience(project_id: str, project_number: str, timeout: float = 900
     # Ids only: gcloud's "Listed 0 items." (its standard error) comes in the same output.
     while not (ids := [line for line in run(backend_service_id(project_id), echo=False).split("\n") if line.isdigit()]):
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"no backend service for {APP_SERVICE} after {timeout:g} s: see `kubectl describe gateway gradio-chat-gateway`")
+            raise TimeoutError(
+                f"no backend service for {APP_SERVICE} after {timeout:g} s: "
+                "see `kubectl describe gateway gradio-chat-gateway`"
+            )
         time.sleep(poll_seconds())
     return iap_audience(project_number, ids[0])
 
@@ -177,7 +186,8 @@ def wait_for_sign_in(url: str, timeout: float = 5400) -> str:
                     bar.set_postfix_str("IAP asks for Google sign-in")
                     return url
             except httpx.ConnectError as exc:
-                state = "certificate not issued yet" if "SSL" in str(exc) or "certificate" in str(exc) else "not answering yet"
+                certificate = "SSL" in str(exc) or "certificate" in str(exc)
+                state = "certificate not issued yet" if certificate else "not answering yet"
             except httpx.HTTPError as exc:
                 state = type(exc).__name__
             bar.set_postfix_str(state)
@@ -206,7 +216,9 @@ def gemma_pods() -> Command:
 
 
 def gemma_events() -> Command:
-    return command("kubectl", "get", "events", "--field-selector", "involvedObject.kind=Pod", "--sort-by=.lastTimestamp")
+    return command(
+        "kubectl", "get", "events", "--field-selector", "involvedObject.kind=Pod", "--sort-by=.lastTimestamp"
+    )
 
 
 def port_forward_gemma(local_port: int = 8000) -> Command:
@@ -285,5 +297,7 @@ def wait_for_gemma(timeout: float = 3600) -> None:
                 print(run(gemma_events(), echo=False)[-2000:])
                 last_events = time.monotonic()
             if time.monotonic() - started > timeout:
-                raise TimeoutError(f"Gemma is not ready after {timeout:g} s ({phase}: {detail}); chat with Gemini meanwhile")
+                raise TimeoutError(
+                    f"Gemma is not ready after {timeout:g} s ({phase}: {detail}); chat with Gemini meanwhile"
+                )
             time.sleep(poll_seconds())

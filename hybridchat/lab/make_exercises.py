@@ -28,7 +28,9 @@ def strip_solutions(source: str, where: str = "cell") -> str:
             if indent is not None:
                 raise ValueError(f"{where}, line {number}: {BEGIN} inside another solution")
             indent = line[: len(line) - len(line.lstrip())]
-            kept += [f"{indent}# TODO: your code here (see the explanation above)", f"{indent}raise NotImplementedError()"]
+            kept += [
+                f"{indent}# TODO: your code here (see the explanation above)", f"{indent}raise NotImplementedError()"
+            ]
         elif marker == END:
             if indent is None:
                 raise ValueError(f"{where}, line {number}: {END} without {BEGIN}")

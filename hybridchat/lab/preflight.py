@@ -82,7 +82,9 @@ def project(project_id: str) -> Result:
     try:
         number = _gcloud("projects", "describe", project_id, "--format=value(projectNumber)")
     except CommandFailed:
-        return Result(False, "project", f"{project_id!r} does not exist or this account cannot see it: check PROJECT_ID")
+        return Result(
+            False, "project", f"{project_id!r} does not exist or this account cannot see it: check PROJECT_ID"
+        )
     return Result(True, "project", f"{project_id} (number {number})")
 
 
@@ -99,7 +101,8 @@ def billing(project_id: str) -> Result:
 
 def apis(project_id: str) -> Result:
     try:
-        enabled = set(_gcloud("services", "list", "--enabled", f"--project={project_id}", "--format=value(config.name)").split())
+        listed = _gcloud("services", "list", "--enabled", f"--project={project_id}", "--format=value(config.name)")
+        enabled = set(listed.split())
     except CommandFailed:
         enabled = set()
     missing = [api for api in NEEDED_FIRST if api not in enabled]
@@ -113,8 +116,9 @@ def gpu_quota(project_id: str, region: str) -> Result:
     """The region's L4 quota and the project's GPUs in all regions (often 0 on a new project)."""
     _, needed = gemma_needs()
     try:
-        regional = json.loads(_gcloud("compute", "regions", "describe", region, f"--project={project_id}", "--format=json"))
-        everywhere = json.loads(_gcloud("compute", "project-info", "describe", f"--project={project_id}", "--format=json"))
+        project, as_json = f"--project={project_id}", "--format=json"
+        regional = json.loads(_gcloud("compute", "regions", "describe", region, project, as_json))
+        everywhere = json.loads(_gcloud("compute", "project-info", "describe", project, as_json))
     except (CommandFailed, ValueError):
         return Result(False, "L4 GPU quota", f"cannot read {region}'s quotas: is the Compute Engine API on?")
     free = {metric: _free(found, metric) for found, metric in ((regional, GPU_QUOTA), (everywhere, ALL_GPUS_QUOTA))}
@@ -122,8 +126,9 @@ def gpu_quota(project_id: str, region: str) -> Result:
     short = [metric for metric, count in free.items() if count < needed]
     if not short:
         return Result(True, "L4 GPU quota", said)
-    return Result(False, "L4 GPU quota", f"{said}: ask for more ({', '.join(short)}) at "
-                  f"https://console.cloud.google.com/iam-admin/quotas?project={project_id}, or choose a REGION with L4s")
+    quotas = f"https://console.cloud.google.com/iam-admin/quotas?project={project_id}"
+    return Result(False, "L4 GPU quota", f"{said}: ask for more ({', '.join(short)}) at {quotas}, or choose a REGION "
+                  "with L4s")
 
 
 def _free(described: dict, metric: str) -> int:
@@ -147,7 +152,7 @@ def hugging_face(token: str) -> Result:
         status = failed.response.status_code if failed.response is not None else None
         why = "not a valid token" if status == 401 else f"Hugging Face answered HTTP {status}"
         return Result(False, "Hugging Face token", f"{why}: check it at https://huggingface.co/settings/tokens")
-    except Exception as failed:  # noqa: BLE001 - the transport's errors (httpx, OSError) vary by version
+    except Exception as failed:
         return Result(False, "Hugging Face token", f"could not reach Hugging Face ({type(failed).__name__})")
     return Result(True, "Hugging Face token", f"has access to {repo}")
 

@@ -19,7 +19,10 @@ TOOLS = {
     "skaffold": ("gcp", "gcloud components install skaffold"),
     "java": ("tests", "a JDK 17 (Firestore emulator, for the test suite only)"),
 }
-PACKAGES = ("gradio", "google-genai", "google-cloud-firestore", "requests", "openai", "transformers", "torch", "ipywidgets", "papermill")
+PACKAGES = (
+    "gradio", "google-genai", "google-cloud-firestore", "requests", "openai", "transformers", "torch", "ipywidgets",
+    "papermill",
+)
 
 
 def _version(tool: str, path: str) -> str:
@@ -46,14 +49,15 @@ def check_environment(mode: str = "local") -> list[dict[str, str]]:
             status = metadata.version(package)
         except metadata.PackageNotFoundError:
             status = "MISSING"
-        rows.append({"what": package, "status": status, "needed for": "the notebooks",
-                     "how to get it": "" if status != "MISSING" else "make setup (or pip install -e '.[local,notebooks]')"})
+        how = "" if status != "MISSING" else "make setup (or pip install -e '.[local,notebooks]')"
+        rows.append({"what": package, "status": status, "needed for": "the notebooks", "how to get it": how})
     return rows
 
 
 def missing(rows: list[dict[str, str]], mode: str) -> list[str]:
     """What this mode cannot do without."""
-    return [row["what"] for row in rows if row["status"] == "MISSING" and (row["needed for"].endswith("(now)") or row["needed for"] == "the notebooks")]
+    needed = [row for row in rows if row["needed for"].endswith("(now)") or row["needed for"] == "the notebooks"]
+    return [row["what"] for row in needed if row["status"] == "MISSING"]
 
 
 def configure(mode: str, project_id: str = "", region: str = "us-central1") -> Settings:

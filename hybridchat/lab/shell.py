@@ -102,7 +102,7 @@ class Background:
 
     def __init__(self, cmd: Command, ready: Callable[[], bool], *, timeout: float = 60, hint: str = ""):
         self.cmd, self._ready, self._timeout, self._hint = cmd, ready, timeout, hint
-        self._output = tempfile.TemporaryFile()
+        self._output = tempfile.TemporaryFile()  # noqa: SIM115 (the service's log for its whole life, across restarts)
         self._halted = False
         self._start()
         atexit.register(self.stop)

@@ -205,7 +205,9 @@ def codelab_turns(data: dict[str, Any]) -> list[Turn]:
         if "user" in value:
             found.append((key, value))
         else:
-            found += [(f"{key}.{sub}", inner) for sub, inner in value.items() if isinstance(inner, dict) and "user" in inner]
+            found += [
+                (f"{key}.{sub}", inner) for sub, inner in value.items() if isinstance(inner, dict) and "user" in inner
+            ]
     turns = []
     for stamp, interaction in sorted(found):
         model, reply = next(((k, v) for k, v in interaction.items() if k != "user"), ("unknown", ""))
