@@ -46,9 +46,10 @@ $(VLLM)/.installed:
 	$(VLLM)/bin/python -c 'import pathlib, sysconfig; d = pathlib.Path(sysconfig.get_paths()["purelib"], "vllm-0.32.0+cpu.dist-info"); d.mkdir(exist_ok=True); (d / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n")'
 	touch $@
 
-# Lint first: it takes seconds, the tests minutes.
+# Lint and type-check first: they take seconds, the tests minutes.
 test: setup browser $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 # Prints a table and writes bench/results/*.json (about 5 minutes on 2 cores).

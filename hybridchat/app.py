@@ -162,7 +162,7 @@ class ChatUI:
         )
         settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
         inputs = [self.box, self.conversation, *settings]
-        sent = [
+        sent: list[dict[str, Any]] = [  # Gradio's Dependency is a dict
             self.box.submit(self._chat, inputs, chat_view, api_name="chat"),
             self.send_button.click(self._chat, inputs, chat_view, api_visibility="private"),
             self.chatbot.retry(self._retry, [self.conversation, *settings], chat_view, api_visibility="private"),
@@ -393,10 +393,12 @@ def create_app(
                 "(HYBRIDCHAT_IDENTITY=iap) are set: they are two ways to say who a visitor is, choose one."
             )
         sign_in = IapVerifier(settings.iap_audience, settings.iap_keys_url)
-    owned_store = None if store else open_store(settings.resolved_store_url)
+    owned_store = None
+    if store is None:
+        store = owned_store = open_store(settings.resolved_store_url)
     service = ChatService(
         backends or build_backends(settings),
-        store or owned_store,
+        store,
         max_message_bytes=settings.max_message_bytes,
         max_persona_bytes=settings.max_persona_bytes,
         stream=settings.stream,
@@ -429,9 +431,9 @@ def create_app(
     # show_error=False: an unexpected exception shows "Error", not its text (gr.Error and
     # gr.Warning, worded for visitors, still show); the traceback goes to the log.
     # run_history=False: Gradio would keep every message and reply in the browser's storage.
-    app = gr.mount_gradio_app(
+    mounted: FastAPI = gr.mount_gradio_app(
         app, demo, path="/", auth=Logins(auth) if auth else None, root_path=root_path, css=_CSS,
         show_error=False, run_history=False,
     )
-    app.add_middleware(Guard, max_body_bytes=settings.max_request_bytes, sign_in=sign_in)
-    return app
+    mounted.add_middleware(Guard, max_body_bytes=settings.max_request_bytes, sign_in=sign_in)
+    return mounted

@@ -21,7 +21,7 @@ from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
 from hybridchat.context import KEEP, Fitted, fit_context
 from hybridchat.errors import BackendError, ContextOverflow, InputRefused, SessionNotFound, StoreError
 from hybridchat.store import HistoryStore, SessionSummary, Turn
-from hybridchat.store.base import utcnow
+from hybridchat.store.base import TurnStatus, utcnow
 
 log = logging.getLogger("hybridchat.turns")
 
@@ -267,7 +267,7 @@ class _Draft:
     replaces: str | None = None
     label: str | None = None
     pieces: list[str] = field(default_factory=list)
-    status: str = "ok"
+    status: TurnStatus = "ok"
     error: str | None = None
     context_start: int | None = None
     notice: str | None = None
@@ -298,7 +298,7 @@ class _Draft:
             started_at=self.started,
             finished_at=utcnow(),
             latency_ms=round((time.monotonic() - self.clock) * 1000, 1),
-            status=self.status,  # type: ignore[arg-type]
+            status=self.status,
             error=self.error,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,

@@ -9,11 +9,16 @@ import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hybridchat.config import Settings
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from hybridchat.store import HistoryStore
 
 # Shown as escapes: what a terminal would act on (colours, cursor moves, hyperlinks, a bell) or
 # reorder (bidirectional overrides). Visitor and model text reaches the operator's terminal.
@@ -42,7 +47,7 @@ def terminal_safe(text: str) -> str:
     return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode(), redact(text))
 
 
-def _row(*cells: object) -> list:  # type: ignore[type-arg]
+def _row(*cells: object) -> list[Text]:
     """A table row whose cells are plain text: Rich markup in them (``[/]``, ``[link=…]``) is not parsed."""
     from rich.text import Text
 
@@ -180,7 +185,7 @@ def doctor() -> None:
     raise typer.Exit(0 if healthy else 1)
 
 
-def _identity_row(settings: Settings) -> list:  # type: ignore[type-arg]
+def _identity_row(settings: Settings) -> list[Text]:
     """Who visitors are; with sign-in through IAP, whether its keys can be read and the audience is set."""
     from hybridchat.iap import IapVerifier, SignInRefused
 
@@ -202,7 +207,7 @@ class ExportFormat(str, Enum):
     md = "md"
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> HistoryStore:
     from hybridchat.store import open_store
 
     return open_store(Settings().resolved_store_url, resilient=False)

@@ -196,7 +196,9 @@ class Settings(BaseSettings):
     def _split_backends(cls, value: object) -> object:
         if isinstance(value, str):
             value = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = [name for name in value if name not in BACKEND_NAMES]  # type: ignore[union-attr]
+        if not isinstance(value, (list, tuple)):
+            return value  # pydantic says what is wrong with it
+        unknown = [name for name in value if name not in BACKEND_NAMES]
         if unknown:
             raise ValueError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKEND_NAMES)}")
         return value

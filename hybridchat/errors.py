@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hybridchat.redact import redact
 
 
@@ -65,7 +67,9 @@ class ContextOverflow(BackendRejected):
     ``limit`` is the context length in tokens when the server said it, ``prompt_tokens`` the
     prompt's size when it counted it."""
 
-    def __init__(self, message: str, *, limit: int | None = None, prompt_tokens: int | None = None, **kwargs):
+    def __init__(
+        self, message: str, *, limit: int | None = None, prompt_tokens: int | None = None, **kwargs: Any
+    ):
         super().__init__(message, **kwargs)
         self.limit = limit
         self.prompt_tokens = prompt_tokens

@@ -103,7 +103,8 @@ class Guard:
 
 async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
     """The whole body of a request that does not declare its length, or ``None`` past ``limit``."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":

@@ -248,13 +248,13 @@ def _merge_consecutive(messages: list[Message]) -> list[Message]:
     return merged
 
 
-def _pair(index: int, item: Sequence[Any]) -> list[tuple[str, Any]]:
+def _pair(index: int, item: Sequence[Any]) -> list[tuple[Any, Any]]:
     if len(item) != 2:
         raise ValueError(f"history item {index}: a [user, assistant] pair has 2 entries, not {len(item)}")
     return [("user", item[0]), ("assistant", item[1])]
 
 
-def _role_and_content(index: int, item: Any) -> tuple[str, Any]:
+def _role_and_content(index: int, item: Any) -> tuple[Any, Any]:
     if isinstance(item, Mapping):
         if "role" not in item:
             raise ValueError(f"history item {index}: a message needs a 'role', got keys {sorted(item)}")
@@ -281,11 +281,10 @@ def _text_of(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, Mapping):
-        if content.get("type") == "text" and isinstance(content.get("text"), str):
-            return content["text"]
-        # A multimodal textbox value: {"text": ..., "files": [...]}.
-        if "files" in content and isinstance(content.get("text"), str):
-            return content["text"]
+        text = content.get("text")
+        # A text block, or a multimodal textbox value: {"text": ..., "files": [...]}.
+        if isinstance(text, str) and (content.get("type") == "text" or "files" in content):
+            return text
         return None
     if isinstance(content, (list, tuple)):
         texts = [text for text in map(_text_of, content) if text is not None]

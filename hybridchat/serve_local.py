@@ -236,7 +236,8 @@ class _Kept(ReplyStream):
 
     def __init__(self, reply: ReplyStream, entry: dict[str, Any]):
         super().__init__(iter(()))
-        self._reply, self._entry, self._text = reply, entry, []
+        self._reply, self._entry = reply, entry
+        self._text: list[str] = []
 
     def __next__(self) -> str:
         try:

@@ -15,6 +15,7 @@ import resource
 
 import h11
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hybridchat.config import Settings
@@ -73,7 +74,7 @@ def raise_file_limit() -> int:
     return max(wanted, soft)
 
 
-def serve(app: object, host: str, port: int, settings: Settings) -> None:
+def serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
     raise_file_limit()
     # X-Forwarded-For is believed from the proxies named only: anyone else could claim any address
     # (and the per-address limit). log_config=None: uvicorn logs through hybridchat's handlers.

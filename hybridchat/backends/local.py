@@ -91,7 +91,8 @@ class LocalModel:
 
     def token_ids(self, conversation: str | list[dict[str, str]]) -> list[int]:
         """The prompt's tokens: a raw prompt as is, chat messages through the chat template."""
-        return self._encode(conversation)["input_ids"][0].tolist()
+        ids: list[int] = self._encode(conversation)["input_ids"][0].tolist()
+        return ids
 
     def count_tokens(self, conversation: str | list[dict[str, str]]) -> int:
         return len(self.token_ids(conversation))

@@ -62,7 +62,7 @@ def _gemma_hint(expected: str, got: str) -> str:
     return f"first difference at character {at}: expected …{expected[around]!r}, got …{got[around]!r}"
 
 
-def gemma_translator(fn: Callable[[str, list], str]) -> None:
+def gemma_translator(fn: Callable[[str, list[Any]], str]) -> None:
     """Check ``process_message_gemma(message, history)`` against Gemma's chat template."""
     for message, history in SAMPLES:
         got = _call(fn, "process_message_gemma", message, history)
@@ -74,7 +74,7 @@ def gemma_translator(fn: Callable[[str, list], str]) -> None:
     print(f"✅ process_message_gemma renders Gemma's chat template exactly, on {len(SAMPLES)} histories.")
 
 
-def gemini_translator(fn: Callable[[str, list], list]) -> None:
+def gemini_translator(fn: Callable[[str, list[Any]], list[Any]]) -> None:
     """Check ``process_message_gemini(message, history)`` against the reference contents."""
     for message, history in SAMPLES:
         got = _call(fn, "process_message_gemini", message, history)
@@ -87,8 +87,9 @@ def gemini_translator(fn: Callable[[str, list], list]) -> None:
         if roles != [c.role for c in expected]:
             _fail(f"expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}")
         texts = [[p.text for p in c.parts or []] for c in got]
-        if texts != [[p.text for p in c.parts] for c in expected]:
-            _fail(f"the texts differ: expected {[[p.text for p in c.parts] for c in expected]}, got {texts}")
+        wanted = [[p.text for p in c.parts or []] for c in expected]
+        if texts != wanted:
+            _fail(f"the texts differ: expected {wanted}, got {texts}")
     print(f"✅ process_message_gemini builds the right contents, on {len(SAMPLES)} histories.")
 
 
@@ -119,10 +120,10 @@ def gemma_caller(fn: Callable[[str, float, float, int], str], server_url: str | 
             _fail('send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
         _same_reply("call_gemma_model", reply, sent, "choices[0].text")
     print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
-    return reply
+    return str(reply)
 
 
-def gemini_caller(fn: Callable[[list, float, float, int], str], server_url: str | None = None) -> str:
+def gemini_caller(fn: Callable[[list[Any], float, float, int], str], server_url: str | None = None) -> str:
     """Check ``call_gemini_model(contents, temperature, top_p, max_tokens)`` against the running Gemini,
     and, where the server keeps its requests, what the function sent."""
     contents = reference.process_message_gemini("What is the capital of France?", [])
@@ -137,7 +138,7 @@ def gemini_caller(fn: Callable[[list, float, float, int], str], server_url: str 
         _same_settings("call_gemini_model", sent, "max_output_tokens")
         _same_reply("call_gemini_model", reply, sent, "response.text")
     print(f"✅ call_gemini_model answered: {reply[:80]!r}{_unverified(before)}")
-    return reply
+    return str(reply)
 
 
 def _recorded(server_url: str | None) -> int | None:
@@ -153,17 +154,20 @@ def _recorded(server_url: str | None) -> int | None:
     return max((entry["id"] for entry in response.json()), default=0)
 
 
-def _sent(server_url: str | None, before: int, name: str, matches: Callable[[dict], bool], how: str) -> dict:
+def _sent(
+    server_url: str | None, before: int, name: str, matches: Callable[[dict[str, Any]], bool], how: str
+) -> dict[str, Any]:
     entries = httpx.get(f"{server_url}/stand-in/requests", params={"after": before}, timeout=10).json()
     found = [entry for entry in entries if matches(entry)]
     if not found:
         _fail(f"`{name}` did not send the question to the model: {how}, and return what it answers "
               f"(it sent {len(entries)} request(s) with other content)" if entries else
               f"`{name}` did not send anything to the model: {how}, and return what it answers.")
-    return found[-1]
+    last: dict[str, Any] = found[-1]
+    return last
 
 
-def _same_settings(name: str, sent: dict, max_name: str) -> None:
+def _same_settings(name: str, sent: dict[str, Any], max_name: str) -> None:
     for setting, asked in _ASKED.items():
         if sent.get(setting) != asked:
             shown = max_name if setting == "max_tokens" else setting
@@ -171,7 +175,7 @@ def _same_settings(name: str, sent: dict, max_name: str) -> None:
                   f"the model received {sent.get(setting)!r}")
 
 
-def _same_reply(name: str, reply: str, sent: dict, where: str) -> None:
+def _same_reply(name: str, reply: str, sent: dict[str, Any], where: str) -> None:
     if sent.get("reply") is not None and reply.strip() != sent["reply"].strip():
         _fail(f"`{name}` must return the model's text ({where}): the model answered {sent['reply'][:60]!r}, "
               f"the function returned {reply[:60]!r}")

@@ -200,7 +200,7 @@ def wait_for_sign_in(url: str, timeout: float = 5400) -> str:
 
 def sign_in_redirect(url: str) -> str:
     """Where ``url`` sends a visitor who is not signed in (IAP: Google's sign-in page)."""
-    return httpx.get(url, timeout=10).headers.get("location", "nowhere: IAP is not on")
+    return str(httpx.get(url, timeout=10).headers.get("location", "nowhere: IAP is not on"))
 
 
 def apply(manifest: str | Path) -> Command:

@@ -15,8 +15,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+from starlette.types import ASGIApp
 
 from hybridchat.config import Settings
 
@@ -36,7 +38,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def wait_until_serving(url: str, process: subprocess.Popen, *, timeout: float = 600, log: str = "its output") -> None:
+def wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], *, timeout: float = 600, log: str = "its output"
+) -> None:
     """Wait until the server ``process`` started answers at ``url``: like vLLM, the stand-in
     listens only once its model has loaded. A bar shows the seconds waited."""
     from tqdm.auto import tqdm
@@ -92,7 +96,7 @@ def stop_local_servers() -> bool:
     return True
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10) -> None:
     """Ask a child process to stop (SIGTERM); kill it if it has not within ``timeout`` seconds."""
     process.terminate()
     try:
@@ -105,7 +109,7 @@ def free_port() -> int:
     """A loopback port nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 class BackgroundServer:
@@ -115,7 +119,7 @@ class BackgroundServer:
     ``with BackgroundServer(app) as url: ...`` stops it at the end of the block.
     """
 
-    def __init__(self, app: object, *, port: int = 0, timeout: float = 60):
+    def __init__(self, app: ASGIApp, *, port: int = 0, timeout: float = 60):
         import uvicorn
 
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -46,7 +46,7 @@ def exercise_of(solution: nbformat.NotebookNode, name: str) -> nbformat.Notebook
     """The exercise form of a notebook, or None when it has nothing for learners to write."""
     if not any(BEGIN in cell.source for cell in solution.cells if cell.cell_type == "code"):
         return None
-    exercise = nbformat.from_dict(solution)
+    exercise: nbformat.NotebookNode = nbformat.from_dict(solution)
     for index, cell in enumerate(exercise.cells):
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source, f"{name}, cell {index}")

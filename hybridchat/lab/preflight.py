@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -131,7 +132,7 @@ def gpu_quota(project_id: str, region: str) -> Result:
                   "with L4s")
 
 
-def _free(described: dict, metric: str) -> int:
+def _free(described: dict[str, Any], metric: str) -> int:
     quota = next((q for q in described.get("quotas", []) if q.get("metric") == metric), None)
     return 0 if quota is None else int(quota["limit"] - quota.get("usage", 0))
 
@@ -169,7 +170,10 @@ def preflight(project_id: str, region: str, token: str) -> list[Result]:
         lambda: gpu_quota(project_id, region),
     ]
     results = []
-    for check in [lambda: logged_in, *(project_checks if logged_in.ok else []), lambda: hugging_face(token)]:
+    checks: list[Callable[[], Result]] = [
+        lambda: logged_in, *(project_checks if logged_in.ok else []), lambda: hugging_face(token)
+    ]
+    for check in checks:
         result = check()
         print(f"{'✅' if result.ok else '❌'} {result.check}: {result.detail}")
         results.append(result)

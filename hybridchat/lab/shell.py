@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class CommandFailed(RuntimeError):
@@ -168,7 +169,7 @@ class Background:
                 print(failed)
 
 
-def _ipython():  # type: ignore[no-untyped-def]
+def _ipython() -> Any:
     """The running IPython shell (a notebook kernel), if any."""
     try:
         from IPython import get_ipython

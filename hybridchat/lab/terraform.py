@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from hybridchat.lab.shell import Command, command
 
@@ -22,7 +23,7 @@ _KEY_ATTRIBUTES = {
 }
 
 
-def _plain(value):  # type: ignore[no-untyped-def]
+def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {_plain(k): _plain(v) for k, v in value.items() if k not in ("__is_block__", "__comments__")}
     if isinstance(value, list):
@@ -32,12 +33,13 @@ def _plain(value):  # type: ignore[no-untyped-def]
     return value
 
 
-def parse(path: Path) -> dict:
+def parse(path: Path) -> dict[str, Any]:
     """One ``.tf`` file as python-hcl2 reads it, without its quoting of strings and labels."""
     import hcl2
 
     with path.open() as handle:
-        return _plain(hcl2.load(handle))
+        parsed: dict[str, Any] = _plain(hcl2.load(handle))
+        return parsed
 
 
 def resources(infra: Path = INFRA) -> list[dict[str, object]]:

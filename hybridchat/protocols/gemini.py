@@ -8,6 +8,8 @@ the stand-in server parses and answers with them and cannot drift from the real 
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.genai import types
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -26,6 +28,6 @@ def dump(response: types.GenerateContentResponse) -> str:
     return response.model_dump_json(by_alias=True, exclude_none=True)
 
 
-def error_body(code: int, status: str, message: str) -> dict:
+def error_body(code: int, status: str, message: str) -> dict[str, Any]:
     """Google's error envelope (google.rpc.Status)."""
     return {"error": {"code": code, "message": message, "status": status}}

@@ -34,6 +34,10 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# ok; cut_off: stopped at max_tokens; interrupted: broken off mid-reply; error: no reply
+TurnStatus = Literal["ok", "cut_off", "interrupted", "error"]
+
+
 class Turn(BaseModel):
     """One exchange: what the user said, which model answered, and the reply.
 
@@ -53,8 +57,7 @@ class Turn(BaseModel):
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    # ok; cut_off: stopped at max_tokens; interrupted: broken off mid-reply; error: no reply
-    status: Literal["ok", "cut_off", "interrupted", "error"] = "ok"
+    status: TurnStatus = "ok"
     error: str | None = None
     # The context sent: earlier turns from this index on (this model's next turns start there
     # too, so the prompt's beginning stays the same), and why earlier ones were left out.

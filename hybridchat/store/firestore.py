@@ -52,7 +52,7 @@ class FirestoreStore(HistoryStore):
         self.database = database
         # Every call is bounded: the client's default retries run for minutes when the
         # database is down, and the user is waiting.
-        self._bounded = {"timeout": timeout, "retry": Retry(initial=0.1, maximum=1.0, timeout=timeout)}
+        self._bounded: dict[str, Any] = {"timeout": timeout, "retry": Retry(initial=0.1, maximum=1.0, timeout=timeout)}
         self._project = project
         self._owns_client = client is None
         self._reconnect = False
@@ -221,7 +221,7 @@ def codelab_turns(data: dict[str, Any]) -> list[Turn]:
     return turns
 
 
-def _summary(snapshot: firestore.DocumentSnapshot) -> SessionSummary:
+def _summary(snapshot: firestore.DocumentSnapshot[Any]) -> SessionSummary:
     data = snapshot.to_dict() or {}
     if data.get("layout") == LAYOUT:
         return SessionSummary(

@@ -15,11 +15,15 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import tenacity
 
 from hybridchat.errors import SessionNotFound, StoreError, StoreUnavailable
 from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -217,5 +221,5 @@ class ResilientStore(HistoryStore):
         except StoreUnavailable:
             pass  # reads still work from the database and the waiting turns
 
-    def _retry(self, call, *args):  # type: ignore[no-untyped-def]
+    def _retry(self, call: Callable[..., T], *args: Any) -> T:
         return self._retrying.copy()(call, *args)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from hybridchat.errors import SessionNotFound, StoreUnavailable
 from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of, utcnow
@@ -124,7 +125,7 @@ class SqliteStore(HistoryStore):
         with self._lock:
             self._db.close()
 
-    def _read(self, sql: str, args: tuple) -> list[tuple]:
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
@@ -145,7 +146,7 @@ def _create_private(path: Path) -> None:
                 existing.chmod(0o600)
 
 
-def _summary(row: tuple) -> SessionSummary:
+def _summary(row: tuple[Any, ...]) -> SessionSummary:
     session_id, user_id, title, created, updated, count = row
     return SessionSummary(
         session_id=session_id,
