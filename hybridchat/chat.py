@@ -144,7 +144,7 @@ class ChatService:
                     shrink=refused, overcount=overcount,
                 )
                 draft.fitted(fitted, previous, backend.label)
-                reply = (backend.stream if self.stream else backend.answer)(text, fitted.history, fitted.params)
+                reply = (backend.stream if self.stream else backend.answer)(fitted.messages, fitted.params)
                 try:
                     with closing(reply):  # on Stop too: the model's HTTP stream ends now
                         for piece in reply:

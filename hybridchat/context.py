@@ -21,6 +21,7 @@ from functools import cache
 
 from hybridchat.backends.base import ChatBackend, GenerationParams, estimate_tokens
 from hybridchat.errors import BackendError, InputRefused
+from hybridchat.history import Message
 from hybridchat.store import Turn
 
 KEEP = 0.7
@@ -34,7 +35,7 @@ class Fitted:
     """What to send for one turn."""
 
     start: int  # index of the first turn considered; this model's next turns start here too
-    history: list[list[str]]  # [message, reply] pairs to send
+    messages: list[Message]  # what to send: the turns kept, then the new message
     not_sent: int  # turns with a reply before ``start``
     params: GenerationParams  # max_tokens cut to the room left
     prompt_tokens: int | None = None  # the prompt's size as we counted it (None: not counted)
@@ -63,31 +64,37 @@ def fit_context(
     block whatever our count says. ``InputRefused`` when ``message`` and the persona alone do
     not fit.
     """
-    pairs = [(index, [turn.user, turn.reply]) for index, turn in enumerate(turns) if index >= start and sendable(turn)]
+    pairs = [
+        (index, (Message("user", turn.user), Message("assistant", turn.reply)))
+        for index, turn in enumerate(turns) if index >= start and sendable(turn)
+    ]
     window = backend.context_window()
+
+    def sent(k: int) -> list[Message]:
+        """The messages to send with the pairs from ``k`` on."""
+        return [*(said for _, pair in pairs[k:] for said in pair), Message("user", message)]
 
     @cache
     def size(k: int, limit: float) -> tuple[int, bool]:
         """Prompt tokens with the pairs from ``k`` on, and whether counted exactly; the upper
         bound where it is within ``limit``."""
-        history = [pair for _, pair in pairs[k:]]
-        upper = estimate_tokens(message, history, params.system_prompt)
+        upper = estimate_tokens(sent(k), params.system_prompt)
         if upper <= limit:
             return upper, False
         try:
-            return backend.count_tokens(message, history, params), True
+            return backend.count_tokens(sent(k), params), True
         except BackendError:  # the count failed, not the chat: the bound is safe, if wasteful
             return upper, False
 
     def fitted(k: int, prompt: tuple[int, bool]) -> Fitted:
         first = pairs[k][0] if k < len(pairs) else len(turns)
         not_sent = sum(1 for turn in turns[:first] if sendable(turn))
-        sent = params
+        shrunk = params
         if window is not None and window.includes_reply and prompt[0] + params.max_tokens > window.tokens:
             exact = prompt[0] if prompt[1] else size(k, 0)[0]
-            sent = params.model_copy(update={"max_tokens": max(1, min(params.max_tokens, window.tokens - exact))})
+            shrunk = params.model_copy(update={"max_tokens": max(1, min(params.max_tokens, window.tokens - exact))})
         counted = prompt[0] if window is not None or shrink else None
-        return Fitted(first if k else start, [pair for _, pair in pairs[k:]], not_sent, sent, counted)
+        return Fitted(first if k else start, sent(k), not_sent, shrunk, counted)
 
     if window is None and not shrink:
         return fitted(0, (0, True))

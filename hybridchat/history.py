@@ -110,7 +110,12 @@ def process_message_gemma(
     >>> process_message_gemma("Hi", [], template="codelab")
     "User's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n"
     """
-    system, turns = _conversation(message, history, system_prompt)
+    return gemma_prompt(conversation(message, history), system_prompt, template)
+
+
+def gemma_prompt(messages: Sequence[Message], system_prompt: str | None = None, template: Template = "gemma") -> str:
+    """``process_message_gemma`` for typed messages (the new one last)."""
+    system, turns = _prepared(messages, system_prompt)
     if template == "gemma":
         if system is not None:
             # Gemma has no system role: the instruction opens the first user turn.
@@ -142,7 +147,12 @@ def process_message_gemini(message: Any, history: Iterable[Any] | None) -> list[
     >>> [c.role for c in process_message_gemini("Thanks", [["Hi", "Hello!"]])]
     ['user', 'model', 'user']
     """
-    _, turns = _conversation(message, history, None)
+    return gemini_contents(conversation(message, history))
+
+
+def gemini_contents(messages: Sequence[Message]) -> list[types.Content]:
+    """``process_message_gemini`` for typed messages (the new one last)."""
+    _, turns = _prepared(messages, None)
     return [_content("user" if turn.role == "user" else "model", turn.content) for turn in turns]
 
 
@@ -164,7 +174,12 @@ def process_message_openai(
     >>> process_message_openai("Hi", [], system_prompt="Be brief.")
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
     """
-    system, turns = _conversation(message, history, system_prompt)
+    return openai_messages(conversation(message, history), system_prompt)
+
+
+def openai_messages(messages: Sequence[Message], system_prompt: str | None = None) -> list[dict[str, str]]:
+    """``process_message_openai`` for typed messages (the new one last)."""
+    system, turns = _prepared(messages, system_prompt)
     head = [{"role": "system", "content": system}] if system is not None else []
     return head + [{"role": turn.role, "content": turn.content} for turn in turns]
 
@@ -177,6 +192,16 @@ def system_instruction(history: Iterable[Any] | None, system_prompt: str | None 
     """
     system, _ = _split_system(normalize_history(history), system_prompt)
     return system
+
+
+def conversation(message: Any, history: Iterable[Any] | None = None) -> list[Message]:
+    """A message and the history before it, in any shape ``normalize_history`` takes, as the
+    typed messages every backend takes (the new one last).
+
+    >>> conversation("How are you?", [["Hi", "Hello!"]])[-1]
+    Message(role='user', content='How are you?')
+    """
+    return normalize_history([*(history or []), {"role": "user", "content": _text_of(message) or ""}])
 
 
 def parse_gemma_prompt(prompt: str, template: Template = "gemma") -> list[Message]:
@@ -218,11 +243,10 @@ def looks_like_gemma_prompt(prompt: str) -> Template | None:
     return None
 
 
-def _conversation(
-    message: Any, history: Iterable[Any] | None, system_prompt: str | None
-) -> tuple[str | None, list[Message]]:
-    messages = normalize_history([*(history or []), {"role": "user", "content": _text_of(message) or ""}])
-    system, turns = _split_system(messages, system_prompt)
+def _prepared(messages: Sequence[Message], system_prompt: str | None) -> tuple[str | None, list[Message]]:
+    """The system instruction and the turns to render: neutralised, alternating, a user's last
+    (messages with no text are dropped, as ``normalize_history`` drops them)."""
+    system, turns = _split_system([m for m in messages if m.content.strip()], system_prompt)
     turns = [Message(turn.role, _neutralize(turn.content)) for turn in turns]
     if not turns or turns[-1].role != "user":
         # An empty new message still opens a user turn, so the model knows it is its turn.

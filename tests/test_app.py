@@ -22,7 +22,7 @@ from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.errors import InputRefused, SessionNotFound
-from hybridchat.history import Message, normalize_history
+from hybridchat.history import Message
 from hybridchat.lab.local import BackgroundServer
 from hybridchat.serve_local import STAND_IN_PREFIX
 from hybridchat.store import open_store
@@ -38,10 +38,10 @@ class Recording(ChatBackend):
         self.histories: list[list] = []
         self.params: list = []
 
-    def stream(self, message, history, params=None):
-        self.histories.append(normalize_history(history))
+    def stream(self, messages, params):
+        self.histories.append(list(messages[:-1]))
         self.params.append(params)
-        return self.inner.stream(message, history, params)
+        return self.inner.stream(messages, params)
 
     def health(self):
         return self.inner.health()
@@ -201,10 +201,10 @@ class Stoppable(ChatBackend):
         self.replies: list[ReplyStream] = []
         self.closed = 0
 
-    def stream(self, message, history, params=None):
+    def stream(self, messages, params):
         def pieces():
             try:
-                yield from self.inner.stream(message, history, params)
+                yield from self.inner.stream(messages, params)
             finally:
                 self.closed += 1
 

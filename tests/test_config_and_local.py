@@ -20,6 +20,7 @@ from hybridchat.backends import Finish, GenerationParams, LocalBackend, build_ba
 from hybridchat.backends.local import LocalModel, _until_stop, default_model_source
 from hybridchat.config import Settings
 from hybridchat.errors import ContextOverflow
+from hybridchat.history import conversation
 from hybridchat.lab.local import free_port
 
 GREEDY = GenerationParams(temperature=0, max_tokens=8)
@@ -109,7 +110,7 @@ def test_streaming_stops_before_a_stop_string_and_never_shows_part_of_it(pieces,
 
 def test_local_backend_streams_and_is_deterministic_when_greedy(tiny_model):
     backend = LocalBackend(model=tiny_model)
-    first = list(backend.stream("Hi", [["a", "b"]], GREEDY))
+    first = list(backend.stream(conversation("Hi", [["a", "b"]]), GREEDY))
     assert len(first) > 1 and "".join(first)
     assert backend.complete("Hi", [["a", "b"]], GREEDY) == "".join(first)
     assert backend.health().ok

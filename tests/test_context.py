@@ -29,7 +29,7 @@ from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.context import fit_context
 from hybridchat.errors import BackendUnavailable, InputRefused
-from hybridchat.history import normalize_history, process_message_openai
+from hybridchat.history import conversation, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
 from hybridchat.store import Turn, open_store
 
@@ -44,9 +44,9 @@ class Recording(ChatBackend):
         self.inner, self.name, self.label = inner, inner.name, inner.label
         self.histories: list[list] = []
 
-    def stream(self, message, history, params=None):
-        self.histories.append(normalize_history(history))
-        return self.inner.stream(message, history, params)
+    def stream(self, messages, params):
+        self.histories.append(list(messages[:-1]))
+        return self.inner.stream(messages, params)
 
     def health(self):
         return self.inner.health()
@@ -54,8 +54,8 @@ class Recording(ChatBackend):
     def context_window(self):
         return self.inner.context_window()
 
-    def count_tokens(self, message, history, params):
-        return self.inner.count_tokens(message, history, params)
+    def count_tokens(self, messages, params):
+        return self.inner.count_tokens(messages, params)
 
 
 def chat(service: ChatService, conversation: Conversation, messages: list[str], model: str = "local") -> list[Turn]:
@@ -175,7 +175,7 @@ def test_gemini_through_the_real_sdk_fits_a_long_chat(stand_in, tiny_model, stor
     backend = GeminiBackend(make_client(stand_in), label="Gemini")
     assert backend.context_window() == (None if vertex else ContextWindow(limit, includes_reply=False))
     contents = process_message_openai("And you?", [["Hi", "Hello!"]])
-    assert backend.count_tokens("And you?", [["Hi", "Hello!"]], PARAMS) == tiny_model.count_tokens(contents)
+    assert backend.count_tokens(conversation("And you?", [["Hi", "Hello!"]]), PARAMS) == tiny_model.count_tokens(contents)
     for configured in (None, 100_000):
         gemini = GeminiBackend(make_client(stand_in), settings=Settings(gemini_context_tokens=configured), label="Gemini")
         turns = chat(ChatService({"gemini": gemini}, store), Conversation("g"), [message(n) for n in range(6)], "gemini")
@@ -188,8 +188,8 @@ def test_a_server_that_counts_more_than_we_did_gets_a_smaller_prompt_next(stand_
     from where the refused fit began, rather than sending the same prompt again."""
 
     class Undercounting(Recording):
-        def count_tokens(self, message, history, params):
-            return self.inner.count_tokens(message, history, params) // 2
+        def count_tokens(self, messages, params):
+            return self.inner.count_tokens(messages, params) // 2
 
     backend = Undercounting(VllmBackend(VllmClient(stand_in)))
     turns = chat(ChatService({"gemma": backend}, store), Conversation("u"), [message(n) for n in range(10)], "gemma")
@@ -203,7 +203,7 @@ def test_a_server_that_counts_more_than_we_did_gets_a_smaller_prompt_next(stand_
 
 def test_a_count_that_fails_falls_back_to_the_estimate(tiny_model, store):
     class Uncountable(Recording):
-        def count_tokens(self, message, history, params):
+        def count_tokens(self, messages, params):
             raise BackendUnavailable("the tokenizer route is down", backend="local")
 
     turns = chat(ChatService({"local": Uncountable(LocalBackend(model=tiny_model))}, store), Conversation("c"),
@@ -227,7 +227,7 @@ def test_the_stand_in_counts_with_its_tokenizer_over_http(stand_in, tiny_model):
     backend = VllmBackend(VllmClient(stand_in))
     history = [["Hi", "Hello!"]]
     exact = tiny_model.count_tokens(process_message_openai("And you?", history, "Be brief."))
-    assert backend.count_tokens("And you?", history, GenerationParams(system_prompt="Be brief.")) == exact
+    assert backend.count_tokens(conversation("And you?", history), GenerationParams(system_prompt="Be brief.")) == exact
     assert backend.context_window().tokens == tiny_model.context_length
 
 
@@ -238,7 +238,7 @@ def test_without_a_known_context_everything_from_the_start_is_sent(tiny_model):
 
     turns = [Turn(user=f"q{n}", model="local", reply=f"a{n}") for n in range(5)]
     fitted = fit_context(Unknown(LocalBackend(model=tiny_model)), turns, "next", PARAMS, start=2)
-    assert fitted.history == [["q2", "a2"], ["q3", "a3"], ["q4", "a4"]]
+    assert fitted.messages == conversation("next", [["q2", "a2"], ["q3", "a3"], ["q4", "a4"]])
     assert fitted.params == PARAMS and fitted.not_sent == 2
 
 
@@ -253,4 +253,4 @@ def test_the_estimate_is_never_below_the_tokenizers_count(tiny_model, message, h
     upper bound, or a prompt it lets through could be refused."""
     pairs = [list(pair) for pair in history]
     exact = tiny_model.count_tokens(process_message_openai(message, pairs, persona))
-    assert estimate_tokens(message, pairs, persona) >= exact
+    assert estimate_tokens(conversation(message, pairs), persona) >= exact

@@ -19,7 +19,7 @@ from hybridchat.errors import (
     NeedsCredentials,
     QuotaExceeded,
 )
-from hybridchat.history import process_message_gemini, process_message_openai
+from hybridchat.history import conversation, process_message_gemini, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
 
 GREEDY = GenerationParams(temperature=0, max_tokens=12)
@@ -32,13 +32,13 @@ def test_streams_the_models_reply_in_both_url_forms(stand_in, tiny_model, make_c
     backend = GeminiBackend(make_client(stand_in), label="Gemini")
     history = [["Hi", "Hello!"]]
     params = GREEDY.model_copy(update={"system_prompt": "Be brief."})
-    pieces = list(backend.stream("What is the capital of France?", history, params))
+    pieces = list(backend.stream(conversation("What is the capital of France?", history), params))
     expected = "".join(
         tiny_model.stream(process_message_openai("What is the capital of France?", history, "Be brief."), GREEDY)
     )
     assert len(pieces) > 1
     assert "".join(pieces) == expected
-    reply = backend.stream("What is the capital of France?", history, params)
+    reply = backend.stream(conversation("What is the capital of France?", history), params)
     assert "".join(reply) == expected and reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
     health = backend.health()
     assert health.ok and STAND_IN_PREFIX in health.detail

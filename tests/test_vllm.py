@@ -21,7 +21,7 @@ from hybridchat.errors import (
     ModelNotFound,
     QuotaExceeded,
 )
-from hybridchat.history import process_message_gemma, process_message_openai
+from hybridchat.history import conversation, process_message_gemma, process_message_openai
 from hybridchat.protocols.legacy import echoed
 from hybridchat.serve_local import STAND_IN_PREFIX
 
@@ -35,11 +35,11 @@ def client(url: str, attempts: int = 3, **options) -> VllmClient:
 def test_chat_streams_the_models_own_reply_over_http(stand_in, tiny_model):
     backend = VllmBackend(client(stand_in), label="Gemma")
     history = [["Hi", "Hello!"]]
-    pieces = list(backend.stream("What is the capital of France?", history, GREEDY))
+    pieces = list(backend.stream(conversation("What is the capital of France?", history), GREEDY))
     direct = "".join(tiny_model.stream(process_message_openai("What is the capital of France?", history), GREEDY))
     assert len(pieces) > 1, "the reply should arrive in several pieces"
     assert "".join(pieces) == direct
-    reply = backend.stream("What is the capital of France?", history, GREEDY)
+    reply = backend.stream(conversation("What is the capital of France?", history), GREEDY)
     assert reply.usage is None and "".join(reply) == direct
     assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
     assert backend.complete("What is the capital of France?", history, GREEDY) == direct
@@ -146,7 +146,7 @@ def test_the_retry_statuses_setting_is_what_gemma_follows(fault_server):
 def test_what_other_openai_compatible_servers_send_is_read(fault_server):
     """No id, created or model in the chunks (a missing 'created' once made Gemma "unavailable")."""
     fault_server.mode = "lean"
-    reply = VllmBackend(client(fault_server.url, model="m")).stream("Hi", [])
+    reply = VllmBackend(client(fault_server.url, model="m")).stream(conversation("Hi"), GenerationParams())
     assert list(reply) == [REPLY] and reply.finish_reason == "stop"
 
 
@@ -189,7 +189,7 @@ def test_truncated_stream_keeps_the_partial_reply_then_reports(fault_server):
     backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
     received = []
     with pytest.raises(BadResponse, match="cut off"):
-        for piece in backend.stream("Hi", []):
+        for piece in backend.stream(conversation("Hi"), GenerationParams()):
             received.append(piece)
     assert received == ["fault server says hi"]
 
@@ -207,7 +207,7 @@ def test_a_server_stopping_mid_reply_is_told_in_our_words(fault_server, caplog, 
     received = []
     with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm"):
         with pytest.raises(BackendError) as stopped:
-            for piece in backend.stream("Hi", []):
+            for piece in backend.stream(conversation("Hi"), GenerationParams()):
                 received.append(piece)
     assert received == [REPLY] and str(stopped.value).startswith(told)
     assert "EngineCore" not in str(stopped.value)

@@ -32,6 +32,7 @@ from bench.queue_client import QueueClient, Reply, text_of
 from hybridchat.app import create_app
 from hybridchat.backends import GenerationParams, VllmBackend, VllmClient
 from hybridchat.config import Settings
+from hybridchat.history import conversation
 from hybridchat.lab.local import BackgroundServer
 from hybridchat.store import open_store
 
@@ -168,9 +169,9 @@ def test_one_blocking_call_answers_as_the_stream_does(gemma):
     token counts and finish reason as the stream's."""
     backend = VllmBackend(VllmClient(gemma.url))
     params = GenerationParams(temperature=0, max_tokens=8)
-    streamed = backend.stream("Name a colour.", [], params)
+    streamed = backend.stream(conversation("Name a colour.", []), params)
     text = "".join(streamed)
-    whole = backend.answer("Name a colour.", [], params)
+    whole = backend.answer(conversation("Name a colour.", []), params)
     assert list(whole) == [text] and text
     assert (whole.usage, whole.finish_reason) == (streamed.usage, streamed.finish_reason)
     assert whole.usage is not None and whole.finish_reason in ("stop", "length")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -12,7 +12,7 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybridchat.errors import BackendError, BackendUnavailable, InputRefused
-from hybridchat.history import process_message_openai
+from hybridchat.history import Message, conversation, openai_messages
 
 
 class GenerationParams(BaseModel):
@@ -135,15 +135,15 @@ class ContextWindow:
 _MESSAGE_OVERHEAD, _PROMPT_OVERHEAD = 8, 64
 
 
-def estimate_tokens(message: str, history: Iterable[Any], system_prompt: str | None = None) -> int:
+def estimate_tokens(messages: Sequence[Message], system_prompt: str | None = None) -> int:
     """An upper bound on the prompt's tokens without a tokenizer: every token of a byte-level
     BPE or SentencePiece vocabulary covers at least one byte of text.
 
-    >>> estimate_tokens("Hi", [["Hello", "Hi there"]])  # 15 bytes, 3 messages
+    >>> estimate_tokens(conversation("Hi", [["Hello", "Hi there"]]))  # 15 bytes, 3 messages
     103
     """
-    messages = process_message_openai(message, history, system_prompt)
-    return sum(len(m["content"].encode("utf-8")) + _MESSAGE_OVERHEAD for m in messages) + _PROMPT_OVERHEAD
+    rendered = openai_messages(messages, system_prompt)
+    return sum(len(m["content"].encode("utf-8")) + _MESSAGE_OVERHEAD for m in rendered) + _PROMPT_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,13 @@ class ChatBackend(ABC):
     Usage::
 
         backend = build_backends(Settings())["gemini"]
-        for piece in backend.stream("Hi!", history=[], params=GenerationParams()):
+        for piece in backend.stream(conversation("Hi!"), GenerationParams()):
             print(piece, end="")
 
-    Subclasses implement ``stream`` and ``health``; errors they raise are
-    ``hybridchat.errors.BackendError``s whose text can be shown to the user as is.
+    The seam is typed: the conversation as ``Message``s, the new one last, and the persona in
+    ``params.system_prompt``; a learner's looser history shapes are taken by ``complete`` and
+    the ``call_*`` functions only. Subclasses implement ``stream`` and ``health``; errors they
+    raise are ``hybridchat.errors.BackendError``s whose text can be shown to the user as is.
     """
 
     #: registry key, e.g. ``"gemma"``
@@ -174,26 +176,20 @@ class ChatBackend(ABC):
     label: str
 
     @abstractmethod
-    def stream(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
-        """The reply to ``message`` after ``history``, piece by piece; once exhausted it holds
-        the token counts and finish reason the backend reported. Closing it stops the reply."""
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        """The reply to ``messages``, piece by piece; once exhausted it holds the token counts
+        and finish reason the backend reported. Closing it stops the reply."""
 
-    def answer(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
+    def answer(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
         """The reply from one blocking call, as a stream of one piece (``HYBRIDCHAT_STREAM=false``:
         the codelab's design). Backends whose API answers whole override this gathered stream."""
-        with closing(self.stream(message, history, params)) as reply:
+        with closing(self.stream(messages, params)) as reply:
             text = "".join(reply)
         return ReplyStream.whole(text, reply.usage, reply.finish_reason)
 
-    def complete(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> str:
-        """The whole reply at once."""
-        return "".join(self.stream(message, history, params))
+    def complete(self, message: Any, history: Iterable[Any] = (), params: GenerationParams | None = None) -> str:
+        """The whole reply to ``message`` after ``history`` (any shape a notebook has) at once."""
+        return "".join(self.stream(conversation(message, history), params or GenerationParams()))
 
     @abstractmethod
     def health(self) -> BackendHealth:
@@ -203,10 +199,10 @@ class ChatBackend(ABC):
         """The model's context length, when known (``None``: the server's refusal tells)."""
         return None
 
-    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
+    def count_tokens(self, messages: Sequence[Message], params: GenerationParams) -> int:
         """Tokens of this turn's prompt: exact where the model's server counts them, else
         ``estimate_tokens``. May raise ``BackendError``."""
-        return estimate_tokens(message, history, params.system_prompt)
+        return estimate_tokens(messages, params.system_prompt)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {self.label}>"

@@ -12,7 +12,7 @@ import itertools
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -47,7 +47,7 @@ from hybridchat.errors import (
     NeedsCredentials,
     status_error,
 )
-from hybridchat.history import process_message_gemini, system_instruction
+from hybridchat.history import Message, gemini_contents, system_instruction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,13 +137,9 @@ class GeminiBackend(ChatBackend):
                 self._client = make_gemini_client(self._settings)
             return self._client
 
-    def stream(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
-        params = params or GenerationParams()
-        config = _config(params, system_instruction(history, params.system_prompt))
-        contents = process_message_gemini(message, history)
-        return ReplyStream(self._pieces(contents, config))
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        config = _config(params, system_instruction(messages, params.system_prompt))
+        return ReplyStream(self._pieces(gemini_contents(messages), config))
 
     def _pieces(
         self, contents: list[types.Content], config: types.GenerateContentConfig
@@ -185,25 +181,21 @@ class GeminiBackend(ChatBackend):
         known = [limit for limit in (self._configured_limit, self._input_limit) if limit]
         return ContextWindow(min(known), includes_reply=False) if known else None
 
-    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
+    def count_tokens(self, messages: Sequence[Message], params: GenerationParams) -> int:
         """Gemini's own count (``countTokens``); the system instruction is counted as one
         more content, as the API-key endpoint takes no system instruction there."""
-        history = list(history)
-        contents = process_message_gemini(message, history)
-        system = system_instruction(history, params.system_prompt)
+        contents = gemini_contents(messages)
+        system = system_instruction(messages, params.system_prompt)
         if system:
             contents.insert(0, types.Content(role="user", parts=[types.Part(text=system)]))
         counted = self._retry.call(
             lambda: self._call(self.client.models.count_tokens, model=self.model, contents=contents)
         ).total_tokens
-        return counted if counted is not None else estimate_tokens(message, history, params.system_prompt)
+        return counted if counted is not None else estimate_tokens(messages, params.system_prompt)
 
-    def answer(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
-        params = params or GenerationParams()
-        config = _config(params, system_instruction(history, params.system_prompt))
-        response, text = self._generate(process_message_gemini(message, history), config)
+    def answer(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        config = _config(params, system_instruction(messages, params.system_prompt))
+        response, text = self._generate(gemini_contents(messages), config)
         return ReplyStream.whole(text, _usage(response), _finish(response))
 
     def generate(self, contents: list[types.Content], params: GenerationParams) -> str:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from hybridchat.backends.base import (
 )
 from hybridchat.config import DEFAULT_LOCAL_MODEL, Settings
 from hybridchat.errors import BackendError, BackendUnavailable, ContextOverflow
-from hybridchat.history import process_message_openai
+from hybridchat.history import Message, openai_messages
 
 log = logging.getLogger(__name__)
 
@@ -212,17 +212,14 @@ class LocalBackend(ChatBackend):
                     ) from None
             return self._model
 
-    def stream(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
-        params = params or GenerationParams()
-        return self.model.stream(process_message_openai(message, history, params.system_prompt), params)
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        return self.model.stream(openai_messages(messages, params.system_prompt), params)
 
     def context_window(self) -> ContextWindow:
         return ContextWindow(self.model.context_length)
 
-    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
-        return self.model.count_tokens(process_message_openai(message, history, params.system_prompt))
+    def count_tokens(self, messages: Sequence[Message], params: GenerationParams) -> int:
+        return self.model.count_tokens(openai_messages(messages, params.system_prompt))
 
     def health(self) -> BackendHealth:
         if self._model is None:

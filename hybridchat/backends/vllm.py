@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any, Literal, TypeVar, cast
 
@@ -50,12 +50,7 @@ from hybridchat.errors import (
     shorten,
     status_error,
 )
-from hybridchat.history import (
-    Template,
-    looks_like_gemma_prompt,
-    process_message_gemma,
-    process_message_openai,
-)
+from hybridchat.history import Message, Template, gemma_prompt, looks_like_gemma_prompt, openai_messages
 from hybridchat.protocols import legacy
 from hybridchat.protocols import openai as protocol
 from hybridchat.redact import redact_url
@@ -436,15 +431,11 @@ class VllmBackend(ChatBackend):
         served = self.client.known_model
         return f"{self.kind} ({shorten(served, 80)})" if served else self.kind
 
-    def stream(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
-        params = params or GenerationParams()
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
         if self.client.api == "openai":
-            messages = process_message_openai(message, history, params.system_prompt)
-            return ReplyStream(self.client.stream_chat(messages, params))
+            return ReplyStream(self.client.stream_chat(openai_messages(messages, params.system_prompt), params))
         # /generate has no streaming: the whole reply comes as one piece.
-        prompt = process_message_gemma(message, history, params.system_prompt, self.template)
+        prompt = gemma_prompt(messages, params.system_prompt, self.template)
 
         def whole_reply() -> Iterator[str | Finish]:
             reply, finish = self.client.complete_prompt(prompt, params)
@@ -454,13 +445,10 @@ class VllmBackend(ChatBackend):
 
         return ReplyStream(whole_reply())
 
-    def answer(
-        self, message: str, history: Iterable[Any], params: GenerationParams | None = None
-    ) -> ReplyStream:
-        params = params or GenerationParams()
+    def answer(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
         if self.client.api == "openai":
-            return self.client.chat(process_message_openai(message, history, params.system_prompt), params)
-        return self.stream(message, history, params)  # /generate answers whole already
+            return self.client.chat(openai_messages(messages, params.system_prompt), params)
+        return self.stream(messages, params)  # /generate answers whole already
 
     def health(self) -> BackendHealth:
         return self.client.health()
@@ -468,15 +456,12 @@ class VllmBackend(ChatBackend):
     def context_window(self) -> ContextWindow | None:
         return self.client.context_window()
 
-    def count_tokens(self, message: str, history: Iterable[Any], params: GenerationParams) -> int:
-        history = list(history)
+    def count_tokens(self, messages: Sequence[Message], params: GenerationParams) -> int:
         if self.client.api == "openai":
-            counted = self.client.count_tokens(messages=process_message_openai(message, history, params.system_prompt))
+            counted = self.client.count_tokens(messages=openai_messages(messages, params.system_prompt))
         else:
-            counted = self.client.count_tokens(
-                prompt=process_message_gemma(message, history, params.system_prompt, self.template)
-            )
-        return counted if counted is not None else estimate_tokens(message, history, params.system_prompt)
+            counted = self.client.count_tokens(prompt=gemma_prompt(messages, params.system_prompt, self.template))
+        return counted if counted is not None else estimate_tokens(messages, params.system_prompt)
 
 
 def clean_gemma_output(raw: str, prompt: str = "") -> str:
