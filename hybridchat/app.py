@@ -155,7 +155,7 @@ class ChatUI:
     def _setup_events(self) -> None:
         chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions]
         self.demo.load(
-            self._start, [self.browser, self.shown],
+            self.start, [self.browser, self.shown],
             [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
              self.signed_in],
             api_visibility="private",
@@ -163,34 +163,34 @@ class ChatUI:
         settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
         inputs = [self.box, self.conversation, *settings]
         sent: list[dict[str, Any]] = [  # Gradio's Dependency is a dict
-            self.box.submit(self._chat, inputs, chat_view, api_name="chat"),
-            self.send_button.click(self._chat, inputs, chat_view, api_visibility="private"),
-            self.chatbot.retry(self._retry, [self.conversation, *settings], chat_view, api_visibility="private"),
+            self.box.submit(self.chat, inputs, chat_view, api_name="chat"),
+            self.send_button.click(self.chat, inputs, chat_view, api_visibility="private"),
+            self.chatbot.retry(self.retry, [self.conversation, *settings], chat_view, api_visibility="private"),
         ]
         self.stop_button.click(None, cancels=sent)
         self.sessions.input(
-            self._open_session, [self.sessions, self.browser], [self.conversation, self.chatbot, self.browser],
+            self.open_session, [self.sessions, self.browser], [self.conversation, self.chatbot, self.browser],
             api_visibility="private",
         )
         for starts_over in (self.new_button.click, self.chatbot.clear):
             starts_over(
-                self._new_chat, [self.browser], [self.conversation, self.chatbot, self.browser, self.sessions],
+                self.new_chat, [self.browser], [self.conversation, self.chatbot, self.browser, self.sessions],
                 api_visibility="private",
             )
         # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
         self.delete_button.click(
-            self._delete_chat, [self.conversation, self.browser, self.shown],
+            self.delete_chat, [self.conversation, self.browser, self.shown],
             [self.conversation, self.chatbot, self.browser, self.sessions, self.older_button],
             cancels=sent, api_visibility="private",
         )
         self.older_button.click(
-            self._show_older, [self.conversation, self.browser, self.shown],
+            self.show_older, [self.conversation, self.browser, self.shown],
             [self.shown, self.sessions, self.older_button], api_visibility="private",
         )
 
-    # --- handlers -------------------------------------------------------------------------
+    # --- handlers (Gradio names each event after its handler: the API's names) -------------
 
-    def _start(self, browser: dict[str, Any] | None, shown: int, request: gr.Request) -> Updates:
+    def start(self, browser: dict[str, Any] | None, shown: int, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
         models = model_choices(self.service.backends)
         updates: Updates = {self.browser: browser, self.model: gr.Dropdown(choices=models, value=models[0][1])}
@@ -209,7 +209,7 @@ class ChatUI:
             **self._sidebar(owner, conversation.session_id, shown),
         }
 
-    def _chat(
+    def chat(
         self, message: str, conversation: Conversation | None, model: str, temperature: float, top_p: float,
         max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
     ) -> Iterator[Updates]:
@@ -220,7 +220,7 @@ class ChatUI:
             ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request
         )
 
-    def _retry(
+    def retry(
         self, conversation: Conversation | None, model: str, temperature: float, top_p: float, max_tokens: int,
         persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
     ) -> Iterator[Updates]:
@@ -290,7 +290,7 @@ class ChatUI:
                     self.sessions: self._sidebar(owner, conversation.session_id, shown).get(self.sessions, gr.skip()),
                 }
 
-    def _open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
+    def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
         if not session_id:
             return {}
@@ -302,13 +302,13 @@ class ChatUI:
         browser["session"] = session_id
         return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser}
 
-    def _new_chat(self, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
+    def new_chat(self, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
         browser["session"] = None
         return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
                 self.sessions: gr.Radio(value=None)}
 
-    def _delete_chat(
+    def delete_chat(
         self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
     ) -> Updates:
         owner, browser = self._owner_of(browser, request)
@@ -321,7 +321,7 @@ class ChatUI:
         return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
                 **self._sidebar(owner, None, shown)}
 
-    def _show_older(
+    def show_older(
         self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
     ) -> Updates:
         owner, _ = self._owner_of(browser, request)

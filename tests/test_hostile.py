@@ -156,7 +156,7 @@ def test_operator_tools_print_visitor_and_model_text_literally(tmp_path):
 def test_doctor_prints_a_hostile_model_name_literally(tmp_path):
     hostile = "[link=http://evil.example]gemma[/link]\x1b]8;;http://evil.example\x07x\x1b[2J"
     models = FastAPI()
-    models.get("/health")(dict)
+    models.get("/health")(lambda: {})  # noqa: PIE807 (FastAPI reads the endpoint's signature; dict has none)
     models.get("/v1/models")(lambda: {"object": "list", "data": [{"id": hostile, "object": "model", "created": 0, "owned_by": "x"}]})
     with BackgroundServer(models) as url:
         doctor = _cli("doctor", tty=True, env={
