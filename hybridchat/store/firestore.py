@@ -146,7 +146,7 @@ class FirestoreStore(HistoryStore):
             if data.get("layout") != LAYOUT:
                 return codelab_turns(data)
             turns = snapshot.reference.collection("turns").order_by("seq").stream(**self._bounded)
-            return [Turn.model_validate(_without(doc.to_dict(), "seq")) for doc in turns]
+            return [Turn.model_validate(doc.to_dict() or {}) for doc in turns]  # its "seq" is ignored
 
     def get_session(self, session_id: str) -> SessionSummary:
         with self._reachable():
@@ -241,7 +241,3 @@ def _summary(snapshot: firestore.DocumentSnapshot[Any]) -> SessionSummary:
         updated_at=turns[-1].started_at if turns else data.get(_CODELAB_START),
         turn_count=len(turns),
     )
-
-
-def _without(data: dict[str, Any] | None, key: str) -> dict[str, Any]:
-    return {k: v for k, v in (data or {}).items() if k != key}
