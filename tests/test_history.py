@@ -203,8 +203,13 @@ def test_openai_and_gemini_round_trip(history, message):
         Message("user" if c.role == "user" else "assistant", c.parts[0].text)
         for c in process_message_gemini(message, history)
     ]
-    assert openai_back == expected
-    assert gemini_back == expected
+    # A template's markers in the text come back neutralised (a zero-width space inside): all else is as sent.
+    assert _visible(openai_back) == _visible(expected)
+    assert _visible(gemini_back) == _visible(expected)
+
+
+def _visible(messages: list[Message]) -> list[Message]:
+    return [Message(m.role, m.content.replace("\u200b", "")) for m in messages]
 
 
 def _without_markers(text: str) -> bool:
