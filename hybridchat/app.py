@@ -226,7 +226,7 @@ class ChatUI:
     ) -> Iterator[Updates]:
         """Ask again for the last reply (the earlier attempt stays in the saved history)."""
         if conversation is None or not conversation.turns:
-            yield {}
+            yield self._unchanged()
             return
 
         def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
@@ -293,12 +293,12 @@ class ChatUI:
     def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
         if not session_id:
-            return {}
+            return self._unchanged()
         try:
             conversation = self.service.open(owner, session_id)
         except HybridChatError as exc:
             gr.Warning(str(exc))
-            return {}
+            return self._unchanged()
         browser["session"] = session_id
         return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser}
 
@@ -366,6 +366,10 @@ class ChatUI:
             except SessionNotFound:
                 browser["session"] = None
         return Conversation(owner)
+
+    def _unchanged(self) -> Updates:
+        # One output left as it is (Gradio leaves the others so too; an empty dict is an error).
+        return {self.conversation: gr.skip()}
 
     def _messages(self, conversation: Conversation, pending: Progress | None = None) -> list[dict[str, str]]:
         labels = {name: backend.label for name, backend in self.service.backends.items()}

@@ -320,6 +320,10 @@ def test_bad_values_from_a_client_get_a_clear_message_not_an_exception(tmp_path)
                 client = QueueClient(url, http)
                 nan = await client.call("chat", ["hi", None, "gemma", float("nan"), 0.9, 8, "", visitor(), None])
                 odd_browser = await client.call("chat", ["hi", None, "gemma", 0.5, 0.9, 8, "", ["not", "a", "dict"], None])
+                # Events with nothing to do: the sidebar cleared, Retry on an empty chat.
+                idle = [await client.call("open_session", [None, visitor()]),
+                        await client.call("retry", [None, "gemma", 0.5, 0.9, 8, "", visitor(), None])]
+                assert all(reply.ok and not reply.warnings for reply in idle), [r.warnings for r in idle]
                 return nan, odd_browser
 
         nan, odd_browser = asyncio.run(turns())
