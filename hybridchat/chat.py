@@ -159,11 +159,10 @@ class ChatService:
         except BackendError as exc:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
-            draft.status, draft.label = "interrupted", backend.label
-            self._save(conversation, draft.turn())
+            draft.status = "interrupted"
+            self._save(conversation, draft.turn(backend.label))
             raise
-        draft.label = backend.label  # now that the server has said which model it serves
-        turn = draft.turn(reply)
+        turn = draft.turn(backend.label, reply)  # the label now names the model the server serves
         yield Progress(text, turn.reply, backend.label, turn, self._save(conversation, turn), turn.notice)
 
     def retry(self, conversation: Conversation, backend_name: str, params: GenerationParams) -> Iterator[Progress]:
@@ -265,7 +264,6 @@ class _Draft:
     backend_name: str
     params: GenerationParams
     replaces: str | None = None
-    label: str | None = None
     pieces: list[str] = field(default_factory=list)
     status: TurnStatus = "ok"
     error: str | None = None
@@ -283,7 +281,7 @@ class _Draft:
             if fitted.start > previous_start and fitted.not_sent else None
         )
 
-    def turn(self, reply: ReplyStream | None = None) -> Turn:
+    def turn(self, label: str, reply: ReplyStream | None = None) -> Turn:
         usage = reply.usage if reply else None
         if self.status == "ok" and reply and reply.finish_reason == "length":
             self.status = "cut_off"
@@ -292,7 +290,7 @@ class _Draft:
         return Turn(
             user=self.text,
             model=self.backend_name,
-            model_label=self.label,
+            model_label=label,
             reply="".join(self.pieces),
             params=self.params.model_dump(exclude_none=True),
             started_at=self.started,

@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hybridchat.errors import BackendError, BackendUnavailable, InputRefused
 from hybridchat.history import Message, conversation, openai_messages
 
+if TYPE_CHECKING:
+    from hybridchat.config import Settings
+
+T = TypeVar("T")
+
 
 class GenerationParams(BaseModel):
     """Sampling options for one turn; the defaults are the codelab's slider defaults."""
@@ -34,12 +39,6 @@ class GenerationParams(BaseModel):
         except ValidationError as exc:
             wrong = "; ".join(f"{'.'.join(map(str, e['loc'])).replace('_', ' ')}: {e['msg']}" for e in exc.errors())
             raise InputRefused(f"A setting is not valid ({wrong}).") from None
-
-
-if TYPE_CHECKING:
-    from hybridchat.config import Settings
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
