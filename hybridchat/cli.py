@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -150,6 +151,30 @@ def up(
     finally:
         stop_process(stand_in)
         typer.echo(f"stopped the app and the stand-in on {settings.local_url}")
+
+
+@app.command("lab")
+def lab(
+    workspace: Annotated[Path, typer.Option(help="Where the learner's copies live (git-ignored).")] = Path("workspace"),
+    ip: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 to reach it from outside a container.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
+    browser: Annotated[bool, typer.Option(help="Open a browser tab.")] = True,
+) -> None:
+    """Copy the workshop's notebooks into your workspace (once: your copies are never replaced)
+    and open JupyterLab there."""
+    from hybridchat.lab.workspace import jupyter_lab_argv, prepare
+
+    workspace = workspace.resolve()
+    prepared = prepare(workspace)
+    for path in prepared.copied:
+        typer.echo(f"copied   {path.name}")
+    for path in prepared.kept:
+        typer.echo(f"yours    {path.name} (kept as it is)")
+    typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's.")
+    argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser)
+    os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it
 
 
 @app.command("doctor")

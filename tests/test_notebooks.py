@@ -8,12 +8,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cloud_doubles
 import fake_google
 import httpx
 import kube_api
+import nbclient
 import nbformat
 import papermill
 import pytest
@@ -22,9 +24,10 @@ from google.genai import types
 from test_iap import turn as iap_turn
 
 from hybridchat.lab import check, gcp, terraform
-from hybridchat.lab.local import BackgroundServer, free_port
+from hybridchat.lab.local import BackgroundServer, free_port, stop_process
 from hybridchat.lab.make_exercises import build, strip_solutions
 from hybridchat.lab.shell import CommandFailed, command, run
+from hybridchat.lab.workspace import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -78,13 +81,32 @@ def outputs(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(texts)
 
 
-def test_the_solution_notebooks_run_in_order_in_local_mode(lab_env, tmp_path):
+def learners_answers(copy: Path) -> None:
+    """Write the solutions into a workspace copy's exercise cells, as a learner would."""
+    solution, notebook = nbformat.read(NOTEBOOKS / copy.name, as_version=4), nbformat.read(copy, as_version=4)
+    for mine, reference in zip(notebook.cells, solution.cells, strict=True):
+        if "raise NotImplementedError()" in mine.source:
+            mine.source = reference.source
+    nbformat.write(notebook, copy)
+
+
+def notebooks_folder() -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in NOTEBOOKS.rglob("*") if path.is_file()}
+
+
+def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_it_was(lab_env, tmp_path):
+    before = notebooks_folder()
+    copies = prepare(tmp_path / "workspace").copied
+    assert [copy.name for copy in copies] == [path.name for path in SOLUTIONS]
     texts = {}
-    for path in SOLUTIONS:
+    for copy in copies:
+        learners_answers(copy)
         parameters = {"MODE": "local"}
-        if path.name.startswith("05"):
+        if copy.name.startswith("05"):
             parameters["APP_PORT"] = free_port()
-        texts[path.name] = outputs(execute(path, tmp_path / path.name, **parameters))
+        # Saved over the copy, with its outputs, as JupyterLab's autosave does.
+        texts[copy.name] = outputs(execute(copy, copy, **parameters))
+    assert notebooks_folder() == before, "running the workspace's copies changed notebooks/"
     assert "The local stand-in is up at" in texts["02_deploy_gemma.ipynb"]
     assert "✅ process_message_gemma" in texts["03_history_translators.ipynb"]
     assert "✅ process_message_gemini" in texts["03_history_translators.ipynb"]
@@ -94,11 +116,53 @@ def test_the_solution_notebooks_run_in_order_in_local_mode(lab_env, tmp_path):
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
     assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
-    saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
+    saved = [copy.read_text() for copy in copies]
     logs = [path.read_text(errors="replace") for path in Path(lab_env["HYBRIDCHAT_LAB_DIR"]).glob("*.log")]
     assert len(saved) == len(SOLUTIONS) and logs, "every executed notebook and the stand-in's log are read"
     for value in FAKE_SECRETS.values():
         assert not any(value in text for text in saved + logs), f"a secret reached a notebook or log: {value[:8]}…"
+
+
+def test_the_workspace_is_copied_once_and_a_learners_copy_is_never_replaced(tmp_path):
+    workspace = tmp_path / "workspace"
+    first = prepare(workspace)
+    assert [copy.name for copy in first.copied] == [path.name for path in SOLUTIONS] and first.kept == []
+    exercise = workspace / "03_history_translators.ipynb"
+    assert exercise.read_bytes() == (NOTEBOOKS / "exercises" / exercise.name).read_bytes(), "the exercise form"
+    assert (workspace / "00_setup.ipynb").read_bytes() == (NOTEBOOKS / "00_setup.ipynb").read_bytes()
+    exercise.write_text("the learner's work")
+    (workspace / "07_cleanup.ipynb").unlink()  # as for a notebook the workshop adds later
+    again = prepare(workspace)
+    assert [copy.name for copy in again.copied] == ["07_cleanup.ipynb"]
+    assert exercise in again.kept and exercise.read_text() == "the learner's work"
+
+
+def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_path):
+    workspace, port, token = tmp_path / "workspace", free_port(), "workspace-test-token"
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "hybridchat.cli", "lab", "--workspace", str(workspace), "--port", str(port),
+         "--no-browser"],
+        env={**os.environ, "JUPYTER_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
+    try:
+        for _ in range(240):
+            try:
+                listed = httpx.get(f"{url}/api/contents", headers=headers, timeout=5)
+                break
+            except httpx.TransportError:
+                assert lab.poll() is None, lab.stdout.read() if lab.stdout else ""
+                time.sleep(0.25)
+        assert listed.status_code == 200
+        assert {entry["name"] for entry in listed.json()["content"]} >= {path.name for path in SOLUTIONS}
+        notification = httpx.get(
+            f"{url}/lab/api/settings/@jupyterlab/apputils-extension:notification", headers=headers, timeout=10
+        ).json()
+        defaults = {name: field.get("default") for name, field in notification["schema"]["properties"].items()}
+        assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False  # JupyterLab's: "none", true
+    finally:
+        stop_process(lab)
+    assert "copied   03_history_translators.ipynb" in (lab.stdout.read() if lab.stdout else "")
 
 
 def test_nbval_runs_the_notebooks_too(lab_env):
@@ -129,7 +193,10 @@ def test_the_exercises_are_generated_from_the_solutions_and_up_to_date():
     built = build()
     assert set(built) == {NOTEBOOKS / "exercises" / "03_history_translators.ipynb", NOTEBOOKS / "exercises" / "04_model_callers.ipynb"}
     for path, text in built.items():
-        assert path.read_text() == text, f"run `python -m hybridchat.lab.make_exercises`: {path.name} is out of date"
+        assert path.read_text() == text, (
+            f"{path.name} is out of date: after changing a solution notebook, run `python -m "
+            "hybridchat.lab.make_exercises` (it writes notebooks/exercises/ only; learners' work is in workspace/)"
+        )
         assert "### BEGIN SOLUTION" not in text and "raise NotImplementedError()" in text
 
 
@@ -151,7 +218,11 @@ def test_saved_notebooks_have_no_outputs_and_no_secrets():
         notebook = nbformat.read(path, as_version=4)
         for cell in notebook.cells:
             if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+                assert cell.outputs == [] and cell.execution_count is None, (
+                    f"{path.name} has outputs: the notebooks in notebooks/ are the workshop's and are saved "
+                    "without outputs. Learners work in their copies (`make lab`, in workspace/); to undo a run "
+                    f"here, `git checkout notebooks/{path.relative_to(NOTEBOOKS)}`"
+                )
         text = path.read_text()
         assert not re.search(r"hf_[A-Za-z0-9]{20,}|AIza[0-9A-Za-z_-]{20,}|ya29\.", text), f"{path.name} holds a secret"
         parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
@@ -186,8 +257,27 @@ def _gemma_with(role_name="model", end="<end_of_turn>\n", final="<start_of_turn>
 def test_the_gemma_checker_names_the_mistake(translator, hint, capsys):
     with pytest.raises(check.CheckFailed, match=re.escape(hint)):
         check.gemma_translator(translator)
-    assert "❌" in capsys.readouterr().out
+    assert capsys.readouterr().out == "", "a failure shows only as the exception's hint"
     check.gemma_translator(_gemma_with())
+    assert capsys.readouterr().out.startswith("✅ process_message_gemma")
+
+
+def test_a_failed_check_shows_its_hint_alone_and_stops_run_all():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from hybridchat.lab import check"),
+        nbformat.v4.new_code_cell("def process_message_gemma(message, history):\n    raise NotImplementedError()"),
+        nbformat.v4.new_code_cell("check.gemma_translator(process_message_gemma)"),
+        nbformat.v4.new_code_cell("print('went on')"),
+    ])
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3")
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        client.execute()
+    [error] = notebook.cells[2].outputs
+    assert error.output_type == "error" and error.ename == "CheckFailed"
+    assert error.traceback == [
+        "❌ `process_message_gemma` is not written yet: replace `raise NotImplementedError()` in its cell with your code."
+    ], "the hint alone: no traceback, no chained NotImplementedError"
+    assert notebook.cells[3].outputs == [], "the notebook stops at the failed check"
 
 
 def test_the_gemini_checker_names_the_mistake():

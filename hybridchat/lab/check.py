@@ -1,7 +1,8 @@
 """Checker cells: compare a learner's function with hybridchat's reference on many histories.
 
-Each check prints one line, a pass or a specific hint, and raises ``CheckFailed`` on a wrong
-answer so that a notebook run (nbval, papermill) fails there.
+Each check prints one line on a pass; on a wrong answer it raises ``CheckFailed``, which a
+notebook shows as its one-line hint, with no traceback, and which stops "Run All" (and nbval,
+papermill) there.
 """
 
 from __future__ import annotations
@@ -30,21 +31,22 @@ SAMPLES: list[tuple[str, list[dict[str, str]]]] = [
 class CheckFailed(AssertionError):
     """The learner's code gave a wrong answer; the message says what to change."""
 
-
-def _fail(hint: str) -> None:
-    print(f"❌ {hint}")
-    raise CheckFailed(hint)
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows these lines in place of the traceback: the hint is the whole story.
+        return [f"❌ {self}"]
 
 
 def _call(fn: Callable[..., Any], name: str, *args: Any) -> Any:
     try:
         return fn(*args)
     except NotImplementedError:
-        _fail(f"`{name}` is not written yet: replace `raise NotImplementedError()` in its cell with your code.")
+        raise CheckFailed(
+            f"`{name}` is not written yet: replace `raise NotImplementedError()` in its cell with your code."
+        ) from None
     except CheckFailed:
         raise
     except Exception as exc:  # a learner's bug, reported as a hint rather than a stack trace
-        _fail(f"`{name}` raised {type(exc).__name__}: {exc}")
+        raise CheckFailed(f"`{name}` raised {type(exc).__name__}: {exc}") from None
 
 
 def _gemma_hint(expected: str, got: str) -> str:
@@ -67,10 +69,10 @@ def gemma_translator(fn: Callable[[str, list[Any]], str]) -> None:
     for message, history in SAMPLES:
         got = _call(fn, "process_message_gemma", message, history)
         if not isinstance(got, str):
-            _fail(f"process_message_gemma must return one string; got {type(got).__name__}")
+            raise CheckFailed(f"process_message_gemma must return one string; got {type(got).__name__}")
         expected = reference.process_message_gemma(message, history)
         if got != expected:
-            _fail(_gemma_hint(expected, got))
+            raise CheckFailed(_gemma_hint(expected, got))
     print(f"✅ process_message_gemma renders Gemma's chat template exactly, on {len(SAMPLES)} histories.")
 
 
@@ -79,17 +81,19 @@ def gemini_translator(fn: Callable[[str, list[Any]], list[Any]]) -> None:
     for message, history in SAMPLES:
         got = _call(fn, "process_message_gemini", message, history)
         if not isinstance(got, list) or not all(hasattr(c, "role") and hasattr(c, "parts") for c in got):
-            _fail("process_message_gemini must return a list of google.genai.types.Content")
+            raise CheckFailed("process_message_gemini must return a list of google.genai.types.Content")
         expected = reference.process_message_gemini(message, history)
         roles = [c.role for c in got]
         if "assistant" in roles:
-            _fail("Gemini calls the assistant's turns `model`: use role='model', not 'assistant'.")
+            raise CheckFailed("Gemini calls the assistant's turns `model`: use role='model', not 'assistant'.")
         if roles != [c.role for c in expected]:
-            _fail(f"expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}")
+            raise CheckFailed(
+                f"expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}"
+            )
         texts = [[p.text for p in c.parts or []] for c in got]
         wanted = [[p.text for p in c.parts or []] for c in expected]
         if texts != wanted:
-            _fail(f"the texts differ: expected {wanted}, got {texts}")
+            raise CheckFailed(f"the texts differ: expected {wanted}, got {texts}")
     print(f"✅ process_message_gemini builds the right contents, on {len(SAMPLES)} histories.")
 
 
@@ -107,17 +111,17 @@ def gemma_caller(fn: Callable[[str, float, float, int], str], server_url: str | 
     before = _recorded(server_url)
     reply = _call(fn, "call_gemma_model", prompt, *_ASKED.values())
     if not isinstance(reply, str) or not reply.strip():
-        _fail(f"call_gemma_model must return the reply text; got {reply!r}")
+        raise CheckFailed(f"call_gemma_model must return the reply text; got {reply!r}")
     if "<start_of_turn>" in reply or reply.startswith(("Prompt:", "User's Turn")):
-        _fail(f"the reply still contains the prompt: keep only the new text; got {reply[:80]!r}")
+        raise CheckFailed(f"the reply still contains the prompt: keep only the new text; got {reply[:80]!r}")
     if "<end_of_turn>" in reply:
-        _fail("stop at `<end_of_turn>`: send it as a stop sequence, or cut the reply there")
+        raise CheckFailed("stop at `<end_of_turn>`: send it as a stop sequence, or cut the reply there")
     if before is not None:
         sent = _sent(server_url, before, "call_gemma_model", lambda r: r.get("prompt") == prompt,
                      f"POST the prompt to {server_url}/v1/completions")
         _same_settings("call_gemma_model", sent, "max_tokens")
         if "<end_of_turn>" not in sent["stop"]:
-            _fail('send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
+            raise CheckFailed('send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
         _same_reply("call_gemma_model", reply, sent, "choices[0].text")
     print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
     return str(reply)
@@ -130,7 +134,7 @@ def gemini_caller(fn: Callable[[list[Any], float, float, int], str], server_url:
     before = _recorded(server_url)
     reply = _call(fn, "call_gemini_model", contents, *_ASKED.values())
     if not isinstance(reply, str) or not reply.strip():
-        _fail(f"call_gemini_model must return the reply text (response.text); got {reply!r}")
+        raise CheckFailed(f"call_gemini_model must return the reply text (response.text); got {reply!r}")
     if before is not None:
         texts = [{"role": c.role, "text": "".join(p.text or "" for p in c.parts or [])} for c in contents]
         sent = _sent(server_url, before, "call_gemini_model", lambda r: r.get("contents") == texts,
@@ -160,9 +164,9 @@ def _sent(
     entries = httpx.get(f"{server_url}/stand-in/requests", params={"after": before}, timeout=10).json()
     found = [entry for entry in entries if matches(entry)]
     if not found:
-        _fail(f"`{name}` did not send the question to the model: {how}, and return what it answers "
-              f"(it sent {len(entries)} request(s) with other content)" if entries else
-              f"`{name}` did not send anything to the model: {how}, and return what it answers.")
+        raise CheckFailed(f"`{name}` did not send the question to the model: {how}, and return what it answers "
+                          f"(it sent {len(entries)} request(s) with other content)" if entries else
+                          f"`{name}` did not send anything to the model: {how}, and return what it answers.")
     last: dict[str, Any] = found[-1]
     return last
 
@@ -171,14 +175,14 @@ def _same_settings(name: str, sent: dict[str, Any], max_name: str) -> None:
     for setting, asked in _ASKED.items():
         if sent.get(setting) != asked:
             shown = max_name if setting == "max_tokens" else setting
-            _fail(f"`{name}` must send the {shown} it is given: it was called with {shown}={asked}, "
-                  f"the model received {sent.get(setting)!r}")
+            raise CheckFailed(f"`{name}` must send the {shown} it is given: it was called with {shown}={asked}, "
+                              f"the model received {sent.get(setting)!r}")
 
 
 def _same_reply(name: str, reply: str, sent: dict[str, Any], where: str) -> None:
     if sent.get("reply") is not None and reply.strip() != sent["reply"].strip():
-        _fail(f"`{name}` must return the model's text ({where}): the model answered {sent['reply'][:60]!r}, "
-              f"the function returned {reply[:60]!r}")
+        raise CheckFailed(f"`{name}` must return the model's text ({where}): the model answered "
+                          f"{sent['reply'][:60]!r}, the function returned {reply[:60]!r}")
 
 
 def _unverified(before: int | None) -> str:
