@@ -44,9 +44,15 @@ def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
     with ThreadPoolExecutor(max_workers=len(backends)) as pool:
         health = dict(zip(backends, pool.map(lambda b: b.health(), backends.values())))
     return [
-        (backend.label if health[name].ok else f"{backend.label} — unavailable: {health[name].detail}", name)
+        (backend.label if health[name].ok else f"{backend.label}{UNAVAILABLE}{health[name].detail}", name)
         for name, backend in backends.items()
     ]
+
+
+UNAVAILABLE = " — unavailable: "
+# While a model is unavailable the selector asks again this often, so that a model that has
+# finished loading is shown as such without a reload.
+RECHECK_SECONDS = 10
 
 
 _MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tokens limit)*"}
@@ -137,6 +143,7 @@ class ChatUI:
         self.signed_in = gr.Markdown(visible=False, elem_id="signed-in")
         labels = [(backend.label, name) for name, backend in self.service.backends.items()]
         self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
+        self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
         self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
         with gr.Row():
             self.box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True)
@@ -147,7 +154,8 @@ class ChatUI:
         with gr.Accordion("Settings", open=False):
             self.temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
             self.top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
-            self.max_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max tokens")
+            first = next(iter(self.service.backends.values()))
+            self.max_tokens = gr.Slider(1, 4096, value=first.default_max_tokens, step=1, label="Max tokens")
             self.persona = gr.Textbox(
                 label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2
             )
@@ -157,9 +165,11 @@ class ChatUI:
         self.demo.load(
             self.start, [self.browser, self.shown],
             [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
-             self.signed_in],
+             self.signed_in, self.max_tokens, self.recheck],
             api_visibility="private",
         )
+        self.recheck.tick(self.recheck_models, None, [self.model, self.recheck], api_visibility="private",
+                          show_progress="hidden")
         settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
         inputs = [self.box, self.conversation, *settings]
         sent: list[dict[str, Any]] = [  # Gradio's Dependency is a dict
@@ -169,8 +179,8 @@ class ChatUI:
         ]
         self.stop_button.click(None, cancels=sent)
         self.sessions.input(
-            self.open_session, [self.sessions, self.browser], [self.conversation, self.chatbot, self.browser],
-            api_visibility="private",
+            self.open_session, [self.sessions, self.browser],
+            [self.conversation, self.chatbot, self.browser, self.model], api_visibility="private",
         )
         for starts_over in (self.new_button.click, self.chatbot.clear):
             starts_over(
@@ -192,8 +202,7 @@ class ChatUI:
 
     def start(self, browser: dict[str, Any] | None, shown: int, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
-        models = model_choices(self.service.backends)
-        updates: Updates = {self.browser: browser, self.model: gr.Dropdown(choices=models, value=models[0][1])}
+        updates: Updates = {self.browser: browser, **self.recheck_models()}
         if self.sign_in is not None:
             updates[self.signed_in] = gr.Markdown(
                 f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True
@@ -203,11 +212,20 @@ class ChatUI:
         except StoreError as exc:
             gr.Warning(f"Your chat cannot be loaded right now: {exc}")
             return updates | {self.conversation: None, self.chatbot: []}
+        model = self._last_model(conversation)
         return updates | {
             self.conversation: conversation,
             self.chatbot: self._messages(conversation),
+            self.model: gr.Dropdown(choices=updates[self.model].choices, value=model),
+            self.max_tokens: self.service.backends[model].default_max_tokens,
             **self._sidebar(owner, conversation.session_id, shown),
         }
+
+    def recheck_models(self) -> Updates:
+        """The selector's entries as the models are now; rechecked while one is unavailable."""
+        models = model_choices(self.service.backends)
+        waiting = any(UNAVAILABLE in label for label, _ in models)
+        return {self.model: gr.Dropdown(choices=models), self.recheck: gr.Timer(active=waiting)}
 
     def chat(
         self, message: str, conversation: Conversation | None, model: str, temperature: float, top_p: float,
@@ -300,7 +318,8 @@ class ChatUI:
             gr.Warning(str(exc))
             return self._unchanged()
         browser["session"] = session_id
-        return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser}
+        return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser,
+                self.model: self._last_model(conversation)}
 
     def new_chat(self, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
@@ -366,6 +385,11 @@ class ChatUI:
             except SessionNotFound:
                 browser["session"] = None
         return Conversation(owner)
+
+    def _last_model(self, conversation: Conversation) -> str:
+        """The model of the chat's last turn, where it is still offered; else the first one."""
+        last = conversation.turns[-1].model if conversation.turns else None
+        return last if last in self.service.backends else next(iter(self.service.backends))
 
     def _unchanged(self) -> Updates:
         # One output left as it is (Gradio leaves the others so too; an empty dict is an error).

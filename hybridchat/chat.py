@@ -148,7 +148,7 @@ class ChatService:
                 try:
                     with closing(reply):  # on Stop too: the model's HTTP stream ends now
                         for piece in reply:
-                            draft.pieces.append(piece)
+                            draft.add(piece)
                             yield Progress(text, "".join(draft.pieces), backend.label, context_note=draft.notice)
                     break
                 except ContextOverflow as exc:
@@ -239,6 +239,7 @@ class ChatService:
             "model": turn.model,
             "status": turn.status,
             "latency_ms": turn.latency_ms,
+            "first_token_ms": turn.first_token_ms,
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": turn.completion_tokens,
             "context_start": turn.context_start,
@@ -271,6 +272,12 @@ class _Draft:
     notice: str | None = None
     started: datetime = field(default_factory=utcnow)
     clock: float = field(default_factory=time.monotonic)
+    first_piece_at: float | None = None
+
+    def add(self, piece: str) -> None:
+        if not self.pieces:
+            self.first_piece_at = time.monotonic()
+        self.pieces.append(piece)
 
     def fitted(self, fitted: Fitted, previous_start: int, model: str) -> None:
         """Record what is sent; a notice only when this turn leaves out more than the last."""
@@ -295,7 +302,8 @@ class _Draft:
             params=self.params.model_dump(exclude_none=True),
             started_at=self.started,
             finished_at=utcnow(),
-            latency_ms=round((time.monotonic() - self.clock) * 1000, 1),
+            latency_ms=_ms_since(self.clock),
+            first_token_ms=_ms_since(self.clock, self.first_piece_at) if self.first_piece_at else None,
             status=self.status,
             error=self.error,
             prompt_tokens=usage.prompt_tokens if usage else None,
@@ -304,3 +312,7 @@ class _Draft:
             notice=self.notice,
             replaces=self.replaces,
         )
+
+
+def _ms_since(start: float, end: float | None = None) -> float:
+    return round(((end or time.monotonic()) - start) * 1000, 1)

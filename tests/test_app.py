@@ -215,6 +215,17 @@ class Stoppable(ChatBackend):
         return self.inner.health()
 
 
+def test_each_saved_turn_says_how_long_its_first_piece_and_whole_reply_took(tmp_path):
+    from bench.run import Pace, paced_server
+
+    with paced_server(Pace(ttft=0.3, tokens=6, gap=0.1)) as (url, _):
+        service = ChatService({"gemma": VllmBackend(VllmClient(url))}, open_store(f"sqlite:///{tmp_path}/h.db"))
+        conversation = Conversation("visitor:alice")
+        list(service.respond(conversation, "Hi", "gemma", GenerationParams(max_tokens=6)))
+    [saved] = service.store.load(conversation.session_id)
+    assert 300 <= saved.first_token_ms <= saved.latency_ms - 400, (saved.first_token_ms, saved.latency_ms)
+
+
 def test_stop_closes_the_models_stream_and_keeps_what_came(tmp_path, stand_in):
     backend = Stoppable(VllmBackend(VllmClient(stand_in), label="Gemma"))
     service = ChatService({"gemma": backend}, open_store(f"sqlite:///{tmp_path}/h.db"))
@@ -324,3 +335,43 @@ def test_the_command_line_reports_errors_without_a_traceback(tmp_path, command, 
     assert result.returncode == 1
     assert result.stderr.startswith(told.format(blocked=blocked)), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_resumed_chat_selects_the_model_of_its_last_turn(app_server, client):
+    from test_iap import turn
+
+    url = app_server[0]
+    _, _, browser, _ = say(client, "Hi", "gemma", {"visitor": None, "session": None})
+    _, _, browser, _ = say(client, "And you?", "gemini", browser)
+    page = turn(url, "", {}, api_name="start", data=[browser, 50], tab="reloaded")
+    assert page.ok and page.outputs[5]["value"] == "gemini", "not the first model: the chat's last"
+    assert page.outputs[7] == 1024, "the max-tokens slider starts at that model's default"
+    opened = turn(url, "", {}, api_name="open_session", data=[browser["session"], browser], tab="reloaded")
+    assert opened.ok and opened.outputs[3] == "gemini"
+    fresh = turn(url, "", {}, api_name="start", data=[{"visitor": None, "session": None}, 50])
+    assert fresh.outputs[5]["value"] == "gemma", "a new chat starts on the first model"
+
+
+def test_a_model_that_was_unavailable_is_shown_available_without_a_reload(fault_server, tmp_path):
+    from test_iap import turn
+
+    fault_server.mode = "loading"
+    backends = {"gemma": VllmBackend(VllmClient(fault_server.url, retry=RetryPolicy(attempts=1)))}
+    with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
+        page = turn(url, "", {}, api_name="start", data=[{"visitor": None, "session": None}, 50])
+        [(label, _)] = page.outputs[5]["choices"]
+        assert "unavailable: Gemma is starting" in label
+        assert page.outputs[8]["active"] is True, "the selector asks again while a model is unavailable"
+        fault_server.mode = "ok"
+        later = turn(url, "", {}, api_name="recheck_models", data=[])
+    assert later.ok and later.outputs[0]["choices"] == [["Gemma (google/gemma-3-12b-it)", "gemma"]]
+    assert later.outputs[1]["active"] is False, "and stops once every model answers"
+
+
+def test_in_local_mode_replies_start_capped_at_the_small_models_default(tiny_model_dir):
+    from hybridchat.backends import build_backends
+
+    local = build_backends(Settings(mode="local", backends=["gemma", "gemini", "local"], local_model=str(tiny_model_dir)))
+    cloud = build_backends(Settings(mode="gcp", google_cloud_project="p", backends=["gemma", "gemini"]))
+    assert {backend.default_max_tokens for backend in local.values()} == {256}
+    assert {backend.default_max_tokens for backend in cloud.values()} == {1024}, "the codelab's, for Gemma 3 and Gemini"

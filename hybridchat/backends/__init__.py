@@ -65,4 +65,7 @@ def build_backends(settings: Settings) -> dict[str, ChatBackend]:
             )
         elif name == "local":
             backends[name] = LocalBackend.from_settings(settings)
+    if settings.mode == "local":
+        for backend in backends.values():  # the stand-ins too are the small local model
+            backend.default_max_tokens = LocalBackend.default_max_tokens
     return backends

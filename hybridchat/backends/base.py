@@ -173,6 +173,8 @@ class ChatBackend(ABC):
     name: str
     #: readable name for a model selector, e.g. ``"Gemini 2.5 Flash (Vertex AI)"``
     label: str
+    #: the max-tokens slider's start for this model (the codelab's 1024)
+    default_max_tokens: int = 1024
 
     @abstractmethod
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:

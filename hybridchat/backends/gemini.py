@@ -339,6 +339,8 @@ def _config(params: GenerationParams, system: str | None) -> types.GenerateConte
         max_output_tokens=params.max_tokens,
         stop_sequences=list(params.stop) or None,
         system_instruction=system,
+        # The SDK's automatic function calling needs tools, and the app gives none.
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
     )
 
 

@@ -184,6 +184,10 @@ class LocalModel:
 class LocalBackend(ChatBackend):
     """The in-process model as a chat backend; loads on first use."""
 
+    # A small model on a laptop's CPU writes about 15 tokens a second: 256 keep a reply within
+    # about 20 s, where the codelab's 1024 took over a minute.
+    default_max_tokens = 256
+
     def __init__(self, source: str | None = None, *, model: LocalModel | None = None, token: str | None = None):
         self.name = "local"
         self._source = source

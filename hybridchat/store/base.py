@@ -55,6 +55,7 @@ class Turn(BaseModel):
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     latency_ms: float | None = None
+    first_token_ms: float | None = None  # until the reply's first piece came: what the visitor waited
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     status: TurnStatus = "ok"
