@@ -36,9 +36,9 @@ def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    # httpx logs every request at INFO, full URL included, and google-genai each call's settings:
-    # only their warnings are of use, unless one is debugging.
-    for noisy in ("httpx", "httpcore", "google_genai"):
+    # httpx (httpx2 where the SDKs find it) logs every request at INFO, full URL included, and
+    # google-genai each call's settings: only their warnings are of use, unless one is debugging.
+    for noisy in ("httpx", "httpx2", "httpcore", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
 
 

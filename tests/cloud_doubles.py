@@ -362,7 +362,7 @@ def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
         sys.path.insert(0, str(ROOT))
         from hybridchat.lab.terraform import resources as listed
 
-        return sum(5 if row["type"] == "google_project_service" else 1 for row in listed(folder))
+        return sum(5 if row["resource"].startswith("google_project_service.") else 1 for row in listed(folder))
 
     def version(call: Call) -> str:
         return "Terraform v1.11.4\non linux_amd64\n"

@@ -375,3 +375,22 @@ def test_in_local_mode_replies_start_capped_at_the_small_models_default(tiny_mod
     cloud = build_backends(Settings(mode="gcp", google_cloud_project="p", backends=["gemma", "gemini"]))
     assert {backend.default_max_tokens for backend in local.values()} == {256}
     assert {backend.default_max_tokens for backend in cloud.values()} == {1024}, "the codelab's, for Gemma 3 and Gemini"
+
+
+def test_the_app_logs_its_turns_and_no_client_chatter_at_info(stand_in, tmp_path):
+    from bench.run import serving
+    from hybridchat.lab.local import free_port
+
+    port, log = free_port(), tmp_path / "app.log"
+    env = {"HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in, "GOOGLE_API_KEY": "local-stand-in",
+           "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db", "HYBRIDCHAT_SESSION_SECRET": "log-test",
+           "HYBRIDCHAT_LOG_LEVEL": "INFO"}
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as output, serving([sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)],
+                                           f"{url}/healthz", env=env, output=output):
+        with closing(Client(url, verbose=False)) as visitor:
+            for model in ("gemma", "gemini"):
+                say(visitor, "Hi", model, {"visitor": None, "session": None})
+    written = log.read_text()
+    assert written.count('"event": "turn"') == 2, written[-2000:]
+    assert "HTTP Request:" not in written and "AFC is enabled" not in written, "httpx and google-genai stay quiet"

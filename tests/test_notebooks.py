@@ -24,7 +24,7 @@ from google.genai import types
 from test_iap import turn as iap_turn
 
 from hybridchat.lab import check, gcp, terraform
-from hybridchat.lab.local import BackgroundServer, free_port, stop_process
+from hybridchat.lab.local import BackgroundServer, free_port, load_stage, stop_process
 from hybridchat.lab.make_exercises import build, strip_solutions
 from hybridchat.lab.shell import CommandFailed, command, run
 from hybridchat.lab.workspace import prepare
@@ -116,6 +116,9 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
     assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
+    assert load_stage((Path(lab_env["HYBRIDCHAT_LAB_DIR"]) / "serve-local.log").read_text()) == "starting to listen"
+    assert "the phone's browser lists it:  False" in texts["08_next_steps.ipynb"]
+    assert "signed in, on any device:     True" in texts["08_next_steps.ipynb"]
     saved = [copy.read_text() for copy in copies]
     logs = [path.read_text(errors="replace") for path in Path(lab_env["HYBRIDCHAT_LAB_DIR"]).glob("*.log")]
     assert len(saved) == len(SOLUTIONS) and logs, "every executed notebook and the stand-in's log are read"
@@ -135,6 +138,15 @@ def test_the_workspace_is_copied_once_and_a_learners_copy_is_never_replaced(tmp_
     again = prepare(workspace)
     assert [copy.name for copy in again.copied] == ["07_cleanup.ipynb"]
     assert exercise in again.kept and exercise.read_text() == "the learner's work"
+
+
+def test_the_stand_ins_start_is_shown_stage_by_stage():
+    log = "Local stand-in for Gemma and Gemini: http://127.0.0.1:8000 (model: m.gguf)\n"
+    assert load_stage(log) == "starting Python (importing torch and transformers)"
+    log += "2026-12-02 01:52:33,736 INFO hybridchat.backends.local: loading local model SmolLM2-135M-Instruct\n"
+    assert load_stage(log) == "loading the model"
+    log += "Loading weights:  51%|█████     | 139/272\n"
+    assert load_stage(log) == "reading its weights"
 
 
 def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_path):
@@ -452,6 +464,7 @@ GCP_COMMANDS = {
         "terraform -chdir=<repo>/infra output -raw app_url",
     ],
     "06_chat_history.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
+    "08_next_steps.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],  # before the clean-up
     "07_cleanup.ipynb": [
         "kubectl delete --ignore-not-found -f <repo>/deploy/chat-gateway.yaml",
         "kubectl delete --ignore-not-found -f <repo>/deploy/chat-iap-policy.yaml",
@@ -470,7 +483,8 @@ GCP_COMMANDS = {
 def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
     texts, ran = {}, {}
     cloud_doubles.commands(cloud)
-    for path in SOLUTIONS:
+    # 08's experiments need Gemma deployed: in gcp mode it runs before 07's clean-up.
+    for path in sorted(SOLUTIONS, key=lambda path: path.name.startswith("07")):
         parameters = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT}
         if path.name.startswith("07"):
             parameters["CONFIRM_DESTROY"] = True

@@ -38,23 +38,42 @@ def _answers(url: str) -> bool:
         return False
 
 
-def wait_until_serving(
-    url: str, process: subprocess.Popen[bytes], *, timeout: float = 600, log: str = "its output"
-) -> None:
+# What serve-local writes as it loads its model, and the stage each line begins.
+_LOAD_STAGES = {
+    "loading local model": "loading the model",
+    "converting": "converting its file, once (about 20 s)",
+    "Loading weights": "reading its weights",
+    "Waiting for application startup": "starting to listen",
+}
+
+
+def load_stage(log_text: str) -> str:
+    """Where the stand-in is in its start-up, from what it has logged so far."""
+    at, stage = max((log_text.rfind(line), stage) for line, stage in _LOAD_STAGES.items())
+    return stage if at >= 0 else "starting Python (importing torch and transformers)"
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], *, timeout: float = 600,
+                       log: Path | None = None) -> None:
     """Wait until the server ``process`` started answers at ``url``: like vLLM, the stand-in
-    listens only once its model has loaded. A bar shows the seconds waited."""
+    listens only once its model has loaded. A line shows the time waited and, from ``log``
+    (its output), the stage it is at."""
     from tqdm.auto import tqdm
 
     started = time.monotonic()
-    with tqdm(desc="Loading the local model", unit="s", bar_format="{desc}{elapsed}") as bar:
+    where = log or "its output"
+    with tqdm(desc="Loading the local model", bar_format="{desc}: {elapsed} {postfix}") as bar:
         while not _answers(url):
             if process.poll() is not None:
-                raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {log}")
+                raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {where}")
             if time.monotonic() - started > timeout:
-                raise TimeoutError(f"the stand-in did not load its model in {timeout:g} s; see {log}")
+                raise TimeoutError(f"the stand-in did not load its model in {timeout:g} s; see {where}")
+            if log is not None:
+                bar.set_postfix_str(load_stage(log.read_text(errors="replace")), refresh=False)
             time.sleep(0.5)
             bar.refresh()
         bar.set_description("The local model is loaded")
+        bar.set_postfix_str("")
 
 
 def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) -> str:
@@ -64,13 +83,14 @@ def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) ->
     if _answers(url):
         print(f"The local stand-in is already up at {url}")
         return url
-    log = (lab_dir() / "serve-local.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(settings.local_port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    log = lab_dir() / "serve-local.log"  # this start's output only: its stages are read from it
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(settings.local_port)],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     (lab_dir() / _PID_FILE).write_text(str(process.pid))
-    wait_until_serving(url, process, timeout=timeout, log=log.name)
+    wait_until_serving(url, process, timeout=timeout, log=log)
     print(f"The local stand-in is up at {url}")
     return url
 

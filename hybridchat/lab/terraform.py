@@ -43,14 +43,15 @@ def parse(path: Path) -> dict[str, Any]:
 
 
 def resources(infra: Path = INFRA) -> list[dict[str, object]]:
-    """One row per resource in ``infra/*.tf``: type, name and its key attributes."""
+    """One row per resource in ``infra/*.tf``: its Terraform address and key attributes (an
+    attribute called ``name`` or ``type`` shows beside the address, not in its place)."""
     rows = []
     for path in sorted(infra.glob("*.tf")):
         for block in parse(path).get("resource", []):
             for kind, named in block.items():
-                for name, body in named.items():
+                for label, body in named.items():
                     shown = {key: body[key] for key in _KEY_ATTRIBUTES.get(kind, ()) if key in body}
-                    rows.append({"file": path.name, "type": kind, "name": name, **shown})
+                    rows.append({"file": path.name, "resource": f"{kind}.{label}", **shown})
     return rows
 
 
