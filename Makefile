@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 CHECKOV = .venv-checkov
 VLLM    = .venv-vllm
 
-.PHONY: setup browser run lab test bench clean
+.PHONY: setup browser haproxy run lab test bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ $(VENV)/.installed: pyproject.toml
 # The browser tests drive Debian's chromium (Playwright never downloads its own browser).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The benchmark's load balancer in front of several app processes: Debian's HAProxy.
+haproxy:
+	@command -v haproxy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
 run: setup
 	$(BIN)/hybridchat up
@@ -57,13 +61,13 @@ $(VLLM)/.installed:
 	touch $@
 
 # Lint and type-check first: they take seconds, the tests minutes.
-test: setup browser $(CHECKOV)/.installed $(VLLM)/.installed
+test: setup browser haproxy $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 # Prints a table and writes bench/results/*.json (about 5 minutes on 2 cores).
-bench: setup $(VLLM)/.installed
+bench: setup haproxy $(VLLM)/.installed
 	$(BIN)/python -m bench.run
 
 clean:

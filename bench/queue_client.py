@@ -65,11 +65,14 @@ def model_and_text(message: dict[str, Any]) -> tuple[str | None, str]:
 
 
 class QueueClient:
-    def __init__(self, base: str, http: httpx.AsyncClient):
+    def __init__(self, base: str, http: httpx.AsyncClient, fn_index: dict[str, int] | None = None):
+        """``fn_index``: the events' ids, where another client has read them from ``/config``."""
         self.base, self.http = base, http
-        # With the client's headers and cookies: behind sign-in, /config is refused without them.
-        config = httpx.get(f"{base}/config", headers=http.headers, cookies=http.cookies).raise_for_status().json()
-        self.fn_index = {d["api_name"]: d["id"] for d in config["dependencies"]}
+        if fn_index is None:
+            # With the client's headers and cookies: behind sign-in, /config is refused without them.
+            config = httpx.get(f"{base}/config", headers=http.headers, cookies=http.cookies).raise_for_status().json()
+            fn_index = {d["api_name"]: d["id"] for d in config["dependencies"]}
+        self.fn_index = fn_index
 
     async def turn(
         self,

@@ -2,8 +2,11 @@
 
 The app runs as its own process against a paced token server (``bench.paced_server``) whose
 cost is known exactly; this process drives the app through Gradio's queue HTTP/SSE API, so the
-app's cost is the measured time minus the backend's. Last, the real vLLM engine's prefix cache
-under the app's context fitting (``bench.prefix_cache``). Prints a table and writes
+app's cost is the measured time minus the backend's. In the same run: a bare Gradio streaming
+chat over the same backend (``bench.bare_gradio``) as the floor the app's figures are divided
+by; the app process's CPU time per turn (its kernel counters); a room of chats through HAProxy
+(``bench.balancer``) in front of one and then two app processes; last, the real vLLM engine's
+prefix cache under the app's context fitting (``bench.prefix_cache``). Prints a table and writes
 ``bench/results/*.json``. ``--quick`` runs a tiny version without vLLM (the smoke test uses it).
 """
 
@@ -22,7 +25,7 @@ import time
 import timeit
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -121,6 +124,25 @@ def app_server(
         yield f"http://127.0.0.1:{port}", process.pid
 
 
+@contextmanager
+def bare_gradio_server(vllm_url: str) -> Iterator[tuple[str, int]]:
+    """The floor (``bench.bare_gradio``) as its own process: (its URL, its pid)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.bare_gradio", "--port", str(port), "--vllm", vllm_url]
+    with serving(argv, f"http://127.0.0.1:{port}/healthz") as process:
+        yield f"http://127.0.0.1:{port}", process.pid
+
+
+def cpu_seconds(*pids: int) -> float:
+    """The processes' CPU time so far, user and system, as the kernel counts it."""
+    ticks = 0
+    for pid in pids:
+        # Fields 14 and 15 of /proc/PID/stat (after the command name, which may hold spaces).
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -146,39 +168,51 @@ def seed_long_session(store_url: str, turns: int) -> str:
     return session
 
 
-async def overhead(base: str, pace: Pace, turns: int, long_session: str) -> dict:
+NEW_VISITOR = {"visitor": None, "session": None}
+
+
+async def overhead(base: str, pid: int, pace: Pace, turns: int, histories: dict[str, dict]) -> dict:
+    """One turn at a time, for each browser state in ``histories``: time added to the backend's
+    and CPU time spent by the process ``pid``, per turn."""
     results = {}
     async with httpx.AsyncClient(timeout=60) as http:
         client = QueueClient(base, http)
-        await client.turn("warm up", {"visitor": None, "session": None})
-        long_owner = VisitorIds(BENCH_SECRET.encode()).token_for(LONG_VISITOR)
-        for name, browser_of in (
-            ("short history", lambda n: {"visitor": None, "session": None}),  # a new visitor each
-            ("200-turn history", lambda n: {"visitor": long_owner, "session": long_session}),
-        ):
+        await client.turn("warm up", NEW_VISITOR)
+        for name, browser in histories.items():
             firsts, totals = [], []
+            cpu = cpu_seconds(pid)
             for n in range(turns):
-                reply = await client.turn(f"message {n}", browser_of(n))
+                reply = await client.turn(f"message {n}", dict(browser))
                 assert reply.ok, f"turn {n} failed"
                 firsts.append((reply.first_s - pace.ttft) * 1000)
                 totals.append((reply.total_s - pace.total) * 1000)
-            results[name] = {"overhead_ms": summary(totals), "ttft_added_ms": summary(firsts)}
+            results[name] = {"overhead_ms": summary(totals), "ttft_added_ms": summary(firsts),
+                             "cpu_ms_per_turn": (cpu_seconds(pid) - cpu) * 1000 / turns}
     return results
 
 
-async def concurrency(base: str, pace: Pace, levels: list[int], turns_each: int) -> dict:
-    results = {}
-    limits = httpx.Limits(max_connections=4 * max(levels), max_keepalive_connections=4 * max(levels))
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        client = QueueClient(base, http)
-        for level in levels:
-            latencies: list[float] = []
-            errors = 0
+async def warm_up(base: str) -> None:
+    """One turn, not measured: a fresh process's first one also imports and builds what it needs."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        assert (await QueueClient(base, http).turn("warm up", dict(NEW_VISITOR))).ok
 
-            async def visitor(index: int) -> None:
-                nonlocal errors
-                # One browser tab each, going on with its chat.
-                browser, tab = {"visitor": None, "session": None}, uuid.uuid4().hex[:12]
+
+async def concurrency(base: str, pids: list[int], pace: Pace, levels: list[int], turns_each: int) -> dict:
+    """``level`` chats at once, each a browser tab of its own with its own cookies (a load
+    balancer keeps it on one app process by cookie), ``turns_each`` turns each; CPU time per
+    turn of the app processes ``pids``."""
+    results = {}
+    async with httpx.AsyncClient(timeout=60) as http:
+        fn_index = QueueClient(base, http).fn_index
+    for level in levels:
+        latencies: list[float] = []
+        errors = 0
+
+        async def visitor(index: int) -> None:
+            nonlocal errors
+            browser, tab = dict(NEW_VISITOR), uuid.uuid4().hex[:12]
+            async with httpx.AsyncClient(timeout=600) as http:
+                client = QueueClient(base, http, fn_index)
                 for n in range(turns_each):
                     try:
                         reply = await client.turn(f"turn {n}", browser, session_hash=tab)
@@ -188,15 +222,33 @@ async def concurrency(base: str, pace: Pace, levels: list[int], turns_each: int)
                     latencies.append(reply.total_s)
                     browser = reply.browser if reply.ok else browser
 
-            started = time.perf_counter()
-            await asyncio.gather(*(visitor(i) for i in range(level)))
-            wall = time.perf_counter() - started
-            throughput = level * turns_each / wall
-            ideal = level / pace.total
-            results[str(level)] = {
-                "turns_per_s": throughput, "ideal_turns_per_s": ideal, "of_ideal": throughput / ideal,
-                "p95_latency_s": percentile(latencies, 0.95), "errors": errors,
-            }
+        cpu, started = cpu_seconds(*pids), time.perf_counter()
+        await asyncio.gather(*(visitor(i) for i in range(level)))
+        wall = time.perf_counter() - started
+        throughput = level * turns_each / wall
+        ideal = level / pace.total
+        results[str(level)] = {
+            "turns_per_s": throughput, "ideal_turns_per_s": ideal, "of_ideal": throughput / ideal,
+            "p95_latency_s": percentile(latencies, 0.95), "errors": errors,
+            "cpu_ms_per_turn": (cpu_seconds(*pids) - cpu) * 1000 / (level * turns_each),
+        }
+    return results
+
+
+def scale_out(vllm_url: str, scratch: Path, pace: Pace, processes: list[int], chats: int, turns_each: int) -> dict:
+    """``chats`` at once through HAProxy in front of 1, then 2 … app processes sharing one store."""
+    from bench.balancer import haproxy
+
+    results = {}
+    for count in processes:
+        store_url = f"sqlite:///{scratch}/scale-{count}.db"
+        with ExitStack() as running:
+            apps = [running.enter_context(app_server(vllm_url, store_url)) for _ in range(count)]
+            for url, _ in apps:
+                asyncio.run(warm_up(url))
+            balancer = running.enter_context(haproxy([url for url, _ in apps]))
+            measured = asyncio.run(concurrency(balancer, [pid for _, pid in apps], pace, [chats], turns_each))
+        results[str(count)] = measured[str(chats)]
     return results
 
 
@@ -245,18 +297,26 @@ def run(quick: bool, firestore: bool) -> dict:
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
 
     store_url = f"sqlite:///{scratch}/latency.db"
-    long_session = seed_long_session(store_url, 200)
-    with paced_server(LATENCY_PACE) as (vllm, _), app_server(vllm, store_url) as (base, _):
-        results["overhead"] = asyncio.run(overhead(base, LATENCY_PACE, turns, long_session))
+    long_owner = VisitorIds(BENCH_SECRET.encode()).token_for(LONG_VISITOR)
+    histories = {"short history": NEW_VISITOR,
+                 "200-turn history": {"visitor": long_owner, "session": seed_long_session(store_url, 200)}}
+    with paced_server(LATENCY_PACE) as (vllm, _):
+        with app_server(vllm, store_url) as (base, pid):
+            results["overhead"] = asyncio.run(overhead(base, pid, LATENCY_PACE, turns, histories))
+        with bare_gradio_server(vllm) as (base, pid):
+            results["floor"] = asyncio.run(overhead(base, pid, LATENCY_PACE, turns, {"short history": NEW_VISITOR}))
 
     with paced_server(LOAD_PACE) as (vllm, _):
         with app_server(vllm, f"sqlite:///{scratch}/load.db") as (base, pid):
             time.sleep(1)
             idle = rss_mib(pid)
-            results["concurrency"] = asyncio.run(concurrency(base, LOAD_PACE, levels, 1 if quick else 3))
+            asyncio.run(warm_up(base))
+            results["concurrency"] = asyncio.run(concurrency(base, [pid], LOAD_PACE, levels, 1 if quick else 3))
             results["memory_mib"] = {"idle": idle, f"after {max(levels)} sessions": rss_mib(pid)}
-        with app_server(vllm, f"sqlite:///{scratch}/baseline.db", concurrency=1, stream=False) as (base, _):
-            results["baseline"] = asyncio.run(concurrency(base, LOAD_PACE, levels, 1))
+        with app_server(vllm, f"sqlite:///{scratch}/baseline.db", concurrency=1, stream=False) as (base, pid):
+            asyncio.run(warm_up(base))
+            results["baseline"] = asyncio.run(concurrency(base, [pid], LOAD_PACE, levels, 1))
+        results["scale_out"] = scale_out(vllm, scratch, LOAD_PACE, [1, 2], max(levels), 1 if quick else 3)
 
     results["translation"] = translation([10, 100] if quick else [10, 100, 1000, 10000])
     results["store"] = {"sqlite": store_latency(f"sqlite:///{scratch}/store.db", [10] if quick else [10, 1000])}
@@ -284,6 +344,15 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"overhead per turn, {name}", f"p50 {over['p50']:.1f} ms, p95 {over['p95']:.1f} ms",
                      "p50 < 5 ms, p95 < 20 ms", "yes" if over["p50"] < 5 and over["p95"] < 20 else "no"))
         rows.append((f"time to first token added, {name}", f"p50 {ttft['p50']:.1f} ms", "< 10 ms", "yes" if ttft["p50"] < 10 else "no"))
+    floor, app = results["floor"]["short history"], results["overhead"]["short history"]
+    rows.append(("bare Gradio streaming chat (the floor), one turn at a time",
+                 f"time to first token added p50 {floor['ttft_added_ms']['p50']:.1f} ms, overhead per turn p50 "
+                 f"{floor['overhead_ms']['p50']:.1f} ms, CPU {floor['cpu_ms_per_turn']:.1f} ms per turn", "", ""))
+    for what, key in (("time to first token added", "ttft_added_ms"), ("overhead per turn", "overhead_ms")):
+        ratio = app[key]["p50"] / floor[key]["p50"]
+        rows.append((f"app ÷ floor, {what} (short history)", f"{ratio:.2f}×", "≤ 1.2×", "yes" if ratio <= 1.2 else "no"))
+    rows.append(("app ÷ floor, CPU per turn (short history)",
+                 f"{app['cpu_ms_per_turn'] / floor['cpu_ms_per_turn']:.2f}× ({app['cpu_ms_per_turn']:.1f} ms)", "", ""))
     single = results["concurrency"][min(results["concurrency"], key=int)]["p95_latency_s"]
     for level, ours in results["concurrency"].items():
         base = results["baseline"][level]
@@ -292,6 +361,16 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
                      f"{ours['turns_per_s']:.2f} = {ours['of_ideal']:.0%} of ideal, p95 {ours['p95_latency_s']:.2f} s, "
                      f"{ours['errors']} errors; codelab design {base['turns_per_s']:.2f} ({ours['turns_per_s'] / base['turns_per_s']:.1f}x)",
                      "≥ 90% of ideal, 0 errors, p95 ≤ 1.5× one chat's", "yes" if met else "no"))
+        cpu, codelab = ours["cpu_ms_per_turn"], base["cpu_ms_per_turn"]
+        rows.append((f"{level} chats at once: app CPU per turn", f"{cpu:.1f} ms streamed; codelab design {codelab:.1f} ms",
+                     "≤ the codelab design's", "yes" if cpu <= codelab else "no"))
+    most = max(results["concurrency"], key=int)  # the scale-out runs as many chats as the most above
+    for count, measured in results["scale_out"].items():
+        rows.append((f"{most} chats at once through HAProxy, {count} app process{'es' if count != '1' else ''}",
+                     f"{measured['turns_per_s']:.2f} turns/s = {measured['of_ideal']:.0%} of ideal, p95 "
+                     f"{measured['p95_latency_s']:.2f} s, {measured['errors']} errors, CPU {measured['cpu_ms_per_turn']:.1f} ms per turn",
+                     "≥ 90% of ideal with 2" if count == "2" else "",
+                     ("yes" if measured["of_ideal"] >= 0.9 and measured["errors"] == 0 else "no") if count == "2" else ""))
     for name, sizes in results["translation"].items():
         per_turn = ", ".join(f"{size}: {v['us_per_turn']:.2f}" for size, v in sizes.items())
         thousand = sizes.get("1000", {}).get("ms")

@@ -444,7 +444,9 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         kinds = {"Deployment": "deployment.apps", "Service": "service", "ServiceAccount": "serviceaccount", "ConfigMap": "configmap",
                  "Gateway": "gateway.gateway.networking.k8s.io", "HTTPRoute": "httproute.gateway.networking.k8s.io",
                  "HealthCheckPolicy": "healthcheckpolicy.networking.gke.io",
-                 "GCPBackendPolicy": "gcpbackendpolicy.networking.gke.io"}
+                 "GCPBackendPolicy": "gcpbackendpolicy.networking.gke.io",
+                 "HorizontalPodAutoscaler": "horizontalpodautoscaler.autoscaling",
+                 "PodDisruptionBudget": "poddisruptionbudget.policy"}
         return [f"{kinds.get(d['kind'], d['kind'].lower())}/{d['metadata']['name']}"
                 for d in yaml.safe_load_all(manifest.read_text()) if d]
 

@@ -29,14 +29,17 @@ DISCOVERY = {
     "/api": {"kind": "APIVersions", "versions": ["v1"],
              "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
     "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-        {"name": group, "versions": [{"groupVersion": f"{group}/v1", "version": "v1"}],
-         "preferredVersion": {"groupVersion": f"{group}/v1", "version": "v1"}}
-        for group in ("apps", "gateway.networking.k8s.io", "networking.gke.io")]},
+        {"name": group, "versions": [{"groupVersion": f"{group}/{version}", "version": version}],
+         "preferredVersion": {"groupVersion": f"{group}/{version}", "version": version}}
+        for group, version in (("apps", "v1"), ("autoscaling", "v2"), ("policy", "v1"),
+                               ("gateway.networking.k8s.io", "v1"), ("networking.gke.io", "v1"))]},
     "/api/v1": _resources("v1", {
         "services": ("Service", True), "serviceaccounts": ("ServiceAccount", True),
         "configmaps": ("ConfigMap", True), "secrets": ("Secret", True), "namespaces": ("Namespace", False),
     }),
     "/apis/apps/v1": _resources("apps/v1", {"deployments": ("Deployment", True)}),
+    "/apis/autoscaling/v2": _resources("autoscaling/v2", {"horizontalpodautoscalers": ("HorizontalPodAutoscaler", True)}),
+    "/apis/policy/v1": _resources("policy/v1", {"poddisruptionbudgets": ("PodDisruptionBudget", True)}),
     # GKE's Gateway controller and its policies (CRDs on a real cluster).
     "/apis/gateway.networking.k8s.io/v1": _resources("gateway.networking.k8s.io/v1", {
         "gateways": ("Gateway", True), "httproutes": ("HTTPRoute", True),

@@ -394,3 +394,31 @@ def test_the_app_logs_its_turns_and_no_client_chatter_at_info(stand_in, tmp_path
     written = log.read_text()
     assert written.count('"event": "turn"') == 2, written[-2000:]
     assert "HTTP Request:" not in written and "AFC is enabled" not in written, "httpx and google-genai stay quiet"
+
+
+def test_two_replicas_sharing_firestore_serve_one_chat_in_turn(stand_in, firestore_emulator, tmp_path):
+    """As deployed: two app processes, one database. A chat started on one goes on on the other
+    after a reload there (a replica removed, or the cookie's replica gone), and both list it."""
+    from conftest import EMULATOR_PROJECT
+
+    from bench.run import serving
+    from hybridchat.lab.local import free_port
+
+    env = {"HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in, "GOOGLE_API_KEY": "local-stand-in",
+           "HYBRIDCHAT_STORE_URL": f"firestore://chat-app-db?project={EMULATOR_PROJECT}",
+           "FIRESTORE_EMULATOR_HOST": firestore_emulator.host, "HYBRIDCHAT_SESSION_SECRET": "one-secret-for-every-replica"}
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    with serving([sys.executable, "-m", "hybridchat.cli", "app", "--port", urls[0].rsplit(":", 1)[1]],
+                 f"{urls[0]}/healthz", env=env), \
+         serving([sys.executable, "-m", "hybridchat.cli", "app", "--port", urls[1].rsplit(":", 1)[1]],
+                 f"{urls[1]}/healthz", env=env):
+        with closing(Client(urls[0], verbose=False)) as first:
+            _, _, browser, _ = say(first, "Started on the first replica", "gemma", {"visitor": None, "session": None})
+        with closing(Client(urls[1], verbose=False)) as second:
+            messages, _, again, sidebar = say(second, "Continued on the second", "gemini", browser)
+    assert again == browser, "the second replica accepts the first one's visitor id and keeps the chat"
+    assert texts(messages)[::2] == ["Started on the first replica", "Continued on the second"]
+    assert models(messages)[0].startswith("Gemma") and models(messages)[1].startswith("Gemini")
+    assert [choice[1] for choice in sidebar["choices"]] == [browser["session"]]
+    saved = open_store(f"firestore://chat-app-db?project={EMULATOR_PROJECT}").load(browser["session"])
+    assert [turn.model for turn in saved] == ["gemma", "gemini"], "one session in the database, both turns"

@@ -24,6 +24,12 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     assert set(load) == {"1", "2"} and all(level["errors"] == 0 for level in load.values())
     baseline = json.loads((tmp_path / "baseline.json").read_text())
     assert baseline["2"]["turns_per_s"] > 0
+    floor = json.loads((tmp_path / "floor.json").read_text())
+    assert set(floor) == {"short history"} and floor["short history"]["overhead_ms"]["n"] == 5
+    assert "app ÷ floor, overhead per turn" in result.stdout
+    assert all(level["cpu_ms_per_turn"] > 0 for level in [*load.values(), *baseline.values()]), "the app's own CPU"
+    scale_out = json.loads((tmp_path / "scale_out.json").read_text())
+    assert set(scale_out) == {"1", "2"} and all(run["errors"] == 0 for run in scale_out.values()), "through HAProxy"
     translation = json.loads((tmp_path / "translation.json").read_text())
     assert set(translation) == {"gemma", "codelab", "gemini", "openai"}
     assert json.loads((tmp_path / "memory_mib.json").read_text())["idle"] > 0

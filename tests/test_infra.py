@@ -178,6 +178,7 @@ def test_kubectl_parses_every_manifest(tmp_path):
         )
     assert result.returncode == 0, result.stderr
     assert "deployment.apps/gradio-chat created (dry run)" in result.stdout
+    assert "horizontalpodautoscaler.autoscaling/gradio-chat created (dry run)" in result.stdout
     assert "service/gemma-service created (dry run)" in result.stdout
     assert "gateway.gateway.networking.k8s.io/gradio-chat-gateway created (dry run)" in result.stdout
     assert "gcpbackendpolicy.networking.gke.io/gradio-chat-backend created (dry run)" in result.stdout
@@ -211,6 +212,23 @@ def test_the_app_signs_visitor_ids_with_the_secret_notebook_05_creates():
     assert made[0].argv[4] == gcp.SESSION_SECRET and made[0].argv[5] == f"--from-literal=secret={made[0].secrets[0]}"
     assert made[0].secrets != made[1].secrets and len(made[0].secrets[0]) >= 32, "a new random key each time"
     assert made[0].secrets[0] not in str(made[0]), "never shown"
+
+
+def test_the_app_scales_out_on_cpu_and_each_tab_stays_on_its_replica():
+    deployment = manifest("Deployment", "gradio-chat")["spec"]
+    assert "replicas" not in deployment, "the autoscaler's choice, not reset by each apply"
+    scaler = manifest("HorizontalPodAutoscaler", "gradio-chat")["spec"]
+    assert scaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gradio-chat"}
+    assert 2 <= scaler["minReplicas"] < scaler["maxReplicas"]
+    [metric] = scaler["metrics"]
+    assert metric["resource"]["name"] == "cpu" and 0 < metric["resource"]["target"]["averageUtilization"] < 100
+    container = deployment["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"], "utilisation is measured against the request"
+    budget = manifest("PodDisruptionBudget", "gradio-chat")["spec"]
+    assert budget["minAvailable"] == 1 and budget["selector"] == deployment["selector"]
+    policy = manifest("GCPBackendPolicy", "gradio-chat-backend", DEPLOY / "chat-iap-policy.yaml")["spec"]
+    assert policy["default"]["sessionAffinity"]["type"] == "GENERATED_COOKIE", "the Gateway's cookie affinity"
+    assert policy["targetRef"]["name"] == manifest("Service", "gradio-chat-service")["metadata"]["name"]
 
 
 def test_the_app_is_reached_only_through_the_gateway_behind_sign_in():
