@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import cloud_doubles
 import fake_google
@@ -21,6 +23,7 @@ import papermill
 import pytest
 from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
 from google.genai import types
+from playwright.sync_api import expect, sync_playwright
 from test_iap import turn as iap_turn
 
 from hybridchat.lab import check, gcp, terraform
@@ -172,6 +175,16 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
         ).json()
         defaults = {name: field.get("default") for name, field in notification["schema"]["properties"].items()}
         assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False  # JupyterLab's: "none", true
+        # As a learner sees it: notebook 00 in Chromium, its architecture drawn by JupyterLab's Mermaid.
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = chromium.new_page()
+            page.goto(f"{url}/lab/tree/00_setup.ipynb?token={token}")
+            diagrams = page.locator(".jp-RenderedMermaid figure img")
+            expect(diagrams).to_have_count(2, timeout=90_000)  # gcp mode, and local mode
+            assert "gradio-chat-gateway" in unquote(diagrams.first.get_attribute("src") or "")
+            assert page.get_by_text("official Jupyter news").count() == 0
+            chromium.close()
     finally:
         stop_process(lab)
     assert "copied   03_history_translators.ipynb" in (lab.stdout.read() if lab.stdout else "")
