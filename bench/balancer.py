@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.run import serving
 from hybridchat.lab.local import free_port
 
 COOKIE = "HCREPLICA"
@@ -41,8 +42,6 @@ backend apps
 @contextmanager
 def haproxy(apps: list[str]) -> Iterator[str]:
     """HAProxy balancing over ``apps`` (their URLs); yields its own URL once it answers."""
-    from bench.run import serving
-
     binary = shutil.which("haproxy")
     if binary is None:
         raise RuntimeError("haproxy is not installed: `apt-get install haproxy` (make bench does)")

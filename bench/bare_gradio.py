@@ -25,7 +25,7 @@ def create_app(vllm_url: str, concurrency: int) -> FastAPI:
     client = openai.OpenAI(base_url=f"{vllm_url}/v1", api_key="EMPTY", max_retries=0)
 
     def chat(message: str, _conversation: Any, _model: str, temperature: float, top_p: float, max_tokens: int,
-             _persona: str, browser: Any, _shown: Any) -> Iterator[tuple[list[dict[str, str]], str]]:
+             _persona: str, _browser: Any, _shown: Any) -> Iterator[tuple[list[dict[str, str]], str]]:
         reply = ""
         stream = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": message}], stream=True,
