@@ -156,7 +156,9 @@ def up(
 
 @app.command("lab")
 def lab(
-    workspace: Annotated[Path, typer.Option(help="Where the learner's copies live (git-ignored).")] = Path("workspace"),
+    workspace: Annotated[
+        Path | None, typer.Option(help="Where the learner's copies live (default: workspace/, git-ignored).")
+    ] = None,
     ip: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 to reach it from outside a container.")] = (
         "127.0.0.1"
     ),
@@ -165,9 +167,9 @@ def lab(
 ) -> None:
     """Copy the workshop's notebooks into your workspace (once: your copies are never replaced)
     and open JupyterLab there."""
-    from hybridchat.lab.workspace import jupyter_lab_argv, prepare
+    from hybridchat.lab.workspace import WORKSPACE, jupyter_lab_argv, prepare
 
-    workspace = workspace.resolve()
+    workspace = (workspace or WORKSPACE).resolve()
     prepared = prepare(workspace)
     for path in prepared.copied:
         typer.echo(f"copied   {path.name}")
