@@ -11,19 +11,30 @@ from contextlib import closing
 
 import httpx
 import pytest
+from conftest import EMULATOR_PROJECT
 from fault_server import REPLY
 from gradio_client import Client
+from test_iap import turn
 from tests_support import api_key_client
 
 from bench.queue_client import model_and_text
+from bench.run import Pace, paced_server, serving
 from hybridchat.app import create_app, model_choices
-from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream, RetryPolicy, VllmBackend, VllmClient
+from hybridchat.backends import (
+    ChatBackend,
+    GenerationParams,
+    ReplyStream,
+    RetryPolicy,
+    VllmBackend,
+    VllmClient,
+    build_backends,
+)
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.errors import InputRefused, SessionNotFound
 from hybridchat.history import Message
-from hybridchat.lab.local import BackgroundServer
+from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.serve_local import STAND_IN_PREFIX
 from hybridchat.store import open_store
 
@@ -216,8 +227,6 @@ class Stoppable(ChatBackend):
 
 
 def test_each_saved_turn_says_how_long_its_first_piece_and_whole_reply_took(tmp_path):
-    from bench.run import Pace, paced_server
-
     with paced_server(Pace(ttft=0.3, tokens=6, gap=0.1)) as (url, _):
         service = ChatService({"gemma": VllmBackend(VllmClient(url))}, open_store(f"sqlite:///{tmp_path}/h.db"))
         conversation = Conversation("visitor:alice")
@@ -338,8 +347,6 @@ def test_the_command_line_reports_errors_without_a_traceback(tmp_path, command, 
 
 
 def test_a_resumed_chat_selects_the_model_of_its_last_turn(app_server, client):
-    from test_iap import turn
-
     url = app_server[0]
     _, _, browser, _ = say(client, "Hi", "gemma", {"visitor": None, "session": None})
     _, _, browser, _ = say(client, "And you?", "gemini", browser)
@@ -353,8 +360,6 @@ def test_a_resumed_chat_selects_the_model_of_its_last_turn(app_server, client):
 
 
 def test_a_model_that_was_unavailable_is_shown_available_without_a_reload(fault_server, tmp_path):
-    from test_iap import turn
-
     fault_server.mode = "loading"
     backends = {"gemma": VllmBackend(VllmClient(fault_server.url, retry=RetryPolicy(attempts=1)))}
     with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
@@ -369,8 +374,6 @@ def test_a_model_that_was_unavailable_is_shown_available_without_a_reload(fault_
 
 
 def test_in_local_mode_replies_start_capped_at_the_small_models_default(tiny_model_dir):
-    from hybridchat.backends import build_backends
-
     local = build_backends(Settings(mode="local", backends=["gemma", "gemini", "local"], local_model=str(tiny_model_dir)))
     cloud = build_backends(Settings(mode="gcp", google_cloud_project="p", backends=["gemma", "gemini"]))
     assert {backend.default_max_tokens for backend in local.values()} == {256}
@@ -378,9 +381,6 @@ def test_in_local_mode_replies_start_capped_at_the_small_models_default(tiny_mod
 
 
 def test_the_app_logs_its_turns_and_no_client_chatter_at_info(stand_in, tmp_path):
-    from bench.run import serving
-    from hybridchat.lab.local import free_port
-
     port, log = free_port(), tmp_path / "app.log"
     env = {"HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in, "GOOGLE_API_KEY": "local-stand-in",
            "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db", "HYBRIDCHAT_SESSION_SECRET": "log-test",
@@ -399,11 +399,6 @@ def test_the_app_logs_its_turns_and_no_client_chatter_at_info(stand_in, tmp_path
 def test_two_replicas_sharing_firestore_serve_one_chat_in_turn(stand_in, firestore_emulator, tmp_path):
     """As deployed: two app processes, one database. A chat started on one goes on on the other
     after a reload there (a replica removed, or the cookie's replica gone), and both list it."""
-    from conftest import EMULATOR_PROJECT
-
-    from bench.run import serving
-    from hybridchat.lab.local import free_port
-
     env = {"HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in, "GOOGLE_API_KEY": "local-stand-in",
            "HYBRIDCHAT_STORE_URL": f"firestore://chat-app-db?project={EMULATOR_PROJECT}",
            "FIRESTORE_EMULATOR_HOST": firestore_emulator.host, "HYBRIDCHAT_SESSION_SECRET": "one-secret-for-every-replica"}
