@@ -37,8 +37,9 @@ class Reply:
         return self.outputs[0] if self.outputs else []
 
     @property
-    def browser(self) -> dict[str, Any]:
-        return self.outputs[3]
+    def browser(self) -> dict[str, Any] | None:
+        """The browser state the app sends back (``None`` from the floor, which keeps none)."""
+        return self.outputs[3] if len(self.outputs) > 3 else None
 
     @property
     def last_reply(self) -> str:

@@ -305,7 +305,9 @@ class ChatUI:
                     self.box: "",
                     self.conversation: conversation,
                     self.browser: browser,
-                    self.sessions: self._sidebar(owner, conversation.session_id, shown).get(self.sessions, gr.skip()),
+                    self.sessions: self._sidebar(owner, conversation.session_id, shown, older=False).get(
+                        self.sessions, gr.skip()
+                    ),
                 }
 
     def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
@@ -362,10 +364,10 @@ class ChatUI:
             browser = {"visitor": self.visitor_ids.token_for(visitor), "session": None}
         return f"visitor:{visitor}", browser
 
-    def _sidebar(self, owner: str, selected: str | None, shown: int) -> Updates:
-        """The sidebar's newest ``shown`` entries, (title · date, session id), and the button
-        that shows older ones, if there are; left as they are while the store cannot list them
-        (the turn or page load has said why)."""
+    def _sidebar(self, owner: str, selected: str | None, shown: int, *, older: bool = True) -> Updates:
+        """The sidebar's newest ``shown`` entries, (title · date, session id), and (``older``)
+        the button that shows older ones, if there are; left as they are while the store cannot
+        list them (the turn or page load has said why)."""
         try:
             sessions = self.service.sessions(owner, shown + 1)
         except HybridChatError as exc:
@@ -373,8 +375,8 @@ class ChatUI:
             return {}
         choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id)
                    for s in sessions[:shown]]
-        return {self.sessions: gr.Radio(choices=choices, value=selected),
-                self.older_button: gr.Button(visible=len(sessions) > shown)}
+        listed: Updates = {self.sessions: gr.Radio(choices=choices, value=selected)}
+        return listed | {self.older_button: gr.Button(visible=len(sessions) > shown)} if older else listed
 
     def _resume(self, owner: str, browser: dict[str, Any]) -> Conversation:
         """The session this browser was in, if it is still there and its own; ``StoreError``

@@ -28,8 +28,12 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     assert set(floor) == {"short history"} and floor["short history"]["overhead_ms"]["n"] == 5
     assert "app ÷ floor, overhead per turn" in result.stdout
     assert all(level["cpu_ms_per_turn"] > 0 for level in [*load.values(), *baseline.values()]), "the app's own CPU"
+    assert json.loads((tmp_path / "shown_once.json").read_text())["1"]["cpu_ms_per_turn"] > 0
+    assert json.loads((tmp_path / "idle_cpu.json").read_text())["share_of_a_core"] > 0
     scale_out = json.loads((tmp_path / "scale_out.json").read_text())
-    assert set(scale_out) == {"1", "2"} and all(run["errors"] == 0 for run in scale_out.values()), "through HAProxy"
+    assert set(scale_out) == {"1", "2", "floor, 2"} and all(run["errors"] == 0 for run in scale_out.values()), \
+        "the app, then bare Gradio, through HAProxy"
+    assert all(0 < run["machine_busy"] <= 1 and run["driver_cpu_ms_per_turn"] > 0 for run in scale_out.values())
     translation = json.loads((tmp_path / "translation.json").read_text())
     assert set(translation) == {"gemma", "codelab", "gemini", "openai"}
     assert json.loads((tmp_path / "memory_mib.json").read_text())["idle"] > 0

@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
+from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 import openai
@@ -433,8 +434,7 @@ class VllmBackend(ChatBackend):
 
     @property
     def label(self) -> str:  # type: ignore[override]
-        served = self.client.known_model
-        return f"{self.kind} ({shorten(served, 80)})" if served else self.kind
+        return _label(self.kind, self.client.known_model)
 
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
         if self.client.api == "openai":
@@ -515,6 +515,11 @@ def call_gemma_model(
         return client.complete_prompt(prompt, params)[0]
     with closing(VllmClient.from_settings(Settings())) as owned:
         return owned.complete_prompt(prompt, params)[0]
+
+
+@lru_cache(maxsize=64)  # read for every streamed piece; the served name rarely changes
+def _label(kind: str, served: str | None) -> str:
+    return f"{kind} ({shorten(served, 80)})" if served else kind
 
 
 def _error_detail(body: object) -> str | None:
