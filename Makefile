@@ -66,7 +66,7 @@ test: setup browser haproxy $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# Prints a table and writes bench/results/*.json (about 8.5 minutes on 2 cores).
+# Prints a table and writes bench/results/*.json (about 11 minutes on 2 cores).
 bench: setup haproxy $(VLLM)/.installed
 	$(BIN)/python -m bench.run
 
