@@ -287,7 +287,7 @@ def scale_out(vllm_url: str, scratch: Path, pace: Pace, processes: list[int], ch
                 asyncio.run(warm_up(url))
             balancer = running.enter_context(haproxy([url for url, _ in servers]))
             measured = asyncio.run(concurrency(balancer, [pid for _, pid in servers], pace, [chats], turns_each))
-        results[name] = measured[str(chats)]
+        results[name] = {**measured[str(chats)], "processes": count}
     return results
 
 
@@ -417,8 +417,9 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
                  f"{results['idle_cpu']['share_of_a_core']:.1%} of a core", "", ""))
     most = max(results["concurrency"], key=int)  # the scale-out runs as many chats as the most above
     for name, measured in results["scale_out"].items():
-        servers = f"{name} app process{'es' if name != '1' else ''}" if name.isdigit() else \
-            f"{name.split(', ')[1]} bare Gradio processes (the floor)"
+        count = measured["processes"]
+        servers = f"{count} {'app' if name.isdigit() else 'bare Gradio'} process{'es' if count != 1 else ''}"
+        servers += "" if name.isdigit() else " (the floor)"
         rows.append((f"{most} chats at once through HAProxy, {servers}",
                      f"{measured['turns_per_s']:.2f} turns/s = {measured['of_ideal']:.0%} of ideal, p95 "
                      f"{measured['p95_latency_s']:.2f} s, {measured['errors']} errors, CPU {measured['cpu_ms_per_turn']:.1f} "
