@@ -367,7 +367,7 @@ def run(quick: bool, firestore: bool) -> dict:
     results["translation"] = translation([10, 100] if quick else [10, 100, 1000, 10000])
     results["store"] = {"sqlite": store_latency(f"sqlite:///{scratch}/store.db", [10] if quick else [10, 1000])}
     if firestore:
-        from hybridchat.store.emulator import FirestoreEmulator
+        from bench.firestore_emulator import FirestoreEmulator
 
         with FirestoreEmulator(project="hybridchat-bench") as emulator:
             url = f"firestore://chat-app-db?project={emulator.project}"

@@ -12,9 +12,9 @@ import kube_api
 import pytest
 from fault_server import FaultServer, create_fault_app
 
+from bench.firestore_emulator import EmulatorMissing, FirestoreEmulator
 from hybridchat.backends.local import LocalModel
 from hybridchat.lab.local import BackgroundServer, free_port
-from hybridchat.store.emulator import EmulatorMissing, FirestoreEmulator
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
