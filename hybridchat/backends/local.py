@@ -158,7 +158,9 @@ class LocalModel:
                     yield piece
         finally:
             cancelled.set()
-            worker.join()
+            # The garbage collector may close this generator on the worker thread itself.
+            if worker is not threading.current_thread():
+                worker.join()
         if failure:
             raise BackendError(f"The local model failed: {type(failure[0]).__name__}", backend=self.name)
         prompt_tokens = int(inputs["input_ids"].shape[-1])
