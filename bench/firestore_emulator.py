@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -17,6 +16,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+
+from hybridchat.lab.local import free_port
 
 
 class EmulatorMissing(RuntimeError):
@@ -49,12 +50,8 @@ class FirestoreEmulator:
 
     def __init__(self, port: int | None = None, project: str = "hybridchat-test"):
         self.jar = emulator_jar()
-        if port is None:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-        self.port, self.project = port, project
-        self.host = f"127.0.0.1:{port}"
+        self.port, self.project = port or free_port(), project
+        self.host = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[str] | None = None
         self._previous_host: str | None = None
         self._exports = tempfile.TemporaryDirectory(prefix="firestore-emulator-")
