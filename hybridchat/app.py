@@ -21,7 +21,7 @@ import gradio as gr
 from fastapi import FastAPI
 from gradio.blocks import Block
 
-from hybridchat.backends import ChatBackend, GenerationParams, build_backends
+from hybridchat.backends import ChatBackend, GenerationParams, LearnerBackend, LearnerCode, build_backends
 from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.config import Settings
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
@@ -53,6 +53,9 @@ UNAVAILABLE = " — unavailable: "
 # While a model is unavailable the selector asks again this often, so that a model that has
 # finished loading is shown as such without a reload.
 RECHECK_SECONDS = 10
+PERSONA_ON_YOUR_PATH = (
+    "Sent on hybridchat's path only. On your code's path a system prompt is your translators' job (notebook 08)."
+)
 
 
 _MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tokens limit)*"}
@@ -108,8 +111,10 @@ class ChatUI:
         visitor_ids: VisitorIds,
         limits: Limits,
         stream_interval: float,
+        learner: LearnerCode | None = None,
     ):
         self.service = service
+        self.learner = learner  # a learner's package, answering the models marked "your code"
         self.auth_enabled = auth_enabled
         self.sign_in = sign_in
         self.visitor_ids = visitor_ids
@@ -141,6 +146,7 @@ class ChatUI:
     def _render_chat(self) -> None:
         gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
         self.signed_in = gr.Markdown(visible=False, elem_id="signed-in")
+        self.learner_note = gr.Markdown(visible=False, elem_id="learner-code")
         labels = [(backend.label, name) for name, backend in self.service.backends.items()]
         self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
         self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
@@ -157,7 +163,8 @@ class ChatUI:
             first = next(iter(self.service.backends.values()))
             self.max_tokens = gr.Slider(1, 4096, value=first.default_max_tokens, step=1, label="Max tokens")
             self.persona = gr.Textbox(
-                label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2
+                label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2,
+                info=PERSONA_ON_YOUR_PATH if self.learner else None,
             )
 
     def _setup_events(self) -> None:
@@ -165,7 +172,7 @@ class ChatUI:
         self.demo.load(
             self.start, [self.browser, self.shown],
             [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
-             self.signed_in, self.max_tokens, self.recheck],
+             self.signed_in, self.max_tokens, self.recheck, self.learner_note],
             api_visibility="private",
         )
         self.recheck.tick(self.recheck_models, None, [self.model, self.recheck], api_visibility="private",
@@ -207,12 +214,15 @@ class ChatUI:
             updates[self.signed_in] = gr.Markdown(
                 f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True
             )
+        if self.learner is not None:  # imported again if a file changed: a fixed file needs only a reload
+            updates[self.learner_note] = gr.Markdown(self.learner.status(), visible=True)
         try:
             conversation = self._resume(owner, browser)
         except StoreError as exc:
             gr.Warning(f"Your chat cannot be loaded right now: {exc}")
             return updates | {self.conversation: None, self.chatbot: []}
-        model = self._last_model(conversation)
+        available = [name for label, name in updates[self.model].choices if UNAVAILABLE not in label]
+        model = self._last_model(conversation, available)
         return updates | {
             self.conversation: conversation,
             self.chatbot: self._messages(conversation),
@@ -388,10 +398,11 @@ class ChatUI:
                 browser["session"] = None
         return Conversation(owner)
 
-    def _last_model(self, conversation: Conversation) -> str:
-        """The model of the chat's last turn, where it is still offered; else the first one."""
+    def _last_model(self, conversation: Conversation, available: list[str] | None = None) -> str:
+        """The model of the chat's last turn, where it is still offered; else the first one
+        ``available`` (a learner's code that does not load leaves hybridchat's path), else the first."""
         last = conversation.turns[-1].model if conversation.turns else None
-        return last if last in self.service.backends else next(iter(self.service.backends))
+        return last if last in self.service.backends else next(iter(available or self.service.backends))
 
     def _unchanged(self) -> Updates:
         # One output left as it is (Gradio leaves the others so too; an empty dict is an error).
@@ -433,8 +444,10 @@ def create_app(
         max_persona_bytes=settings.max_persona_bytes,
         stream=settings.stream,
     )
+    learner = next((b.code for b in service.backends.values() if isinstance(b, LearnerBackend)), None)
     demo = ChatUI(
         service,
+        learner=learner,
         auth_enabled=bool(auth),
         sign_in=sign_in,
         visitor_ids=visitor_ids,

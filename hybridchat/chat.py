@@ -127,11 +127,11 @@ class ChatService:
         is fitted again, smaller, and sent once more.
         """
         text = clean_message(message, self.max_message_bytes)
-        persona = clean_persona(params.system_prompt, self.max_persona_bytes)
-        params = params.model_copy(update={"system_prompt": persona})
         backend = self.backends.get(backend_name)
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
+        persona = clean_persona(params.system_prompt, self.max_persona_bytes) if backend.takes_system_prompt else None
+        params = params.model_copy(update={"system_prompt": persona})
         self.catch_up(conversation)
         previous = start = self._context_start(conversation, backend_name)
         draft = _Draft(text, backend_name, params, replaces=replaces)

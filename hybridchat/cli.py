@@ -111,6 +111,20 @@ def serve_local(
     serve(loaded, host, port, settings.log_level, served_model_name or None)
 
 
+LearnerCodeOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A learner's package folder (workspace/my_app): its translators and callers answer the models "
+        "marked 'your code' (or HYBRIDCHAT_LEARNER_CODE).",
+        exists=True, file_okay=False,
+    ),
+]
+
+
+def _with_learner_code(settings: Settings, folder: Path | None) -> Settings:
+    return settings.model_copy(update={"learner_code": str(folder.resolve())}) if folder else settings
+
+
 @app.command("app")
 def run_app(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a container.")] = "127.0.0.1",
@@ -123,12 +137,13 @@ def run_app(
         typer.Option(help="Require login: a file of user:password lines (or HYBRIDCHAT_AUTH).", exists=True),
     ] = None,
     root_path: Annotated[str, typer.Option(help="Path prefix when served behind a proxy.")] = "",
+    learner_code: LearnerCodeOption = None,
 ) -> None:
     """Run the chat app (Gradio UI, /healthz for probes)."""
     from hybridchat.app import create_app
     from hybridchat.server import serve
 
-    settings = Settings()
+    settings = _with_learner_code(Settings(), learner_code)
     _logging(settings)
     web = create_app(settings, auth=_credentials(auth, auth_file, settings), root_path=root_path or None)
     typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
@@ -138,6 +153,7 @@ def run_app(
 @app.command("up")
 def up(
     port: Annotated[int, typer.Option(help="The app's port.")] = 7860,
+    learner_code: LearnerCodeOption = None,
 ) -> None:
     """Start the local stand-in and the app together (the README's run command); Ctrl-C stops both."""
     from hybridchat.lab.local import stop_process, wait_until_serving
@@ -148,7 +164,7 @@ def up(
         # The stand-in listens once its model has loaded: until then the app could only say
         # that Gemma and Gemini are not reachable.
         wait_until_serving(settings.local_url, stand_in)
-        run_app(host="127.0.0.1", port=port, auth=[], auth_file=None, root_path="")
+        run_app(host="127.0.0.1", port=port, auth=[], auth_file=None, root_path="", learner_code=learner_code)
     finally:
         stop_process(stand_in)
         typer.echo(f"stopped the app and the stand-in on {settings.local_url}")
@@ -164,20 +180,62 @@ def lab(
     ),
     port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
     browser: Annotated[bool, typer.Option(help="Open a browser tab.")] = True,
+    solutions: Annotated[
+        bool, typer.Option(help="Put the solutions into your package, my_app (your files are backed up), and stop.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --solutions: do not ask first.")] = False,
 ) -> None:
-    """Copy the workshop's notebooks into your workspace (once: your copies are never replaced)
-    and open JupyterLab there."""
-    from hybridchat.lab.workspace import WORKSPACE, jupyter_lab_argv, prepare
+    """Copy the workshop's notebooks and your package, my_app, into your workspace (once: your
+    copies are never replaced) and open JupyterLab there."""
+    from hybridchat.lab.workspace import WORKSPACE, jupyter_lab_argv, prepare, put_solutions
 
     workspace = (workspace or WORKSPACE).resolve()
     prepared = prepare(workspace)
     for path in prepared.copied:
-        typer.echo(f"copied   {path.name}")
+        typer.echo(f"copied   {path.relative_to(workspace)}")
     for path in prepared.kept:
-        typer.echo(f"yours    {path.name} (kept as it is)")
+        typer.echo(f"yours    {path.relative_to(workspace)} (kept as it is)")
     typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's.")
+    if solutions:
+        package = workspace / "my_app"
+        if not yes and not typer.confirm(f"Replace the translators and callers in {package} with the solutions?"):
+            raise typer.Exit(1)
+        backup = put_solutions(package)
+        typer.echo(f"The solutions are in {package}." + (f" Your files are in {backup}." if backup else ""))
+        typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over them again when run.")
+        return
     argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser)
     os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it
+
+
+@app.command("ask")
+def ask(
+    message: str,
+    model: Annotated[
+        str, typer.Option(help="The model's name: gemma, gemini, my_gemma, my_gemini (default: the first).")
+    ] = "",
+    learner_code: LearnerCodeOption = None,
+) -> None:
+    """Send one message through the app's own path (its models, its store, a learner's code) and
+    print who answered and the reply: in the app's pod, `kubectl exec deployment/gradio-chat --
+    hybridchat ask "Hi" --model=my_gemma`. The turn is saved, as the owner cli:ask."""
+    from hybridchat.backends import GenerationParams, build_backends
+    from hybridchat.chat import ChatService, Conversation
+    from hybridchat.store import open_store
+
+    settings = _with_learner_code(Settings(), learner_code)
+    _logging(settings)
+    backends = build_backends(settings)
+    name = model or next(iter(backends))
+    params = GenerationParams(max_tokens=backends[name].default_max_tokens) if name in backends else GenerationParams()
+    store = open_store(settings.resolved_store_url)
+    try:
+        *_, done = ChatService(backends, store, stream=False).respond(Conversation("cli:ask"), message, name, params)
+    finally:
+        store.close()
+    assert done.turn is not None
+    typer.echo(terminal_safe(f"{done.turn.model_label}: {done.turn.reply or done.turn.error}"))
+    raise typer.Exit(0 if done.turn.status != "error" else 1)
 
 
 @app.command("doctor")

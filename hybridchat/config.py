@@ -29,6 +29,9 @@ The variable names are a contract with the Kubernetes manifests and the notebook
 ``HYBRIDCHAT_LOCAL_HOST``             where ``hybridchat serve-local`` listens (``127.0.0.1``) …
 ``HYBRIDCHAT_LOCAL_PORT``             … and its port (8000)
 ``HF_TOKEN``                          Hugging Face token for gated Hub models
+``HYBRIDCHAT_LEARNER_CODE``           a learner's package folder (``workspace/my_app``): its
+                                      translators and callers answer the models marked "your
+                                      code", beside hybridchat's own (``hybridchat.learner``)
 ``HYBRIDCHAT_STORE_URL``              ``sqlite:///path`` or ``firestore://chat-app-db``
 ``HYBRIDCHAT_MAX_MESSAGE_BYTES``      longest message (32 kB)
 ``HYBRIDCHAT_MAX_PERSONA_BYTES``      longest persona (4 kB)
@@ -118,6 +121,7 @@ class Settings(BaseSettings):
     local_port: int = 8000
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
 
+    learner_code: str | None = None
     store_url: str | None = None
     max_message_bytes: int = Field(default=32 * 1024, ge=1)
     max_persona_bytes: int = Field(default=4 * 1024, ge=0)

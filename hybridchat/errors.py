@@ -15,7 +15,8 @@
     │   ├── ContentBlocked       a safety filter blocked the prompt or the reply
     │   ├── EmptyResponse        an answer with no text in it
     │   ├── BadResponse          an answer that does not follow the protocol, or a 5xx
-    │   └── NeedsCredentials     no project, key or credentials configured
+    │   ├── NeedsCredentials     no project, key or credentials configured
+    │   └── LearnerCodeFailed    a learner's function raised, hung or returned the wrong thing
     └── StoreError               the history database failed
         ├── StoreUnavailable     it cannot be reached; turns wait in memory
         └── SessionNotFound      no session has that id
@@ -97,6 +98,11 @@ class BadResponse(BackendError):
 
 class NeedsCredentials(BackendError):
     """The backend lacks a project, an API key or credentials."""
+
+
+class LearnerCodeFailed(BackendError):
+    """A learner's translator or caller (``hybridchat.learner``) did not give what the app needs;
+    the text names the function, its file and line, what went wrong and how to fix it."""
 
 
 class StoreError(HybridChatError):

@@ -240,7 +240,7 @@ def _prepared(messages: Sequence[Message], system_prompt: str | None) -> tuple[s
     """The system instruction and the turns to render: neutralised, alternating, a user's last
     (messages with no text are dropped, as ``normalize_history`` drops them)."""
     system, turns = _split_system([m for m in messages if m.content.strip()], system_prompt)
-    turns = [Message(turn.role, _neutralize(turn.content)) for turn in turns]
+    turns = [Message(turn.role, neutralize(turn.content)) for turn in turns]
     if not turns or turns[-1].role != "user":
         # An empty new message still opens a user turn, so the model knows it is its turn.
         turns.append(Message("user", ""))
@@ -252,7 +252,7 @@ def _split_system(messages: list[Message], system_prompt: str | None) -> tuple[s
     if system_prompt and system_prompt.strip():
         parts.append(system_prompt)
     turns = _merge_consecutive([m for m in messages if m.role != "system"])
-    return (_neutralize("\n\n".join(parts)) if parts else None), turns
+    return (neutralize("\n\n".join(parts)) if parts else None), turns
 
 
 def _merge_consecutive(messages: list[Message]) -> list[Message]:
@@ -309,7 +309,7 @@ def _text_of(content: Any) -> str | None:
     return None
 
 
-def _neutralize(text: str) -> str:
+def neutralize(text: str) -> str:
     """``text`` with every model's control markers broken by a zero-width space."""
     for marker in _GEMMA_MARKERS:
         text = text.replace(marker, f"<{_ZWSP}{marker[1:]}")

@@ -11,8 +11,9 @@ invocation runs `python cloud_doubles.py TOOL ARGS…`, which:
 * runs the real offline check where one exists: `terraform fmt` for real, `kubectl apply
   --dry-run=client` against the stub API server (`kube_api.py`);
 * does the local part for real: `kubectl port-forward` forwards TCP to a local vLLM-protocol
-  server, `skaffold run` starts the app on 127.0.0.1 (its load balancer IP), `kubectl delete`
-  stops it.
+  server, `skaffold run` builds the image's context by Docker's `.dockerignore` rules and starts
+  the app on 127.0.0.1 from it (its load balancer IP), `kubectl exec` runs a command in the app's
+  environment, `kubectl delete` stops it.
 
 What exists (APIs, buckets, cluster, secrets, workloads) lives in `state.json` in the state
 folder; every command line run is appended to `commands.log` there.
@@ -89,6 +90,9 @@ def parse(tool: str, argv: list[str], specs: dict[tuple[str, ...], Spec]) -> tup
         call.flags["-chdir"] = rest.pop(0).partition("=")[2]
     while rest:
         arg = rest.pop(0)
+        if arg == "--" and tool == "kubectl":  # `kubectl exec POD -- COMMAND…`: the rest is the command's
+            call.args += rest
+            break
         if arg.startswith("-") and arg != "-":
             name, has_value, value = arg.partition("=")
             if name not in spec.flags:
@@ -192,7 +196,8 @@ def initial_state(project: str, **overrides: object) -> dict:
         "loading_polls": 1,  # then Running, not Ready, for this many
         "gemma_url": "",  # where `kubectl port-forward service/gemma-service` leads
         "app_env": {},  # the app's environment when `skaffold run` starts it
-        "app": None,  # {"pid", "port"} of the app skaffold started
+        "app": None,  # {"pid", "port", "env"} of the app skaffold started
+        "image": {},  # the image skaffold built: each path its Dockerfile copies into, and the folder here holding it
         "app_port": None,  # kept across restarts (`kubectl rollout restart`), as a Service's is
         "configmaps": {},  # name → its data, made by `kubectl create configmap`
         "iap_members": [],  # terraform.tfvars' iap_members, read by `terraform apply`
@@ -556,6 +561,23 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
             state["gateway"] = None
         return "".join(f"{line}\n" for line in lines)
 
+    def exec_in_app(call: Call) -> str:
+        """A `hybridchat` command in the app's container: its image's files, its environment."""
+        connected()
+        target, *argv = call.args
+        if target != "deployment/gradio-chat" or not state["app"]:
+            raise Refused(f'Error from server (NotFound): deployments.apps "{target.partition("/")[2]}" not found')
+        if "--" not in call.argv:
+            raise Refused("error: exec [POD] [COMMAND] is not supported anymore. Use exec [POD] -- [COMMAND] instead")
+        if argv[0] != "hybridchat":
+            raise Refused(f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{argv[0]}": '
+                          "executable file not found in $PATH: unknown\ncommand terminated with exit code 126", 126)
+        done = subprocess.run([sys.executable, "-m", "hybridchat.cli", *argv[1:]], env={**os.environ, **state["app"]["env"]},
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise Refused(f"{done.stdout}{done.stderr}command terminated with exit code {done.returncode}", done.returncode)
+        return done.stdout
+
     def port_forward(call: Call) -> str:
         connected()
         target, ports = call.args
@@ -579,6 +601,7 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("get",): Spec({"-l": True, "-o": True, "--field-selector": True, "--sort-by": True, "--ignore-not-found": False}, (1, 2), get),
         ("delete",): Spec({"-f": True, "--ignore-not-found": False}, (0, 2), delete),
         ("port-forward",): Spec({}, (2, 2), port_forward),
+        ("exec",): Spec({}, (2, None), exec_in_app),
     }
 
 
@@ -621,7 +644,11 @@ def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
         if not state["kube_context"]:
             raise Refused("getting current cluster context: no current context set")
         repo = call.flag("--default-repo")
-        manifests = [ROOT / path for path in yaml.safe_load(config.read_text())["manifests"]["rawYaml"]]
+        skaffold = yaml.safe_load(config.read_text())
+        artifact = skaffold["build"]["artifacts"][0]
+        context = call.cwd / artifact["context"]
+        state["image"] = _build(context, context / artifact["docker"]["dockerfile"], state.folder / "image")
+        manifests = [ROOT / path for path in skaffold["manifests"]["rawYaml"]]
         lines = ["Generating tags...", f" - gradio-chat-app -> {repo}/gradio-chat-app:latest", "Checking cache...",
                  " - gradio-chat-app: Not found. Building", "Starting build...", "Building [gradio-chat-app]...",
                  "Build [gradio-chat-app] succeeded", "Starting deploy..."]
@@ -636,6 +663,40 @@ def skaffold_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("--version",): Spec({"--version": False}, (0, 0), version),
         ("run",): Spec({"--default-repo": True}, (0, 0), run),
     }
+
+
+def _build(context: Path, dockerfile: Path, image: Path) -> dict[str, str]:
+    """The image as Cloud Build makes it from ``context``: the files Docker's own `.dockerignore`
+    rules send (docker-py's), each `COPY` source found among them, as the build would fail
+    otherwise. Returns each path the runtime stage copies into, and where its files are here."""
+    from docker.utils.build import exclude_paths
+
+    patterns = (context / ".dockerignore").read_text().splitlines()
+    shutil.rmtree(image, ignore_errors=True)
+    for path in exclude_paths(str(context), patterns, dockerfile=str(dockerfile.relative_to(context))):
+        if (context / path).is_file():
+            (image / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(context / path, image / path)
+    stages = re.split(r"^FROM ", dockerfile.read_text().replace("\\\n", " "), flags=re.MULTILINE)
+    copied = {}
+    for stage in stages[1:]:
+        for line in re.findall(r"^COPY (?!--from)(.+)$", stage, re.MULTILINE):
+            *sources, target = shlex.split(line)
+            for source in sources:
+                if not (image / source).exists():
+                    raise Refused(f"Step #0: COPY failed: file not found in build context or excluded by .dockerignore: "
+                                  f"stat {source}: file does not exist\nERROR: build step 0 \"gcr.io/cloud-builders/docker\" failed")
+            if stage is stages[-1] and len(sources) == 1:
+                copied[target] = str(image / sources[0])
+    return copied
+
+
+def _in_image(value: str, image: dict[str, str]) -> str:
+    """A path in the app's container as a path here, where it lies inside what the image copied."""
+    for target, here in image.items():
+        if value == target or value.startswith(target.rstrip("/") + "/"):
+            return here + value[len(target.rstrip("/")):]
+    return value
 
 
 def _deploy(state: State) -> None:
@@ -653,10 +714,11 @@ def _deploy(state: State) -> None:
     # The ConfigMap's settings, then this machine's (the stand-ins' URLs), then the Secrets'.
     config = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "ConfigMap")["data"]
     env = {**config, **state["app_env"], **_env_from_refs(manifest, state)}
+    env = {name: _in_image(value, state["image"]) for name, value in env.items()}
     behind_gateway = "gateway.gateway.networking.k8s.io/gradio-chat-gateway" in state["objects"]
     if behind_gateway:
         env["HYBRIDCHAT_IAP_KEYS_URL"] = f"http://127.0.0.1:{state['gateway_port']}/_iap_double/public_key"
-    state["app"] = _start_app(env, state["app_port"])
+    state["app"] = {**_start_app(env, state["app_port"]), "env": env}
     if behind_gateway and not state["gateway"]:
         iap_on = "gcpbackendpolicy.networking.gke.io/gradio-chat-backend" in state["objects"] and "gradio-chat-oauth" in state["secrets"]
         members = [m.partition(":")[2] for m in state["iap_members"] if m.startswith("user:")]

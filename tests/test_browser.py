@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import time
 
@@ -141,3 +142,48 @@ def test_signed_in_with_google_the_same_chats_on_two_devices(browser, stand_in, 
             bob = device("bob@example.com")
             bob.wait_for_timeout(1500)
             assert bob.locator("#sessions label").count() == 0 and bot_texts(bob) == []
+
+
+@pytest.mark.parametrize(
+    "module, change, top, chat",
+    [
+        ("translators", ('else "model"', 'else "assistant"'),
+         "process_message_gemma (my_app/translators.py, line 10): Gemma calls the assistant's turns model", None),
+        ("callers", ('    return response.json()["choices"][0]["text"].strip()', "    return response.json()"),
+         "✅", "call_gemma_model (my_app/callers.py, line 11) returned the whole JSON answer, not the reply's text"),
+        ("callers", ("    response.raise_for_status()", '    response.raise_for_status()\n    return response.json()["text"]'),
+         "✅", "call_gemma_model (my_app/callers.py, line 20) raised KeyError: 'text'. Read the answer where it is"),
+        ("translators", ('    prompt = ""', '    prompt = "'),
+         "Your code does not load: my_app/translators.py, line 12: SyntaxError", None),
+    ],
+    ids=["wrong-template", "whole-json", "raises", "syntax-error"],
+)
+def test_a_learners_mistake_shows_where_the_learner_looks_and_the_next_turn_answers(
+    browser, stand_in, tmp_path, module, change, top, chat
+):
+    from test_learner import package  # the solutions, with one mistake a learner makes
+
+    code = package(tmp_path / "my_app", **{module: change})
+    settings = Settings(vllm_url=stand_in, gemini_url=stand_in, learner_code=str(code),
+                        store_url=f"sqlite:///{tmp_path}/history.db")
+    with BackgroundServer(create_app(settings)) as url:
+        page = browser.new_context().new_page()
+        page.goto(url)
+        page.wait_for_selector("#message textarea")
+        expect(page.locator("#learner-code")).to_contain_text(top, timeout=30000)
+        selected = page.locator("#model input")
+        if "does not load" in top:
+            expect(selected).to_have_value(re.compile("· hybridchat"), timeout=30000)  # meanwhile, ours
+            package(code)  # fixed; a reload of the page is enough
+            page.reload()
+            expect(page.locator("#learner-code")).to_contain_text("✅", timeout=30000)
+        expect(selected).to_have_value("Gemma · your code", timeout=30000)
+        replies = send_and_watch(page, "What is the capital of France?", 0)
+        if chat:
+            assert chat in replies[-1] and "Traceback" not in replies[-1], replies[-1]
+        else:
+            assert "⚠️" not in replies[-1], "the learner's code answered, as it is"
+        selected.click()
+        page.get_by_role("option", name=re.compile("Gemma · hybridchat")).click()
+        replies = send_and_watch(page, "And of Germany?", 1)
+        assert "Gemma · hybridchat" in replies[-1] and "⚠️" not in replies[-1], "the next turn, on hybridchat's path"

@@ -17,6 +17,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from docker.utils.build import exclude_paths
 from fault_server import REPLY
 from iap_double import KEYS_PATH, IapKeys, proxy_app
 from kube_api import fake_cluster
@@ -408,8 +409,24 @@ def test_dockerfile_is_pinned_non_root_and_probe_free():
     assert "HEALTHCHECK" not in dockerfile
     assert dockerfile.index("COPY pyproject.toml") < dockerfile.index("COPY hybridchat"), "dependencies cached first"
     assert 'CMD ["hybridchat", "app"' in dockerfile
-    ignored = (ROOT / ".dockerignore").read_text()
-    assert ignored.splitlines()[1] == "*" and "!hybridchat/" in ignored
+    assert "COPY deploy/learner /opt/learner" in dockerfile, "the learner's package, staged by notebook 05"
+    assert manifest("ConfigMap", "gradio-chat-config")["data"]["HYBRIDCHAT_LEARNER_CODE"] == "/opt/learner/my_app"
+
+
+def test_the_build_context_holds_the_package_and_the_learners_code_only(tmp_path):
+    """What Cloud Build receives, by Docker's own .dockerignore rules (docker-py's)."""
+    context = tmp_path / "context"
+    shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(".git", ".venv*", "workspace", "my_app"))
+    (context / "deploy" / "learner" / "my_app" / "__pycache__").mkdir(parents=True, exist_ok=True)
+    for path in ("my_app/translators.py", "my_app/__pycache__/translators.cpython-311.pyc"):
+        (context / "deploy" / "learner" / path).write_text("# the learner's")
+    patterns = (ROOT / ".dockerignore").read_text().splitlines()
+    sent = {path for path in exclude_paths(str(context), patterns) if (context / path).is_file()}
+    tops = {path.split("/")[0] for path in sent} - {".dockerignore"}
+    assert tops == {"pyproject.toml", "README.md", "hybridchat", "deploy"}
+    assert {path for path in sent if path.startswith("deploy/")} == {
+        "deploy/learner/README.md", "deploy/learner/my_app/translators.py"}, "the staged package, without bytecode"
+    assert not any("__pycache__" in path for path in sent)
 
 
 def test_the_deployed_vllm_is_the_release_the_engine_tests_run():

@@ -26,6 +26,7 @@ from google.genai import types
 from playwright.sync_api import expect, sync_playwright
 from test_iap import turn as iap_turn
 
+from hybridchat import learner
 from hybridchat.lab import check, gcp, terraform
 from hybridchat.lab.local import BackgroundServer, free_port, load_stage, stop_process
 from hybridchat.lab.make_exercises import build, strip_solutions
@@ -99,16 +100,21 @@ def notebooks_folder() -> dict[Path, bytes]:
 
 def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_it_was(lab_env, tmp_path):
     before = notebooks_folder()
-    copies = prepare(tmp_path / "workspace").copied
+    workspace = tmp_path / "workspace"
+    copies = [copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"]
     assert [copy.name for copy in copies] == [path.name for path in SOLUTIONS]
+    stand_in = f"http://127.0.0.1:{lab_env['HYBRIDCHAT_LOCAL_PORT']}"
     texts = {}
     for copy in copies:
         learners_answers(copy)
         parameters = {"MODE": "local"}
         if copy.name.startswith("05"):
             parameters["APP_PORT"] = free_port()
+            seen = max(entry["id"] for entry in httpx.get(f"{stand_in}/stand-in/requests").json())
         # Saved over the copy, with its outputs, as JupyterLab's autosave does.
         texts[copy.name] = outputs(execute(copy, copy, **parameters))
+        if copy.name.startswith("05"):
+            launched_on_the_learners_code(workspace / "my_app", stand_in, seen)
     assert notebooks_folder() == before, "running the workspace's copies changed notebooks/"
     assert "The local stand-in is up at" in texts["02_deploy_gemma.ipynb"]
     assert "✅ process_message_gemma" in texts["03_history_translators.ipynb"]
@@ -116,6 +122,9 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "✅ call_gemma_model answered" in texts["04_model_callers.ipynb"]
     assert "✅ call_gemini_model answered" in texts["04_model_callers.ipynb"]
     assert "saved as session" in texts["05_launch_app.ipynb"]
+    assert "my_gemma: <sub>Gemma · your code</sub>" in texts["05_launch_app.ipynb"], "each reply says whose code"
+    assert "with your SYSTEM_PROMPT" in texts["08_next_steps.ipynb"], "08's persona, in the learner's translators"
+    assert "SYSTEM_PROMPT =" in (workspace / "my_app" / "translators.py").read_text()
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
     assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
@@ -129,18 +138,56 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
         assert not any(value in text for text in saved + logs), f"a secret reached a notebook or log: {value[:8]}…"
 
 
+def launched_on_the_learners_code(package: Path, model_server: str, seen: int) -> None:
+    """What notebook 05's turns sent the models (``model_server`` keeps its requests, from
+    after ``seen``) is what the learner's package makes: a raw prompt from their Gemma
+    translator, not a chat request, and their Gemini translator's contents."""
+    sent = httpx.get(f"{model_server}/stand-in/requests", params={"after": seen}).json()
+    generated = [entry for entry in sent if "reply" in entry and entry["reply"] is not None]
+    assert [entry["path"] for entry in generated] == ["/v1/completions", "gemini:generateContent"], generated
+    gemma, gemini = generated
+    mine = learner.load(package)
+    assert gemma["prompt"] == mine.functions["process_message_gemma"]("What is the capital of France?", [])
+    history = [{"role": "user", "content": "What is the capital of France?"},
+               {"role": "assistant", "content": gemma["reply"].strip()}]
+    contents = mine.functions["process_message_gemini"]("And of Germany?", history)
+    assert gemini["contents"] == [{"role": c.role, "text": c.parts[0].text} for c in contents]
+
+
 def test_the_workspace_is_copied_once_and_a_learners_copy_is_never_replaced(tmp_path):
     workspace = tmp_path / "workspace"
     first = prepare(workspace)
-    assert [copy.name for copy in first.copied] == [path.name for path in SOLUTIONS] and first.kept == []
+    package = [workspace / "my_app" / name for name in ("__init__.py", "callers.py", "translators.py")]
+    assert first.copied == [workspace / path.name for path in SOLUTIONS] + package and first.kept == []
+    assert (workspace / "my_app" / "callers.py").read_bytes() == (NOTEBOOKS / "exercises" / "package" / "callers.py").read_bytes()
     exercise = workspace / "03_history_translators.ipynb"
     assert exercise.read_bytes() == (NOTEBOOKS / "exercises" / exercise.name).read_bytes(), "the exercise form"
     assert (workspace / "00_setup.ipynb").read_bytes() == (NOTEBOOKS / "00_setup.ipynb").read_bytes()
     exercise.write_text("the learner's work")
+    (workspace / "my_app" / "translators.py").write_text("# the learner's translators")
     (workspace / "07_cleanup.ipynb").unlink()  # as for a notebook the workshop adds later
+    (workspace / "my_app" / "callers.py").unlink()
     again = prepare(workspace)
-    assert [copy.name for copy in again.copied] == ["07_cleanup.ipynb"]
+    assert [copy.name for copy in again.copied] == ["07_cleanup.ipynb", "callers.py"]
     assert exercise in again.kept and exercise.read_text() == "the learner's work"
+    assert (workspace / "my_app" / "translators.py").read_text() == "# the learner's translators"
+
+
+def test_lab_solutions_asks_then_backs_up_the_learners_package(tmp_path):
+    workspace = tmp_path / "workspace"
+    prepare(workspace)
+    mine = workspace / "my_app" / "translators.py"
+    mine.write_text("# the learner's translators")
+    lab = [sys.executable, "-m", "hybridchat.cli", "lab", "--workspace", str(workspace), "--solutions"]
+    refused = subprocess.run(lab, input="n\n", capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and mine.read_text() == "# the learner's translators", "nothing without a yes"
+    done = subprocess.run(lab, input="y\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [backup] = workspace.glob("my_app.backup-*")
+    assert (backup / "translators.py").read_text() == "# the learner's translators"
+    assert "### BEGIN SOLUTION" not in mine.read_text()
+    check.gemma_translator(workspace / "my_app")
+    check.gemini_translator(workspace / "my_app")
 
 
 def test_the_stand_ins_start_is_shown_stage_by_stage():
@@ -190,11 +237,13 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
     assert "copied   03_history_translators.ipynb" in (lab.stdout.read() if lab.stdout else "")
 
 
-def test_nbval_runs_the_notebooks_too(lab_env):
+def test_nbval_runs_the_notebooks_too(lab_env, tmp_path):
+    # Copies: the solutions write the learner's package beside themselves (my_app/).
+    copies = [Path(shutil.copy(path, tmp_path)) for path in SOLUTIONS]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-sanitize-with", str(NOTEBOOKS / "nbval_sanitize.cfg"),
-         "-p", "no:cacheprovider", "-q", *map(str, SOLUTIONS)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **lab_env},
+         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-q", *map(str, copies)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, **lab_env},
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert re.search(r"\d+ passed", result.stdout)
@@ -203,20 +252,24 @@ def test_nbval_runs_the_notebooks_too(lab_env):
 @pytest.mark.parametrize(
     "name, hint",
     [
-        ("03_history_translators.ipynb", "`process_message_gemma` is not written yet"),
-        ("04_model_callers.ipynb", "`call_gemma_model` is not written yet"),
+        ("03_history_translators.ipynb", "`process_message_gemma` (my_app/translators.py, line 10) is not written yet"),
+        ("04_model_callers.ipynb", "`call_gemma_model` (my_app/callers.py, line 11) is not written yet"),
     ],
 )
 def test_the_exercises_fail_at_their_checker_with_the_hint(lab_env, tmp_path, name, hint):
+    exercise = Path(shutil.copy(NOTEBOOKS / "exercises" / name, tmp_path))  # it writes my_app/ beside it
     with pytest.raises(papermill.PapermillExecutionError) as failure:
-        execute(NOTEBOOKS / "exercises" / name, tmp_path / name, MODE="local")
+        execute(exercise, exercise, MODE="local")
     assert hint in str(failure.value)
     assert "CheckFailed" in failure.value.ename
 
 
 def test_the_exercises_are_generated_from_the_solutions_and_up_to_date():
     built = build()
-    assert set(built) == {NOTEBOOKS / "exercises" / "03_history_translators.ipynb", NOTEBOOKS / "exercises" / "04_model_callers.ipynb"}
+    exercises = NOTEBOOKS / "exercises"
+    assert set(built) == {exercises / "03_history_translators.ipynb", exercises / "04_model_callers.ipynb",
+                          exercises / "08_next_steps.ipynb", exercises / "package" / "translators.py",
+                          exercises / "package" / "callers.py"}
     for path, text in built.items():
         assert path.read_text() == text, (
             f"{path.name} is out of date: after changing a solution notebook, run `python -m "
@@ -275,7 +328,7 @@ def _gemma_with(role_name="model", end="<end_of_turn>\n", final="<start_of_turn>
         (_gemma_with(role_name="assistant"), "Gemma calls the assistant's turns `model`"),
         (_gemma_with(final=""), "must end with `<start_of_turn>model\\n`"),
         (_gemma_with(end="\n"), "every turn must end with `<end_of_turn>`"),
-        (lambda m, h: ["not a string"], "must return one string"),
+        (lambda m, h: ["not a string"], "returned a list, not one string"),
         (lambda m, h: 1 / 0, "raised ZeroDivisionError"),
     ],
 )
@@ -300,7 +353,7 @@ def test_a_failed_check_shows_its_hint_alone_and_stops_run_all():
     [error] = notebook.cells[2].outputs
     assert error.output_type == "error" and error.ename == "CheckFailed"
     assert error.traceback == [
-        "❌ `process_message_gemma` is not written yet: replace `raise NotImplementedError()` in its cell with your code."
+        "❌ `process_message_gemma` is not written yet: replace `raise NotImplementedError()` with your code (notebook 03)."
     ], "the hint alone: no traceback, no chained NotImplementedError"
     assert notebook.cells[3].outputs == [], "the notebook stops at the failed check"
 
@@ -319,8 +372,10 @@ def test_the_gemini_checker_names_the_mistake():
 def test_the_caller_checkers_catch_an_echoed_prompt_and_an_empty_reply():
     with pytest.raises(check.CheckFailed, match="still contains the prompt"):
         check.gemma_caller(lambda prompt, *_: prompt + "Paris")
-    with pytest.raises(check.CheckFailed, match="must return the reply text"):
+    with pytest.raises(check.CheckFailed, match="`call_gemini_model` returned an empty reply"):
         check.gemini_caller(lambda *_: "")
+    with pytest.raises(check.CheckFailed, match=re.escape("`call_gemma_model` returned the whole JSON answer")):
+        check.gemma_caller(lambda *_: {"choices": [{"text": "Paris."}]})
     assert check.gemma_caller(lambda *_: "Paris.") == "Paris."
 
 
@@ -414,10 +469,13 @@ def cloud(lab_env, stand_in, firestore_emulator, tmp_path, monkeypatch):
         monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # Vertex AI with credentials, as on a real project
         # The OAuth client a learner makes in the console for IAP (notebook 05 asks for it).
         monkeypatch.setenv("IAP_CLIENT_ID", "123-workshop.apps.googleusercontent.com")
+        staged = gcp.STAGED_LEARNER_CODE.exists()
         try:
             yield tmp_path / "state"
         finally:
             cloud_doubles.stop_all(tmp_path / "state")
+            if not staged:  # notebook 05 staged the test's package in this checkout: not left behind
+                shutil.rmtree(gcp.STAGED_LEARNER_CODE, ignore_errors=True)
 
 
 P = GCP_PROJECT
@@ -475,6 +533,9 @@ GCP_COMMANDS = {
         "kubectl rollout restart deployment/gradio-chat",
         "kubectl rollout status deployment/gradio-chat --timeout=600s",
         "terraform -chdir=<repo>/infra output -raw app_url",
+        # one turn on each of the learner's paths, inside the app's pod
+        "kubectl exec deployment/gradio-chat -- hybridchat ask 'What is the capital of France?' --model=my_gemma",
+        "kubectl exec deployment/gradio-chat -- hybridchat ask 'What is the capital of France?' --model=my_gemini",
     ],
     "06_chat_history.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
     "08_next_steps.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],  # before the clean-up
@@ -493,19 +554,27 @@ GCP_COMMANDS = {
 }
 
 
-def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
+def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     texts, ran = {}, {}
     cloud_doubles.commands(cloud)
+    workspace = tmp_path / "workspace"
+    copies = [copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"]
     # 08's experiments need Gemma deployed: in gcp mode it runs before 07's clean-up.
-    for path in sorted(SOLUTIONS, key=lambda path: path.name.startswith("07")):
+    for copy in sorted(copies, key=lambda path: path.name.startswith("07")):
+        learners_answers(copy)
         parameters = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT}
-        if path.name.startswith("07"):
+        if copy.name.startswith("07"):
             parameters["CONFIRM_DESTROY"] = True
-        texts[path.name] = outputs(execute(path, tmp_path / path.name, **parameters))
-        ran[path.name] = cloud_doubles.commands(cloud)
-        if path.name.startswith("06"):
+        if copy.name.startswith("05"):
+            seen = max((entry["id"] for entry in httpx.get(f"{stand_in}/stand-in/requests").json()), default=0)
+        texts[copy.name] = outputs(execute(copy, copy, **parameters))
+        ran[copy.name] = cloud_doubles.commands(cloud)
+        if copy.name.startswith("05"):
+            deployed_the_learners_code(workspace / "my_app", cloud, stand_in, seen)
+        if copy.name.startswith("06"):
             across_devices = one_person_on_two_devices(cloud)
     assert ran == GCP_COMMANDS
+    assert "Gemma · your code: " in texts["05_launch_app.ipynb"], "the pod answered through the learner's code"
     assert texts["00_setup.ipynb"].count("✅") == 7, "every preflight check passed"
     assert "2 Insufficient nvidia.com/gpu" in texts["02_deploy_gemma.ipynb"], "the Pending pod's events are shown"
     for caller in ("call_gemma_model", "call_gemini_model"):
@@ -519,8 +588,25 @@ def test_the_solution_notebooks_run_in_order_in_gcp_mode(cloud, tmp_path):
     assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], {}, {}, None)
     assert (left["configmaps"], left["gateway"]) == ({}, None)
     assert left["terraform"] == "initialized" and left["kube_context"] is None
-    saved = [path.read_text() for path in tmp_path.glob("*.ipynb")]
-    assert not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), "the HF token reached a notebook"
+    saved = [path.read_text() for path in workspace.glob("*.ipynb")]
+    assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (
+        "the HF token reached a notebook")
+
+
+def deployed_the_learners_code(package: Path, state_dir: Path, model_server: str, seen: int) -> None:
+    """The image skaffold built holds the learner's package as it was, and the deployed app's
+    turns sent the models what it makes: the raw prompt of their Gemma translator, the
+    contents of their Gemini translator."""
+    built = state_dir / "image" / "deploy" / "learner" / "my_app"
+    for module in ("translators.py", "callers.py"):
+        assert (built / module).read_text() == (package / module).read_text(), f"{module} is in the image as written"
+    sent = httpx.get(f"{model_server}/stand-in/requests", params={"after": seen}).json()
+    generated = [entry for entry in sent if entry.get("reply") is not None]
+    assert [entry["path"] for entry in generated] == ["/v1/completions", "gemini:generateContent"], generated
+    mine = learner.load(package)
+    assert generated[0]["prompt"] == mine.functions["process_message_gemma"]("What is the capital of France?", [])
+    contents = mine.functions["process_message_gemini"]("What is the capital of France?", [])
+    assert generated[1]["contents"] == [{"role": c.role, "text": c.parts[0].text} for c in contents]
 
 
 def one_person_on_two_devices(state_dir: Path) -> bool:

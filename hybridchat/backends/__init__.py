@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from hybridchat.backends.base import (
     BackendHealth,
     ChatBackend,
@@ -18,9 +21,13 @@ from hybridchat.backends.base import (
     estimate_tokens,
 )
 from hybridchat.backends.gemini import GeminiBackend, call_gemini_model, gemini_label
+from hybridchat.backends.learner import HYBRIDCHAT, Family, LearnerBackend, LearnerCode
 from hybridchat.backends.local import LocalBackend
 from hybridchat.backends.vllm import VllmBackend, VllmClient, call_gemma_model
 from hybridchat.config import Settings
+from hybridchat.endpoints import Endpoints
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BackendHealth",
@@ -29,6 +36,8 @@ __all__ = [
     "Finish",
     "GeminiBackend",
     "GenerationParams",
+    "LearnerBackend",
+    "LearnerCode",
     "LocalBackend",
     "ReplyStream",
     "RetryPolicy",
@@ -43,16 +52,24 @@ __all__ = [
 
 
 def build_backends(settings: Settings) -> dict[str, ChatBackend]:
-    """The configured backends (``HYBRIDCHAT_BACKENDS``), keyed by name, in that order.
+    """The configured backends (``HYBRIDCHAT_BACKENDS``), keyed by name, in that order; with a
+    learner's package (``HYBRIDCHAT_LEARNER_CODE``), first the learner's path for Gemma and
+    Gemini (``my_gemma``, ``my_gemini``), then hybridchat's own.
 
     Nothing is contacted here: each backend connects on first use and reports problems
     through ``health()`` and its errors.
     """
+    folder = Path(settings.learner_code) if settings.learner_code else None
+    if folder is not None and not folder.is_dir():
+        # The image built without a learner's package still names where one would be.
+        log.warning("no learner's package at %s: hybridchat's own path only", folder)
+        folder = None
+    whose = f" · {HYBRIDCHAT}" if folder else ""
     backends: dict[str, ChatBackend] = {}
     for name in settings.backends:
         if name == "gemma":
             # The label names the model the server really serves, once it has said.
-            backends[name] = VllmBackend(VllmClient.from_settings(settings), label="Gemma")
+            backends[name] = VllmBackend(VllmClient.from_settings(settings), label=f"Gemma{whose}")
         elif name == "gemini":
             where = "local stand-in" if settings.mode == "local" else (
                 "Gemini API" if settings.google_api_key is not None else "Vertex AI"
@@ -60,7 +77,7 @@ def build_backends(settings: Settings) -> dict[str, ChatBackend]:
             backends[name] = GeminiBackend(
                 settings=settings,
                 model=settings.gemini_model,
-                label=gemini_label(settings.gemini_model, where),
+                label=gemini_label(settings.gemini_model, where, whose),
                 retry=RetryPolicy.from_settings(settings),
             )
         elif name == "local":
@@ -68,4 +85,23 @@ def build_backends(settings: Settings) -> dict[str, ChatBackend]:
     if settings.mode == "local":
         for backend in backends.values():  # the stand-ins too are the small local model
             backend.default_max_tokens = LocalBackend.default_max_tokens
-    return backends
+    if folder is None:
+        return backends
+    return {**_learners(folder, backends, settings), **backends}
+
+
+def _learners(folder: Path, backends: dict[str, ChatBackend], settings: Settings) -> dict[str, ChatBackend]:
+    """The learner's path for each of Gemma and Gemini offered; their callers reach the models
+    through the same clients as hybridchat's path (``hybridchat.endpoints``)."""
+    gemma, gemini = backends.get("gemma"), backends.get("gemini")
+    endpoints = Endpoints(
+        gemma.client if isinstance(gemma, VllmBackend) else VllmClient.from_settings(settings),
+        gemini if isinstance(gemini, GeminiBackend) else GeminiBackend(settings=settings, model=settings.gemini_model),
+        settings.timeout,
+    )
+    code = LearnerCode(folder, timeout=settings.timeout)
+    families: list[tuple[Family, ChatBackend | None]] = [("gemma", gemma), ("gemini", gemini)]
+    return {
+        f"my_{family}": LearnerBackend(code, backend, family=family, endpoints=endpoints)
+        for family, backend in families if backend is not None
+    }

@@ -175,6 +175,8 @@ class ChatBackend(ABC):
     label: str
     #: the max-tokens slider's start for this model (the codelab's 1024)
     default_max_tokens: int = 1024
+    #: whether ``params.system_prompt`` (the persona box) is sent; a learner's translators add their own
+    takes_system_prompt: bool = True
 
     @abstractmethod
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:

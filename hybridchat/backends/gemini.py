@@ -67,10 +67,11 @@ _BLOCKING_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "
 LOCAL_STAND_IN_KEY = "local-stand-in"
 
 
-def gemini_label(model: str, where: str) -> str:
-    """``gemini_label("gemini-2.5-flash", "Vertex AI")`` → ``"Gemini 2.5 Flash (Vertex AI)"``."""
+def gemini_label(model: str, where: str, whose: str = "") -> str:
+    """``gemini_label("gemini-2.5-flash", "Vertex AI")`` → ``"Gemini 2.5 Flash (Vertex AI)"``;
+    ``whose`` (`` · hybridchat``) follows the model's name."""
     words = model.removeprefix("models/").split("-")
-    return " ".join(word[:1].upper() + word[1:] for word in words) + f" ({where})"
+    return " ".join(word[:1].upper() + word[1:] for word in words) + f"{whose} ({where})"
 
 
 def make_gemini_client(settings: Settings) -> genai.Client:

@@ -1,18 +1,24 @@
-"""Checker cells: compare a learner's function with hybridchat's reference on many histories.
+"""Checker cells: compare a learner's functions with hybridchat's reference on many histories.
 
-Each check prints one line on a pass; on a wrong answer it raises ``CheckFailed``, which a
-notebook shows as its one-line hint, with no traceback, and which stops "Run All" (and nbval,
-papermill) there.
+Each checker imports the learner's package afresh (``hybridchat.learner``), so it checks exactly
+what the app will run. It prints one line on a pass; on a wrong answer it raises ``CheckFailed``,
+whose one-line hint names the function, its file and line, and what to change. A notebook shows
+the hint with no traceback, and it stops "Run All" (and nbval, papermill) there. The app shows
+the same hints: in the chat for a turn, at the top for the translators' checks.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from hybridchat import history as reference
+from hybridchat import learner
+from hybridchat.errors import BackendError, LearnerCodeFailed
 
 # Gradio 6 chat histories, as the app hands them over.
 SAMPLES: list[tuple[str, list[dict[str, str]]]] = [
@@ -36,17 +42,41 @@ class CheckFailed(AssertionError):
         return [f"❌ {self}"]
 
 
-def _call(fn: Callable[..., Any], name: str, *args: Any) -> Any:
+# What a checker takes: the learner's package folder (imported afresh, as the app imports it),
+# a package already imported, or a function.
+Code = str | Path | learner.Package | Callable[..., Any]
+_TRANSLATOR_SECONDS = 10  # three short histories: anything longer is a loop
+_CALLER_SECONDS = 180
+
+
+def _function(code: Code, name: str) -> tuple[learner.Package, Callable[..., Any]]:
+    if callable(code):  # a function as it is, in no package folder: named without a file
+        package = learner.Package(Path(os.devnull), {name: code})
+    else:
+        package = code if isinstance(code, learner.Package) else learner.load(code)
     try:
-        return fn(*args)
-    except NotImplementedError:
-        raise CheckFailed(
-            f"`{name}` is not written yet: replace `raise NotImplementedError()` in its cell with your code."
-        ) from None
-    except CheckFailed:
-        raise
-    except Exception as exc:  # a learner's bug, reported as a hint rather than a stack trace
-        raise CheckFailed(f"`{name}` raised {type(exc).__name__}: {exc}") from None
+        return package, package.function(name)
+    except LearnerCodeFailed as exc:
+        raise CheckFailed(str(exc)) from None
+
+
+def _call(package: learner.Package, name: str, *args: Any, seconds: float) -> Any:
+    """The learner's function's answer, checked for its type; ``CheckFailed`` with the hint the
+    app would show for it."""
+    try:
+        value = learner.call(package, name, *args, timeout=seconds)
+    except BackendError as exc:  # the learner's mistake, or the model's (hybridchat.endpoints)
+        raise CheckFailed(str(exc) if isinstance(exc, LearnerCodeFailed) else f"`{name}`: {exc}") from None
+    problem = learner.wrong_result(package, name, package.functions[name], value)
+    if problem:
+        raise CheckFailed(problem)
+    return value
+
+
+def _system_prompt(fn: Callable[..., Any]) -> str | None:
+    """The persona a translator's module defines (notebook 08), if any."""
+    found = getattr(fn, "__globals__", {}).get("SYSTEM_PROMPT")
+    return found if isinstance(found, str) and found.strip() else None
 
 
 def _gemma_hint(expected: str, got: str) -> str:
@@ -54,6 +84,9 @@ def _gemma_hint(expected: str, got: str) -> str:
         return (
             "Gemma calls the assistant's turns `model`: write `<start_of_turn>model`, not `<start_of_turn>assistant`."
         )
+    if "<start_of_turn>user\nrole" in got:
+        return ("each history item is a message, not a [user, assistant] pair: loop `for turn in history` and "
+                "read `turn['role']` and `turn['content']`")
     if not got.endswith("<start_of_turn>model\n"):
         return f"the prompt must end with `<start_of_turn>model\\n`, so that Gemma answers next; got …{got[-40:]!r}"
     if got.count("<end_of_turn>") != expected.count("<end_of_turn>"):
@@ -64,83 +97,109 @@ def _gemma_hint(expected: str, got: str) -> str:
     return f"first difference at character {at}: expected …{expected[around]!r}, got …{got[around]!r}"
 
 
-def gemma_translator(fn: Callable[[str, list[Any]], str]) -> None:
-    """Check ``process_message_gemma(message, history)`` against Gemma's chat template."""
+def gemma_translator(code: Code = "my_app") -> None:
+    """Check ``process_message_gemma(message, history)`` against Gemma's chat template (with the
+    module's ``SYSTEM_PROMPT`` at the start of the first user turn, where it defines one)."""
+    print(_gemma_translator(code))
+
+
+def _gemma_translator(code: Code) -> str:
+    package, fn = _function(code, "process_message_gemma")
+    system = _system_prompt(fn)
     for message, history in SAMPLES:
-        got = _call(fn, "process_message_gemma", message, history)
-        if not isinstance(got, str):
-            raise CheckFailed(f"process_message_gemma must return one string; got {type(got).__name__}")
-        expected = reference.process_message_gemma(message, history)
+        got = _call(package, "process_message_gemma", message, history, seconds=_TRANSLATOR_SECONDS)
+        expected = reference.process_message_gemma(message, history, system_prompt=system)
         if got != expected:
-            raise CheckFailed(_gemma_hint(expected, got))
-    print(f"✅ process_message_gemma renders Gemma's chat template exactly, on {len(SAMPLES)} histories.")
+            raise CheckFailed(f"{package.named('process_message_gemma', fn)}: {_gemma_hint(expected, got)}")
+    persona = " with your SYSTEM_PROMPT" if system else ""
+    return f"✅ process_message_gemma renders Gemma's chat template{persona} exactly, on {len(SAMPLES)} histories."
 
 
-def gemini_translator(fn: Callable[[str, list[Any]], list[Any]]) -> None:
-    """Check ``process_message_gemini(message, history)`` against the reference contents."""
+def gemini_translator(code: Code = "my_app") -> None:
+    """Check ``process_message_gemini(message, history)`` against the reference contents (with the
+    module's ``SYSTEM_PROMPT`` at the start of the first user turn, where it defines one)."""
+    print(_gemini_translator(code))
+
+
+def _gemini_translator(code: Code) -> str:
+    package, fn = _function(code, "process_message_gemini")
+    system = _system_prompt(fn)
+    at = package.named("process_message_gemini", fn)
     for message, history in SAMPLES:
-        got = _call(fn, "process_message_gemini", message, history)
-        if not isinstance(got, list) or not all(hasattr(c, "role") and hasattr(c, "parts") for c in got):
-            raise CheckFailed("process_message_gemini must return a list of google.genai.types.Content")
+        got = _call(package, "process_message_gemini", message, history, seconds=_TRANSLATOR_SECONDS)
         expected = reference.process_message_gemini(message, history)
         roles = [c.role for c in got]
         if "assistant" in roles:
-            raise CheckFailed("Gemini calls the assistant's turns `model`: use role='model', not 'assistant'.")
+            raise CheckFailed(f"{at}: Gemini calls the assistant's turns `model`: use role='model', not 'assistant'.")
         if roles != [c.role for c in expected]:
             raise CheckFailed(
-                f"expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}"
+                f"{at}: expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}"
             )
         texts = [[p.text for p in c.parts or []] for c in got]
         wanted = [[p.text for p in c.parts or []] for c in expected]
+        if system:
+            wanted[0] = [f"{system}\n\n{wanted[0][0]}"]
         if texts != wanted:
-            raise CheckFailed(f"the texts differ: expected {wanted}, got {texts}")
-    print(f"✅ process_message_gemini builds the right contents, on {len(SAMPLES)} histories.")
+            raise CheckFailed(f"{at}: the texts differ: expected {wanted}, got {texts}")
+    persona = " with your SYSTEM_PROMPT" if system else ""
+    return f"✅ process_message_gemini builds the right contents{persona}, on {len(SAMPLES)} histories."
+
+
+def translator_problems(package: learner.Package) -> list[str]:
+    """What notebook 03's checkers say of a package's translators: the app shows it at the top."""
+    found = []
+    for check in (_gemma_translator, _gemini_translator):
+        try:
+            check(package)
+        except CheckFailed as failed:
+            found.append(str(failed))
+    return found
 
 
 # Unusual values, so a function that sends its own instead of the caller's is caught.
 _ASKED = {"temperature": 0.35, "top_p": 0.85, "max_tokens": 24}
 
 
-def gemma_caller(fn: Callable[[str, float, float, int], str], server_url: str | None = None) -> str:
+def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> str:
     """Check ``call_gemma_model(prompt, temperature, top_p, max_tokens)`` against the running Gemma.
 
     Where the server keeps its requests (the local stand-in), also that the function sent the
     prompt with the caller's settings and returned what the server answered.
     """
+    package, fn = _function(code, "call_gemma_model")
+    at = package.named("call_gemma_model", fn)
     prompt = reference.process_message_gemma("What is the capital of France?", [])
     before = _recorded(server_url)
-    reply = _call(fn, "call_gemma_model", prompt, *_ASKED.values())
-    if not isinstance(reply, str) or not reply.strip():
-        raise CheckFailed(f"call_gemma_model must return the reply text; got {reply!r}")
+    reply = _call(package, "call_gemma_model", prompt, *_ASKED.values(), seconds=_CALLER_SECONDS)
     if "<start_of_turn>" in reply or reply.startswith(("Prompt:", "User's Turn")):
-        raise CheckFailed(f"the reply still contains the prompt: keep only the new text; got {reply[:80]!r}")
+        raise CheckFailed(f"{at}: the reply still contains the prompt: keep only the new text; got {reply[:80]!r}")
     if "<end_of_turn>" in reply:
-        raise CheckFailed("stop at `<end_of_turn>`: send it as a stop sequence, or cut the reply there")
+        raise CheckFailed(f"{at}: stop at `<end_of_turn>`: send it as a stop sequence, or cut the reply there")
     if before is not None:
-        sent = _sent(server_url, before, "call_gemma_model", lambda r: r.get("prompt") == prompt,
+        sent = _sent(server_url, before, at, lambda r: r.get("prompt") == prompt,
                      f"POST the prompt to {server_url}/v1/completions")
-        _same_settings("call_gemma_model", sent, "max_tokens")
+        _same_settings(at, sent, "max_tokens")
         if "<end_of_turn>" not in sent["stop"]:
-            raise CheckFailed('send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
-        _same_reply("call_gemma_model", reply, sent, "choices[0].text")
+            raise CheckFailed(f'{at}: send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
+        _same_reply(at, reply, sent, "choices[0].text")
     print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
     return str(reply)
 
 
-def gemini_caller(fn: Callable[[list[Any], float, float, int], str], server_url: str | None = None) -> str:
+def gemini_caller(code: Code = "my_app", server_url: str | None = None) -> str:
     """Check ``call_gemini_model(contents, temperature, top_p, max_tokens)`` against the running Gemini,
     and, where the server keeps its requests, what the function sent."""
+    package, fn = _function(code, "call_gemini_model")
+    at = package.named("call_gemini_model", fn)
     contents = reference.process_message_gemini("What is the capital of France?", [])
     before = _recorded(server_url)
-    reply = _call(fn, "call_gemini_model", contents, *_ASKED.values())
-    if not isinstance(reply, str) or not reply.strip():
-        raise CheckFailed(f"call_gemini_model must return the reply text (response.text); got {reply!r}")
+    reply = _call(package, "call_gemini_model", contents, *_ASKED.values(), seconds=_CALLER_SECONDS)
     if before is not None:
         texts = [{"role": c.role, "text": "".join(p.text or "" for p in c.parts or [])} for c in contents]
-        sent = _sent(server_url, before, "call_gemini_model", lambda r: r.get("contents") == texts,
+        sent = _sent(server_url, before, at, lambda r: r.get("contents") == texts,
                      "pass the contents to client.models.generate_content")
-        _same_settings("call_gemini_model", sent, "max_output_tokens")
-        _same_reply("call_gemini_model", reply, sent, "response.text")
+        _same_settings(at, sent, "max_output_tokens")
+        _same_reply(at, reply, sent, "response.text")
     print(f"✅ call_gemini_model answered: {reply[:80]!r}{_unverified(before)}")
     return str(reply)
 
@@ -159,29 +218,29 @@ def _recorded(server_url: str | None) -> int | None:
 
 
 def _sent(
-    server_url: str | None, before: int, name: str, matches: Callable[[dict[str, Any]], bool], how: str
+    server_url: str | None, before: int, at: str, matches: Callable[[dict[str, Any]], bool], how: str
 ) -> dict[str, Any]:
     entries = httpx.get(f"{server_url}/stand-in/requests", params={"after": before}, timeout=10).json()
     found = [entry for entry in entries if matches(entry)]
     if not found:
-        raise CheckFailed(f"`{name}` did not send the question to the model: {how}, and return what it answers "
+        raise CheckFailed(f"{at} did not send the question to the model: {how}, and return what it answers "
                           f"(it sent {len(entries)} request(s) with other content)" if entries else
-                          f"`{name}` did not send anything to the model: {how}, and return what it answers.")
+                          f"{at} did not send anything to the model: {how}, and return what it answers.")
     last: dict[str, Any] = found[-1]
     return last
 
 
-def _same_settings(name: str, sent: dict[str, Any], max_name: str) -> None:
+def _same_settings(at: str, sent: dict[str, Any], max_name: str) -> None:
     for setting, asked in _ASKED.items():
         if sent.get(setting) != asked:
             shown = max_name if setting == "max_tokens" else setting
-            raise CheckFailed(f"`{name}` must send the {shown} it is given: it was called with {shown}={asked}, "
+            raise CheckFailed(f"{at} must send the {shown} it is given: it was called with {shown}={asked}, "
                               f"the model received {sent.get(setting)!r}")
 
 
-def _same_reply(name: str, reply: str, sent: dict[str, Any], where: str) -> None:
+def _same_reply(at: str, reply: str, sent: dict[str, Any], where: str) -> None:
     if sent.get("reply") is not None and reply.strip() != sent["reply"].strip():
-        raise CheckFailed(f"`{name}` must return the model's text ({where}): the model answered "
+        raise CheckFailed(f"{at} must return the model's text ({where}): the model answered "
                           f"{sent['reply'][:60]!r}, the function returned {reply[:60]!r}")
 
 

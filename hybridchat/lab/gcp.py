@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from getpass import getpass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ OAUTH_SECRET = "gradio-chat-oauth"  # the OAuth client's secret, read by IAP (ch
 OAUTH_CLIENT_PLACEHOLDER = "OAUTH_CLIENT_ID"
 IAP_POLICY = "chat-iap-policy.yaml"
 RENDERED = DEPLOY / "rendered"  # git-ignored: manifests with this project's values filled in
+# git-ignored: the learner's package in the image's build context (deploy/Dockerfile copies it).
+STAGED_LEARNER_CODE = DEPLOY / "learner" / "my_app"
 APP_PORT = 7860
 
 
@@ -259,6 +262,20 @@ def registry(project_id: str, region: str) -> str:
 
 def skaffold_run(project_id: str, region: str) -> Command:
     return command("skaffold", "run", f"--default-repo={registry(project_id, region)}", cwd=ROOT)
+
+
+def stage_learner_code(package: Path) -> Path:
+    """Copy the learner's package where ``skaffold run``'s build context takes it into the image
+    (the app in the pod runs it); the copy staged before is replaced."""
+    shutil.rmtree(STAGED_LEARNER_CODE, ignore_errors=True)
+    shutil.copytree(package, STAGED_LEARNER_CODE, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return STAGED_LEARNER_CODE
+
+
+def ask_deployed(message: str, model: str) -> Command:
+    """One turn through the deployed app's own path (its models, its store, the learner's code),
+    run inside its pod: IAP lets no script reach the page without a person's Google sign-in."""
+    return command("kubectl", "exec", "deployment/gradio-chat", "--", "hybridchat", "ask", message, f"--model={model}")
 
 
 def pod_status(pods_json: str) -> tuple[str, str]:

@@ -1,14 +1,18 @@
-"""Make the exercise notebooks from the solution notebooks: ``python -m hybridchat.lab.make_exercises``.
+"""Make the exercises from the solutions: ``python -m hybridchat.lab.make_exercises``.
 
 In ``notebooks/*.ipynb``, learner code sits between ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` (nbgrader's convention). Each such region becomes a ``# TODO`` and
-``raise NotImplementedError()`` in ``notebooks/exercises/``; ``--check`` only reports
-whether the exercises are up to date.
+``raise NotImplementedError()`` in ``notebooks/exercises/``. The learner's package is written by
+the notebooks' ``%%writefile my_app/MODULE.py`` cells: the first cell that writes each module
+gives its exercise form too, in ``notebooks/exercises/package/`` (beside its ``__init__.py``),
+which ``make lab`` copies to ``workspace/my_app``. ``--check`` only reports whether the
+exercises are up to date.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -16,9 +20,12 @@ import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+PACKAGE = NOTEBOOKS / "exercises" / "package"  # the learner's package in exercise form
+# A cell that writes a module of the learner's package (relative to the notebook: its folder's my_app/).
+WRITES_MODULE = re.compile(r"%%writefile[ \t]+my_app/(\w+\.py)[ \t]*\n")
 
 
-def strip_solutions(source: str, where: str = "cell") -> str:
+def strip_solutions(source: str, where: str = "cell", todo: str = "see the explanation above") -> str:
     """``source`` with each solution region replaced by a stub that raises."""
     kept: list[str] = []
     indent: str | None = None
@@ -29,7 +36,7 @@ def strip_solutions(source: str, where: str = "cell") -> str:
                 raise ValueError(f"{where}, line {number}: {BEGIN} inside another solution")
             indent = line[: len(line) - len(line.lstrip())]
             kept += [
-                f"{indent}# TODO: your code here (see the explanation above)", f"{indent}raise NotImplementedError()"
+                f"{indent}# TODO: your code here ({todo})", f"{indent}raise NotImplementedError()"
             ]
         elif marker == END:
             if indent is None:
@@ -54,13 +61,36 @@ def exercise_of(solution: nbformat.NotebookNode, name: str) -> nbformat.Notebook
     return exercise
 
 
+def package_modules(notebooks: Path = NOTEBOOKS) -> dict[str, tuple[str, str]]:
+    """Each module of the learner's package (``translators.py``): the solution notebook that
+    first writes it, and the text its cell writes, solution regions marked."""
+    modules: dict[str, tuple[str, str]] = {}
+    for path in sorted(notebooks.glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            found = WRITES_MODULE.match(cell.source) if cell.cell_type == "code" else None
+            if found and found.group(1) not in modules:
+                modules[found.group(1)] = (path.name, cell.source[found.end():].rstrip("\n") + "\n")
+    return modules
+
+
+def solutions(notebooks: Path = NOTEBOOKS) -> dict[str, str]:
+    """Each module of the learner's package as the solution notebooks write it (no markers)."""
+    return {
+        module: "".join(line for line in text.splitlines(keepends=True) if line.strip() not in (BEGIN, END))
+        for module, (_, text) in package_modules(notebooks).items()
+    }
+
+
 def build(notebooks: Path = NOTEBOOKS) -> dict[Path, str]:
-    """Every exercise notebook's path and text."""
+    """Every exercise notebook's and package module's path and text."""
     built = {}
     for path in sorted(notebooks.glob("*.ipynb")):
         exercise = exercise_of(nbformat.read(path, as_version=4), path.name)
         if exercise is not None:
             built[notebooks / "exercises" / path.name] = nbformat.writes(exercise) + "\n"
+    for module, (name, text) in package_modules(notebooks).items():
+        todo = f"notebook {name[:2]} explains it"
+        built[notebooks / "exercises" / "package" / module] = strip_solutions(text, f"{name}, {module}", todo) + "\n"
     return built
 
 
@@ -73,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists() or path.read_text() != text:
             stale.append(path)
             if not args.check:
-                path.parent.mkdir(exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
     for path in stale:
         print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(NOTEBOOKS.parent)}")
