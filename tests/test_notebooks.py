@@ -602,7 +602,7 @@ def deployed_the_learners_code(package: Path, state_dir: Path, model_server: str
         assert (built / module).read_text() == (package / module).read_text(), f"{module} is in the image as written"
     sent = httpx.get(f"{model_server}/stand-in/requests", params={"after": seen}).json()
     generated = [entry for entry in sent if entry.get("reply") is not None]
-    assert [entry["path"] for entry in generated] == ["/v1/completions", "gemini:generateContent"], generated
+    assert [entry["path"] for entry in generated] == ["/v1/completions", "gemini:generateContent"], sent
     mine = learner.load(package)
     assert generated[0]["prompt"] == mine.functions["process_message_gemma"]("What is the capital of France?", [])
     contents = mine.functions["process_message_gemini"]("What is the capital of France?", [])

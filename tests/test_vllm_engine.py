@@ -30,7 +30,8 @@ from bench import prefix_cache
 from bench.model_servers import CONTEXT, ModelServer
 from bench.queue_client import QueueClient, Reply, text_of
 from hybridchat.app import create_app
-from hybridchat.backends import GenerationParams, VllmBackend, VllmClient
+from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, build_backends
+from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.history import conversation
 from hybridchat.lab.local import BackgroundServer
@@ -206,6 +207,35 @@ def test_notebook_04s_package_cell_answers_through_the_served_model(gemma, stand
     label, _, reply = printed.getvalue().splitlines()[0].partition(": ")
     assert label == f"Gemma ({gemma.served_name})", "named as the server serves it"
     assert len(reply) > 2, "a non-empty reply, as its repr"
+
+
+CHATML_TRANSLATOR = '''
+def process_message_gemma(message, history):
+    """A learner's translator for the model the tests serve, SmolLM2: its ChatML template."""
+    turns = [*history, {"role": "user", "content": message}]
+    prompt = "".join(f"<|im_start|>{turn['role']}\\n{turn['content']}<|im_end|>\\n" for turn in turns)
+    return prompt + "<|im_start|>assistant\\n"
+
+
+def process_message_gemini(message, history):
+    raise NotImplementedError()
+'''
+
+
+def test_a_learners_raw_prompt_is_answered_by_the_engine_through_the_app(gemma, tmp_path):
+    """The learner's path (``hybridchat.learner``): their translator's raw prompt, sent by their
+    ``requests`` caller to ``/v1/completions`` with the served name ``endpoints`` discovered."""
+    from test_learner import package
+
+    code = package(tmp_path / "my_app")
+    (code / "translators.py").write_text(CHATML_TRANSLATOR)
+    settings = Settings(vllm_url=gemma.url, backends=["gemma"], learner_code=str(code),
+                        store_url=f"sqlite:///{tmp_path}/history.db")
+    service = ChatService(build_backends(settings), open_store(settings.resolved_store_url))
+    *_, done = service.respond(Conversation("visitor:learner"), "What is the capital of France?", "my_gemma",
+                               GenerationParams(temperature=0.1, max_tokens=16))
+    assert done.turn.status in ("ok", "cut_off") and done.turn.reply.strip(), done.turn.error
+    assert done.turn.model_label == "Gemma · your code"
 
 
 # 30 turns on the real engine. Earlier machines ran them within the default 300 s; an AMD EPYC
