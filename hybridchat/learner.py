@@ -179,9 +179,10 @@ def raised(package: Package, name: str, fn: Callable[..., Any], exc: BaseExcepti
 
 
 _NOT_WRITTEN = "replace `raise NotImplementedError()` with your code"
-_REPLY_AT = (
-    'return only the reply\'s text: `response.json()["choices"][0]["text"]` for Gemma, `response.text` for Gemini'
-)
+def _reply_at(name: str) -> str:
+    """Where the caller ``name`` finds the reply's text in the model's answer."""
+    where = "`response.text`" if name == "call_gemini_model" else '`response.json()["choices"][0]["text"]`'
+    return f"return only the reply's text, {where}"
 
 
 def _notebook(name: str) -> str:
@@ -210,7 +211,7 @@ def _hint(name: str, exc: BaseException) -> str:
         return ("Gemini refused the request: use `endpoints.gemini_client()` and `endpoints.gemini_model()`, "
                 "and the config's names `temperature`, `top_p`, `max_output_tokens`.")
     if caller and isinstance(exc, (KeyError, IndexError, TypeError, AttributeError)):
-        return f"Read the answer where it is: {_REPLY_AT}."
+        return f"Read the answer where it is: {_reply_at(name)}."
     if not caller and isinstance(exc, (KeyError, TypeError, ValueError)):
         return ("Each history item is a message, `{\"role\": ..., \"content\": ...}`: loop `for turn in history` "
                 "and read `turn[\"role\"]` and `turn[\"content\"]`.")
@@ -229,13 +230,16 @@ def wrong_result(package: Package, name: str, fn: Callable[..., Any], value: Any
         return f"{at} returned a {kind}, not a list of `types.Content`: one per turn, the new message last."
     if isinstance(value, str):
         if _whole_json(value):
-            return f"{at} returned the whole JSON answer as text: {_REPLY_AT}."
-        return None if value.strip() else f"{at} returned an empty reply: {_REPLY_AT}, and check max_tokens."
+            return f"{at} returned the whole JSON answer as text: {_reply_at(name)}."
+        return None if value.strip() else f"{at} returned an empty reply: {_reply_at(name)}, and check max_tokens."
     if value is None:
-        return f"{at} returned None: end it with `return` and the reply's text ({_REPLY_AT})."
+        if name == "call_gemini_model":
+            return (f"{at} returned None: `response.text` is None when Gemini wrote no text (a safety filter, or "
+                    "max tokens spent on thinking); else end the function with `return response.text`.")
+        return f"{at} returned None: end it with `return`, and {_reply_at(name)}."
     what = {"dict": "the whole JSON answer", "Response": "the whole HTTP response",
             "GenerateContentResponse": "Gemini's whole response"}.get(kind, f"a {kind}")
-    return f"{at} returned {what}, not the reply's text: {_REPLY_AT}."
+    return f"{at} returned {what}, not the reply's text: {_reply_at(name)}."
 
 
 def _whole_json(text: str) -> bool:
