@@ -181,7 +181,7 @@ def lab(
     port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
     browser: Annotated[bool, typer.Option(help="Open a browser tab.")] = True,
     solutions: Annotated[
-        bool, typer.Option(help="Put the solutions into your package, my_app (your files are backed up), and stop.")
+        bool, typer.Option(help="Put the solutions into my_app/ and infra/ (your files are backed up), and stop.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", help="With --solutions: do not ask first.")] = False,
 ) -> None:
@@ -197,12 +197,12 @@ def lab(
         typer.echo(f"yours    {path.relative_to(workspace)} (kept as it is)")
     typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's.")
     if solutions:
-        package = workspace / "my_app"
-        if not yes and not typer.confirm(f"Replace the translators and callers in {package} with the solutions?"):
+        asked = f"Replace your translators, callers (my_app/) and Terraform (infra/) in {workspace} with the solutions?"
+        if not yes and not typer.confirm(asked):
             raise typer.Exit(1)
-        backup = put_solutions(package)
-        typer.echo(f"The solutions are in {package}." + (f" Your files are in {backup}." if backup else ""))
-        typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over them again when run.")
+        backup = put_solutions(workspace)
+        typer.echo("The solutions are in my_app/ and infra/." + (f" Your files are in {backup}." if backup else ""))
+        typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over my_app/ again when run.")
         return
     argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser)
     os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it

@@ -2,6 +2,9 @@
 # Firestore database for chat history, the registry Skaffold pushes to, least-privilege
 # Workload Identity grants for the app's Kubernetes service account, and the app's front door:
 # a static address, a Google-managed certificate and who may sign in through IAP.
+#
+# In the workshop you write four of these blocks yourself, under their TODO comments (notebook
+# 01): the copy `make lab` gives you, workspace/infra/, leaves them out.
 
 locals {
   services = {
@@ -16,9 +19,6 @@ locals {
   # The certificate's name: your own domain, or one that names the address itself (sslip.io
   # answers 1-2-3-4.sslip.io with 1.2.3.4), so a workshop needs no DNS of its own.
   app_domain = var.domain != "" ? var.domain : "${replace(google_compute_global_address.app.address, ".", "-")}.sslip.io"
-
-  # The app's pods act as this principal through GKE Workload Identity: no keys, no secrets.
-  ksa_principal = "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${var.project_id}.svc.id.goog/subject/ns/${var.namespace}/sa/${var.ksa_name}"
 }
 
 resource "google_project_service" "enabled" {
@@ -29,6 +29,10 @@ resource "google_project_service" "enabled" {
   disable_on_destroy = false
 }
 
+# TODO: Create a GKE Autopilot cluster (notebook 01, step 1): google_container_cluster "primary",
+# named var.cluster_name, in var.region, in Autopilot mode, deletable by `terraform destroy`, on the
+# default network, with the Gateway API on, created once the Kubernetes Engine API is enabled.
+### BEGIN SOLUTION
 resource "google_container_cluster" "primary" {
   # A workshop cluster, reached by learners with kubectl from Cloud Shell and laptops, torn
   # down the same day. Autopilot applies most hardening itself; what it leaves is skipped here:
@@ -72,7 +76,12 @@ resource "google_container_cluster" "primary" {
 
   depends_on = [google_project_service.enabled["container"]]
 }
+### END SOLUTION
 
+# TODO: Create a Firestore database (notebook 01, step 2): google_firestore_database "chat",
+# named "chat-app-db", in Native mode, at var.firestore_location, deleted with `terraform destroy`,
+# created once the Firestore API is enabled.
+### BEGIN SOLUTION
 resource "google_firestore_database" "chat" {
   project     = var.project_id
   name        = "chat-app-db"
@@ -85,8 +94,12 @@ resource "google_firestore_database" "chat" {
 
   depends_on = [google_project_service.enabled["firestore"]]
 }
+### END SOLUTION
 
-# The collection the app writes, created up front so the console shows it from the start.
+# TODO: Create an initial Firestore document (notebook 01, step 3): google_firestore_document
+# "initialize", chat_sessions/initialize, in the database above, so that the console shows the
+# collection the app writes from the start.
+### BEGIN SOLUTION
 resource "google_firestore_document" "initialize" {
   project     = var.project_id
   database    = google_firestore_database.chat.name
@@ -94,6 +107,7 @@ resource "google_firestore_document" "initialize" {
   document_id = "initialize"
   fields      = jsonencode({ created_by = { stringValue = "terraform" } })
 }
+### END SOLUTION
 
 # The app's sidebar reads a visitor's newest chats (owner ==, ordered by updated, newest first):
 # without this index Firestore refuses that query, and the app would read all of them.
@@ -123,6 +137,15 @@ resource "google_artifact_registry_repository" "chat_app" {
   depends_on = [google_project_service.enabled["artifactregistry"]]
 }
 
+# TODO: Configure the Workload Identity IAM bindings (notebook 01, step 4): the app's Kubernetes
+# service account (var.ksa_name in var.namespace) as an IAM principal of this project's workload
+# identity pool, granted roles/aiplatform.user and roles/datastore.user, and nothing broader.
+### BEGIN SOLUTION
+locals {
+  # The app's pods act as this principal through GKE Workload Identity: no keys, no secrets.
+  ksa_principal = "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${var.project_id}.svc.id.goog/subject/ns/${var.namespace}/sa/${var.ksa_name}"
+}
+
 # Only what the app calls: Gemini on Vertex AI and Firestore. The codelab also granted
 # roles/iam.serviceAccountTokenCreator project-wide; nothing here needs it, so it is left out.
 resource "google_project_iam_member" "ksa_vertex_user" {
@@ -141,6 +164,7 @@ resource "google_project_iam_member" "ksa_datastore_user" {
 
   depends_on = [google_container_cluster.primary, google_firestore_database.chat]
 }
+### END SOLUTION
 
 # The app's front door (deploy/chat-gateway.yaml names both): the Gateway's address, and a
 # certificate Google issues once that name resolves to it (15-60 minutes after the Gateway).

@@ -208,6 +208,7 @@ def initial_state(project: str, **overrides: object) -> dict:
         "backend_seen": 0,
         "forwards": [],  # pids of the port-forwards started (the tests stop any left)
         "pod_polls": 0,
+        "cloud": {},  # what `terraform apply` made from the learner's files: cluster, database, document, bindings
         **overrides,
     }
 
@@ -271,6 +272,50 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
             raise Refused(f"ERROR: (gcloud.storage.rm) The following URLs matched no objects or files:\n{bucket}")
         state["buckets"] = [b for b in state["buckets"] if b != bucket]
         return f"Removing {bucket}/...\n"
+
+    def cluster_describe(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        name, region, made = call.args[0], call.flag("--region"), state["cloud"].get("cluster")
+        expect(call, format="json")
+        if not made or made["name"] != name or made["location"] != region:
+            raise Refused(f"ERROR: (gcloud.container.clusters.describe) ResponseError: code=404, message=Not found: "
+                          f"projects/{state['project']}/locations/{region}/clusters/{name}.\nNo cluster named '{name}' in "
+                          f"{state['project']}.")
+        return json.dumps({
+            "autopilot": {"enabled": True} if made["autopilot"] else {}, "createTime": "2026-12-04T09:12:03+00:00",
+            "currentMasterVersion": "1.33.5-gke.1080000", "endpoint": "34.56.78.90", "id": "9d3f5b1c0e2a4f6b8c7d5e3f1a2b4c6d",
+            "location": made["location"], "locations": [f"{made['location']}-a", f"{made['location']}-b", f"{made['location']}-c"],
+            "name": made["name"], "network": "default",
+            "releaseChannel": {"channel": "REGULAR"},
+            "selfLink": f"https://container.googleapis.com/v1/projects/{state['project']}/locations/{made['location']}/clusters/{made['name']}",
+            "status": "RUNNING", "subnetwork": "default",
+            "workloadIdentityConfig": {"workloadPool": f"{state['project']}.svc.id.goog"},
+        }, indent=2) + "\n"
+
+    def database_describe(call: Call) -> str:
+        known_project(call, call.flag("--project"))
+        expect(call, format="json")
+        name, made = call.flag("--database"), state["cloud"].get("database")
+        if not made or made["name"] != name:
+            raise Refused(f"ERROR: (gcloud.firestore.databases.describe) NOT_FOUND: Project '{state['project']}' or "
+                          f"database '{name}' does not exist.")
+        return json.dumps({
+            "appEngineIntegrationMode": "DISABLED", "concurrencyMode": "PESSIMISTIC",
+            "createTime": "2026-12-04T09:10:41.528204Z", "deleteProtectionState": "DELETE_PROTECTION_DISABLED",
+            "earliestVersionTime": "2026-12-04T09:10:41.528204Z", "etag": "IOPe8ImF6IkDMP/Eh4mF6IkD",
+            "locationId": made["locationId"], "name": f"projects/{state['project']}/databases/{made['name']}",
+            "pointInTimeRecoveryEnablement": "POINT_IN_TIME_RECOVERY_DISABLED", "type": made["type"],
+            "uid": "6a3d5f0e-2b1c-4d7e-9f8a-0b1c2d3e4f5a", "updateTime": "2026-12-04T09:10:41.528204Z",
+            "versionRetentionPeriod": "3600s",
+        }, indent=2) + "\n"
+
+    def iam_policy(call: Call) -> str:
+        known_project(call, call.args[0])
+        expect(call, format="json")
+        owner = {"members": [f"user:{state['account']}"], "role": "roles/owner"}
+        bindings = [owner] + [{"members": sorted(members), "role": role}
+                              for role, members in sorted(state["cloud"].get("bindings", {}).items())]
+        return json.dumps({"bindings": bindings, "etag": "BwY2mJ3k9Xo=", "version": 1}, indent=2) + "\n"
 
     def get_credentials(call: Call) -> str:
         known_project(call, call.flag("--project"))
@@ -345,6 +390,9 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("storage", "buckets", "create"): Spec({**project_flag, "--location": True}, (1, 1), buckets_create),
         ("storage", "rm"): Spec({**project_flag, "--recursive": False}, (1, None), storage_rm),
         ("container", "clusters", "get-credentials"): Spec({**project_flag, "--region": True}, (1, 1), get_credentials),
+        ("container", "clusters", "describe"): Spec({**project_flag, "--region": True, "--format": True}, (1, 1), cluster_describe),
+        ("firestore", "databases", "describe"): Spec({**project_flag, "--database": True, "--format": True}, (0, 0), database_describe),
+        ("projects", "get-iam-policy"): Spec({"--format": True}, (1, 1), iam_policy),
         ("auth", "list"): Spec({"--filter": True, "--format": True}, (0, 0), auth_list),
         ("auth", "application-default", "print-access-token"): Spec({}, (0, 0), print_access_token),
         ("billing", "projects", "describe"): Spec({"--format": True}, (1, 1), billing),
@@ -399,6 +447,8 @@ def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
         if state["terraform"] != "planned" or not (folder / call.args[0]).exists():
             raise Refused(f"╷\n│ Error: Failed to load \"{call.args[0]}\" as a plan file\n╵")
         state["terraform"] = "applied"
+        state["cloud"] = _made(folder)
+        _firestore_document(state, exists=True)
         tfvars = (folder / "terraform.tfvars").read_text()
         members = re.search(r"^iap_members\s*=\s*(\[.*\])$", tfvars, re.MULTILINE)
         state["iap_members"] = json.loads(members.group(1)) if members else []
@@ -421,12 +471,13 @@ def terraform_specs(state: State) -> dict[tuple[str, ...], Spec]:
     def destroy(call: Call) -> str:
         folder = infra(call)
         destroyed = resources(folder) if state["terraform"] == "applied" else 0
-        state["terraform"], state["kube_context"] = "initialized", None
+        _firestore_document(state, exists=False)
+        state["terraform"], state["kube_context"], state["cloud"] = "initialized", None, {}
         return f"\nDestroy complete! Resources: {destroyed} destroyed.\n"
 
     return {
         ("version",): Spec({}, (0, 0), version),
-        ("fmt",): Spec({"-check": False, "-recursive": False}, (0, 1), fmt),
+        ("fmt",): Spec({"-no-color": False, "-check": False, "-recursive": False}, (0, 1), fmt),
         ("init",): Spec({"-input": True}, (0, 0), init),
         ("plan",): Spec({"-input": True, "-out": True}, (0, 0), plan),
         ("apply",): Spec({"-input": True}, (1, 1), apply),
@@ -628,6 +679,57 @@ async def _forward(port: int, target_url: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
         await stop.wait()
+
+
+def _made(folder: Path) -> dict:
+    """What a real `terraform apply` of the learner's files makes: each resource's settings with
+    the variables (terraform.tfvars, else their defaults) and locals put in."""
+    sys.path.insert(0, str(ROOT))
+    from hybridchat.lab.check import CheckFailed
+    from hybridchat.lab.check_infra import read
+    from hybridchat.lab.terraform import parse
+
+    try:
+        config = read(folder)
+    except CheckFailed as unreadable:
+        raise Refused(f"╷\n│ Error: Invalid configuration\n│ \n│ {unreadable}\n╵") from None
+    variables = {**config.defaults, **parse(folder / "terraform.tfvars")}
+
+    def value(text: object) -> str:
+        text = str(config.resolved(text))
+        return re.sub(r"\$\{var\.(\w+)\}", lambda found: str(variables[found.group(1)]), text)
+
+    made: dict = {"bindings": {}}
+    for block in config.blocks:
+        body = block.body
+        if block.kind == "google_container_cluster":
+            made["cluster"] = {"name": value(body.get("name")), "location": value(body.get("location")),
+                               "autopilot": body.get("enable_autopilot") is True}
+        elif block.kind == "google_firestore_database":
+            made["database"] = {"name": value(body.get("name")), "type": value(body.get("type")),
+                                "locationId": value(body.get("location_id"))}
+        elif block.kind == "google_firestore_document":
+            made["document"] = [value(body.get("collection")), value(body.get("document_id"))]
+        elif block.kind == "google_project_iam_member":
+            made["bindings"].setdefault(value(body.get("role")), []).append(value(body.get("member")))
+    return made
+
+
+def _firestore_document(state: State, *, exists: bool) -> None:
+    """The learner's document in the Firestore emulator, where the tests run one: written by
+    apply, deleted with the database by destroy."""
+    made = state["cloud"]
+    if not os.environ.get("FIRESTORE_EMULATOR_HOST") or not made.get("document") or not made.get("database"):
+        return
+    from google.cloud import firestore
+
+    client = firestore.Client(project=state["project"], database=made["database"]["name"])
+    document = client.collection(made["document"][0]).document(made["document"][1])
+    if exists:
+        document.set({"created_by": "terraform"})
+    else:
+        document.delete()
+    client.close()
 
 
 # --- skaffold ----------------------------------------------------------------------------------
@@ -838,11 +940,12 @@ def stop_all(state_dir: Path) -> None:
         _stop(pid)
 
 
-def commands(state_dir: Path) -> list[str]:
-    """The command lines run since the last call: the repository's path written ``<repo>``,
-    a port-forward's free local port ``PORT``."""
+def commands(state_dir: Path, workspace: Path | None = None) -> list[str]:
+    """The command lines run since the last call: the repository's path written ``<repo>``, the
+    learner's workspace ``<workspace>``, a port-forward's free local port ``PORT``."""
     log = state_dir / "commands.log"
-    text = re.sub(r"port-forward (\S+) \d+:", r"port-forward \1 PORT:", log.read_text().replace(str(ROOT), "<repo>"))
+    text = log.read_text().replace(str(workspace), "<workspace>") if workspace else log.read_text()
+    text = re.sub(r"port-forward (\S+) \d+:", r"port-forward \1 PORT:", text.replace(str(ROOT), "<repo>"))
     log.write_text("")
     return text.splitlines()
 

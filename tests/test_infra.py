@@ -31,7 +31,7 @@ from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.vllm import HEALTH_PATH
 from hybridchat.config import Settings
 from hybridchat.iap import ASSERTION_HEADER
-from hybridchat.lab import gcp
+from hybridchat.lab import check_infra, gcp
 from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.lab.terraform import parse, resources
 from hybridchat.store import firestore
@@ -130,7 +130,7 @@ def test_firestore_database_document_and_registry():
 
 
 def test_workload_identity_grants_exactly_what_the_app_needs():
-    principal = terraform()["locals"][0]["ksa_principal"]
+    principal = next(block["ksa_principal"] for block in terraform()["locals"] if "ksa_principal" in block)
     assert principal == (
         "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/"
         "workloadIdentityPools/${var.project_id}.svc.id.goog/subject/ns/${var.namespace}/sa/${var.ksa_name}"
@@ -141,6 +141,13 @@ def test_workload_identity_grants_exactly_what_the_app_needs():
     assert all(g["member"] == "${local.ksa_principal}" for g in grants)
     assert all("${google_container_cluster.primary}" in g["depends_on"] for g in grants)
     assert "serviceAccountTokenCreator" not in (INFRA / "main.tf").read_text().replace("roles/iam.serviceAccountTokenCreator project-wide", "")
+
+
+def test_the_reference_passes_notebook_01s_checkers(capsys):
+    for checker in (check_infra.files, check_infra.cluster, check_infra.database, check_infra.document,
+                    check_infra.workload_identity):
+        checker(INFRA)
+    assert capsys.readouterr().out.count("✅") == 5
 
 
 def test_outputs_give_what_the_next_steps_need():

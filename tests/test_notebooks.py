@@ -25,13 +25,14 @@ from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
 from google.genai import types
 from playwright.sync_api import expect, sync_playwright
 from test_iap import turn as iap_turn
+from test_infra_exercise import blocks_written
 
 from hybridchat import learner
 from hybridchat.lab import check, gcp, terraform
 from hybridchat.lab.local import BackgroundServer, free_port, load_stage, stop_process
 from hybridchat.lab.make_exercises import build, strip_solutions
 from hybridchat.lab.shell import CommandFailed, command, run
-from hybridchat.lab.workspace import prepare
+from hybridchat.lab.workspace import learner_infra, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -104,6 +105,7 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     copies = [copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"]
     assert [copy.name for copy in copies] == [path.name for path in SOLUTIONS]
     stand_in = f"http://127.0.0.1:{lab_env['HYBRIDCHAT_LOCAL_PORT']}"
+    blocks_written(workspace / "infra")  # notebook 01's exercise, in the files, as a learner writes it
     texts = {}
     for copy in copies:
         learners_answers(copy)
@@ -117,6 +119,7 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
             launched_on_the_learners_code(workspace / "my_app", stand_in, seen)
     assert notebooks_folder() == before, "running the workspace's copies changed notebooks/"
     assert "The local stand-in is up at" in texts["02_deploy_gemma.ipynb"]
+    assert texts["01_provision_infra.ipynb"].count("✅") == 5, "the files, and each of the four blocks"
     assert "✅ process_message_gemma" in texts["03_history_translators.ipynb"]
     assert "✅ process_message_gemini" in texts["03_history_translators.ipynb"]
     assert "✅ call_gemma_model answered" in texts["04_model_callers.ipynb"]
@@ -158,7 +161,8 @@ def test_the_workspace_is_copied_once_and_a_learners_copy_is_never_replaced(tmp_
     workspace = tmp_path / "workspace"
     first = prepare(workspace)
     package = [workspace / "my_app" / name for name in ("__init__.py", "callers.py", "translators.py")]
-    assert first.copied == [workspace / path.name for path in SOLUTIONS] + package and first.kept == []
+    infra = [workspace / "infra" / path.name for path in sorted((ROOT / "infra").glob("*.tf"))]
+    assert first.copied == [workspace / path.name for path in SOLUTIONS] + package + infra and first.kept == []
     assert (workspace / "my_app" / "callers.py").read_bytes() == (NOTEBOOKS / "exercises" / "package" / "callers.py").read_bytes()
     exercise = workspace / "03_history_translators.ipynb"
     assert exercise.read_bytes() == (NOTEBOOKS / "exercises" / exercise.name).read_bytes(), "the exercise form"
@@ -183,8 +187,9 @@ def test_lab_solutions_asks_then_backs_up_the_learners_package(tmp_path):
     assert refused.returncode == 1 and mine.read_text() == "# the learner's translators", "nothing without a yes"
     done = subprocess.run(lab, input="y\n", capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    [backup] = workspace.glob("my_app.backup-*")
-    assert (backup / "translators.py").read_text() == "# the learner's translators"
+    [backup] = workspace.glob("backup-*")
+    assert (backup / "my_app" / "translators.py").read_text() == "# the learner's translators"
+    assert (workspace / "infra" / "main.tf").read_text() == (ROOT / "infra" / "main.tf").read_text(), "the blocks too"
     assert "### BEGIN SOLUTION" not in mine.read_text()
     check.gemma_translator(workspace / "my_app")
     check.gemini_translator(workspace / "my_app")
@@ -240,6 +245,7 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
 def test_nbval_runs_the_notebooks_too(lab_env, tmp_path):
     # Copies: the solutions write the learner's package beside themselves (my_app/).
     copies = [Path(shutil.copy(path, tmp_path)) for path in SOLUTIONS]
+    blocks_written(learner_infra(tmp_path / "infra"))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-sanitize-with", str(NOTEBOOKS / "nbval_sanitize.cfg"),
          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-q", *map(str, copies)],
@@ -269,13 +275,14 @@ def test_the_exercises_are_generated_from_the_solutions_and_up_to_date():
     exercises = NOTEBOOKS / "exercises"
     assert set(built) == {exercises / "03_history_translators.ipynb", exercises / "04_model_callers.ipynb",
                           exercises / "08_next_steps.ipynb", exercises / "package" / "translators.py",
-                          exercises / "package" / "callers.py"}
+                          exercises / "package" / "callers.py", exercises / "infra" / "main.tf"}
     for path, text in built.items():
         assert path.read_text() == text, (
             f"{path.name} is out of date: after changing a solution notebook, run `python -m "
             "hybridchat.lab.make_exercises` (it writes notebooks/exercises/ only; learners' work is in workspace/)"
         )
-        assert "### BEGIN SOLUTION" not in text and "raise NotImplementedError()" in text
+        stub = "# TODO: Create a GKE Autopilot cluster" if path.suffix == ".tf" else "raise NotImplementedError()"
+        assert "### BEGIN SOLUTION" not in text and stub in text
 
 
 def test_solution_regions_become_stubs_and_bad_markers_are_refused():
@@ -283,6 +290,8 @@ def test_solution_regions_become_stubs_and_bad_markers_are_refused():
     assert strip_solutions(source) == (
         "def f():\n    x = 1\n    # TODO: your code here (see the explanation above)\n    raise NotImplementedError()"
     )
+    terraform = '# TODO: Create it\n### BEGIN SOLUTION\nresource "a" "b" {\n}\n### END SOLUTION\n\nlocals {}\n'
+    assert strip_solutions(terraform, todo=None) == "# TODO: Create it\n\nlocals {}", "left out, its TODO kept"
     with pytest.raises(ValueError, match="never closed"):
         strip_solutions("### BEGIN SOLUTION\nx = 1")
     with pytest.raises(ValueError, match="without"):
@@ -501,14 +510,18 @@ GCP_COMMANDS = {
         f"gcloud services enable cloudresourcemanager.googleapis.com storage.googleapis.com --project={P}",
         f"gcloud storage buckets create gs://{P}_cloudbuild --project={P} --location=us-central1",
     ],
-    "01_provision_infra.ipynb": [
-        "terraform fmt -check -recursive <repo>/infra",
+    "01_provision_infra.ipynb": [  # in the learner's infra/, as they wrote it
+        "terraform fmt -no-color -check -recursive <workspace>/infra",
         f"gcloud projects describe {P} '--format=value(projectNumber)'",
         "gcloud auth list --filter=status:ACTIVE '--format=value(account)'",  # who may sign in: you
-        "terraform -chdir=<repo>/infra init -input=false",
-        "terraform -chdir=<repo>/infra plan -input=false -out=tfplan",
-        "terraform -chdir=<repo>/infra apply -input=false tfplan",
+        "terraform -chdir=<workspace>/infra init -input=false",
+        "terraform -chdir=<workspace>/infra plan -input=false -out=tfplan",
+        "terraform -chdir=<workspace>/infra apply -input=false tfplan",
         f"gcloud container clusters get-credentials gradio-chat-cluster --region=us-central1 --project={P}",
+        # check my progress, in the cloud
+        f"gcloud container clusters describe gradio-chat-cluster --region=us-central1 --project={P} --format=json",
+        f"gcloud firestore databases describe --database=chat-app-db --project={P} --format=json",
+        f"gcloud projects get-iam-policy {P} --format=json",
     ],
     "02_deploy_gemma.ipynb": [
         "kubectl create secret generic hf-secret '--from-literal=hf_api_token=****'",
@@ -532,7 +545,7 @@ GCP_COMMANDS = {
         "kubectl create configmap gradio-chat-iap '--from-literal=audience=****'",  # the log masks literals; the audience works (one_person_on_two_devices)
         "kubectl rollout restart deployment/gradio-chat",
         "kubectl rollout status deployment/gradio-chat --timeout=600s",
-        "terraform -chdir=<repo>/infra output -raw app_url",
+        "terraform -chdir=<workspace>/infra output -raw app_url",
         # one turn on each of the learner's paths, inside the app's pod
         "kubectl exec deployment/gradio-chat -- hybridchat ask 'What is the capital of France?' --model=my_gemma",
         "kubectl exec deployment/gradio-chat -- hybridchat ask 'What is the capital of France?' --model=my_gemini",
@@ -548,7 +561,7 @@ GCP_COMMANDS = {
         "kubectl delete secret gradio-chat-session --ignore-not-found",
         "kubectl delete secret gradio-chat-oauth --ignore-not-found",
         "kubectl delete configmap gradio-chat-iap --ignore-not-found",
-        "terraform -chdir=<repo>/infra destroy -input=false -auto-approve",
+        "terraform -chdir=<workspace>/infra destroy -input=false -auto-approve",
         f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
     ],
 }
@@ -559,6 +572,7 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     cloud_doubles.commands(cloud)
     workspace = tmp_path / "workspace"
     copies = [copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"]
+    blocks_written(workspace / "infra")
     # 08's experiments need Gemma deployed: in gcp mode it runs before 07's clean-up.
     for copy in sorted(copies, key=lambda path: path.name.startswith("07")):
         learners_answers(copy)
@@ -568,12 +582,13 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
         if copy.name.startswith("05"):
             seen = max((entry["id"] for entry in httpx.get(f"{stand_in}/stand-in/requests").json()), default=0)
         texts[copy.name] = outputs(execute(copy, copy, **parameters))
-        ran[copy.name] = cloud_doubles.commands(cloud)
+        ran[copy.name] = cloud_doubles.commands(cloud, workspace)
         if copy.name.startswith("05"):
             deployed_the_learners_code(workspace / "my_app", cloud, stand_in, seen)
         if copy.name.startswith("06"):
             across_devices = one_person_on_two_devices(cloud)
     assert ran == GCP_COMMANDS
+    assert texts["01_provision_infra.ipynb"].count("✅") == 5 + 4, "each block's checker, then the project's four"
     assert "Gemma · your code: " in texts["05_launch_app.ipynb"], "the pod answered through the learner's code"
     assert texts["00_setup.ipynb"].count("✅") == 7, "every preflight check passed"
     assert "2 Insufficient nvidia.com/gpu" in texts["02_deploy_gemma.ipynb"], "the Pending pod's events are shown"
@@ -587,7 +602,7 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     left = json.loads((cloud / "state.json").read_text())
     assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], {}, {}, None)
     assert (left["configmaps"], left["gateway"]) == ({}, None)
-    assert left["terraform"] == "initialized" and left["kube_context"] is None
+    assert left["terraform"] == "initialized" and left["kube_context"] is None and left["cloud"] == {}
     saved = [path.read_text() for path in workspace.glob("*.ipynb")]
     assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (
         "the HF token reached a notebook")

@@ -6,6 +6,8 @@
   Skaffold and Terraform commands of the workshop, and the waits and port-forward around them.
 * ``hybridchat.lab.preflight``: notebook 00's checks of a project before anything is created.
 * ``hybridchat.lab.local``: the local stand-in server and the app, started and stopped for a lab.
-* ``hybridchat.lab.check``: checker cells for the exercises.
-* ``python -m hybridchat.lab.make_exercises``: the exercise notebooks, from the solutions.
+* ``hybridchat.lab.check``: checker cells for the exercises of 03, 04 and 08 (the learner's package).
+* ``hybridchat.lab.check_infra``: checker cells for 01's Terraform exercise, and its "check my progress".
+* ``hybridchat.lab.workspace``: the learner's workspace: notebooks, package and Terraform, copied once.
+* ``python -m hybridchat.lab.make_exercises``: the exercises (notebooks, package, Terraform), from the solutions.
 """

@@ -5,8 +5,10 @@ In ``notebooks/*.ipynb``, learner code sits between ``### BEGIN SOLUTION`` and
 ``raise NotImplementedError()`` in ``notebooks/exercises/``. The learner's package is written by
 the notebooks' ``%%writefile my_app/MODULE.py`` cells: the first cell that writes each module
 gives its exercise form too, in ``notebooks/exercises/package/`` (beside its ``__init__.py``),
-which ``make lab`` copies to ``workspace/my_app``. ``--check`` only reports whether the
-exercises are up to date.
+which ``make lab`` copies to ``workspace/my_app``. In ``infra/*.tf`` the blocks learners write
+are marked the same way (HCL comments): their exercise form, in ``notebooks/exercises/infra/``,
+leaves out each region and keeps the ``# TODO`` comment above it. ``--check`` only reports whether
+the exercises are up to date.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+INFRA = NOTEBOOKS.parent / "infra"  # the Terraform, complete: the instructor's reference
 PACKAGE = NOTEBOOKS / "exercises" / "package"  # the learner's package in exercise form
+INFRA_EXERCISE = NOTEBOOKS / "exercises" / "infra"  # infra/'s files that have regions, in exercise form
 # A cell that writes a module of the learner's package (relative to the notebook: its folder's my_app/).
 WRITES_MODULE = re.compile(r"%%writefile[ \t]+my_app/(\w+\.py)[ \t]*\n")
 
 
-def strip_solutions(source: str, where: str = "cell", todo: str = "see the explanation above") -> str:
-    """``source`` with each solution region replaced by a stub that raises."""
+def strip_solutions(
+    source: str, where: str = "cell", todo: str | None = "see the explanation above"
+) -> str:
+    """``source`` with each solution region replaced by a stub that raises (Python), or left
+    out (``todo=None``: Terraform, whose ``# TODO`` comment above the region says what goes there)."""
     kept: list[str] = []
     indent: str | None = None
     for number, line in enumerate(source.splitlines(), 1):
@@ -35,9 +42,8 @@ def strip_solutions(source: str, where: str = "cell", todo: str = "see the expla
             if indent is not None:
                 raise ValueError(f"{where}, line {number}: {BEGIN} inside another solution")
             indent = line[: len(line) - len(line.lstrip())]
-            kept += [
-                f"{indent}# TODO: your code here ({todo})", f"{indent}raise NotImplementedError()"
-            ]
+            if todo is not None:
+                kept += [f"{indent}# TODO: your code here ({todo})", f"{indent}raise NotImplementedError()"]
         elif marker == END:
             if indent is None:
                 raise ValueError(f"{where}, line {number}: {END} without {BEGIN}")
@@ -91,6 +97,10 @@ def build(notebooks: Path = NOTEBOOKS) -> dict[Path, str]:
     for module, (name, text) in package_modules(notebooks).items():
         todo = f"notebook {name[:2]} explains it"
         built[notebooks / "exercises" / "package" / module] = strip_solutions(text, f"{name}, {module}", todo) + "\n"
+    for path in sorted((notebooks.parent / "infra").glob("*.tf")):
+        if BEGIN in (text := path.read_text()):
+            stripped = strip_solutions(text, f"infra/{path.name}", todo=None)
+            built[notebooks / "exercises" / "infra" / path.name] = stripped + "\n"
     return built
 
 

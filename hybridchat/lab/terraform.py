@@ -76,7 +76,7 @@ def output(name: str, infra: Path = INFRA) -> Command:
 
 
 def fmt_check(infra: Path = INFRA) -> Command:
-    return command("terraform", "fmt", "-check", "-recursive", str(infra))
+    return command("terraform", "fmt", "-no-color", "-check", "-recursive", str(infra))
 
 
 def init(infra: Path = INFRA) -> Command:

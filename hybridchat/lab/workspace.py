@@ -3,7 +3,9 @@
 ``hybridchat lab`` (``make lab``) copies each numbered notebook into ``workspace/`` (git-ignored)
 once — the exercise form where there is one, the notebook itself to read along otherwise — and
 the learner's package, ``workspace/my_app``, in exercise form: notebooks 03 and 04 write its
-modules, and the app runs them. Then it starts JupyterLab there. A file already in the
+modules, and the app runs them; and the Terraform, ``workspace/infra``, with the four blocks
+notebook 01 has the learner write left out: ``terraform apply`` creates what they wrote. Then it
+starts JupyterLab there. A file already in the
 workspace is the learner's and is never replaced; one the workshop adds later arrives.
 """
 
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridchat.lab.make_exercises import NOTEBOOKS, PACKAGE, solutions
+from hybridchat.lab.make_exercises import INFRA, INFRA_EXERCISE, NOTEBOOKS, PACKAGE, solutions
 
 WORKSPACE = NOTEBOOKS.parent / "workspace"
 # JupyterLab's defaults for the workspace: no prompt to fetch Jupyter's news from the internet.
@@ -48,6 +50,7 @@ def prepare(workspace: Path = WORKSPACE, notebooks: Path = NOTEBOOKS) -> Prepare
     for source in learner_notebooks(notebooks):
         _copy_once(source, workspace / source.name, prepared)
     learner_package(workspace / "my_app", notebooks, prepared)
+    learner_infra(workspace / "infra", notebooks, prepared)
     return prepared
 
 
@@ -62,6 +65,17 @@ def learner_package(
     return folder.resolve()
 
 
+def learner_infra(folder: Path = Path("infra"), notebooks: Path = NOTEBOOKS, prepared: Prepared | None = None) -> Path:
+    """The learner's Terraform: each of ``infra/*.tf``, in its exercise form where it has one,
+    made where missing (notebook 01 calls it for ``infra`` beside itself); its whole path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exercises = notebooks / INFRA_EXERCISE.relative_to(NOTEBOOKS)
+    for source in sorted((notebooks.parent / INFRA.name).glob("*.tf")):
+        exercise = exercises / source.name
+        _copy_once(exercise if exercise.exists() else source, folder / source.name, prepared or Prepared())
+    return folder.resolve()
+
+
 def _copy_once(source: Path, target: Path, prepared: Prepared) -> None:
     if target.exists():
         prepared.kept.append(target)
@@ -70,20 +84,23 @@ def _copy_once(source: Path, target: Path, prepared: Prepared) -> None:
         prepared.copied.append(target)
 
 
-def put_solutions(folder: Path, notebooks: Path = NOTEBOOKS) -> Path | None:
-    """Write the solution modules into the learner's package ``folder`` (for someone stuck, or
-    a demo); the learner's files are first moved to a backup folder beside it, returned."""
-    backup = None
-    written = solutions(notebooks)
-    mine = [folder / module for module in written if (folder / module).exists()]
-    if mine:
-        backup = folder.with_name(f"{folder.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}")
-        backup.mkdir(parents=True)
-        for path in mine:
-            shutil.copy2(path, backup / path.name)
-    learner_package(folder, notebooks)
-    for module, text in written.items():
-        (folder / module).write_text(text)
+def put_solutions(workspace: Path, notebooks: Path = NOTEBOOKS) -> Path | None:
+    """Write the solutions into a learner's workspace (for someone stuck, or a demo): the
+    package's modules and the Terraform with its blocks. The learner's files are first copied
+    to a backup folder in the workspace, returned."""
+    written = {Path("my_app") / module: text for module, text in solutions(notebooks).items()}
+    infra = notebooks.parent / INFRA.name
+    written |= {Path("infra") / path.name: path.read_text() for path in sorted(infra.glob("*.tf"))}
+    mine = [path for path in written if (workspace / path).exists()]
+    backup = workspace / f"backup-{time.strftime('%Y%m%d-%H%M%S')}" if mine else None
+    for path in mine:
+        assert backup is not None
+        (backup / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(workspace / path, backup / path)
+    learner_package(workspace / "my_app", notebooks)
+    learner_infra(workspace / "infra", notebooks)
+    for path, text in written.items():
+        (workspace / path).write_text(text)
     return backup
 
 
