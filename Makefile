@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 CHECKOV = .venv-checkov
 VLLM    = .venv-vllm
 
-.PHONY: setup browser haproxy run lab test bench clean
+.PHONY: setup browser haproxy run lab test bench screenshot clean
 
 setup: $(VENV)/.installed
 
@@ -66,9 +66,13 @@ test: setup browser haproxy $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# Prints a table and writes bench/results/*.json (about 11 minutes on 2 cores).
+# Prints a table, writes bench/results/*.json, and renders docs/performance.md and its plots from them.
 bench: setup haproxy $(VLLM)/.installed
 	$(BIN)/python -m bench.run
+
+# README's picture of the app, docs/images/chat.png: one chat through both models, in Chromium.
+screenshot: setup browser
+	$(BIN)/python -m bench.screenshot
 
 clean:
 	rm -rf $(VENV) $(CHECKOV) $(VLLM) .pytest_cache

