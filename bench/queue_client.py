@@ -58,7 +58,7 @@ def text_of(message: dict[str, Any]) -> str:
 
 
 def model_and_text(message: dict[str, Any]) -> tuple[str | None, str]:
-    """A reply's model, as the line the app puts over it names it (``app.model_line``), and
+    """A reply's model, as the line the app puts over it names it (``chat_view.model_line``), and
     its text; ``None`` for a message without that line."""
     text = text_of(message)
     found = _MODEL_LINE.match(text)

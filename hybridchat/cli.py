@@ -273,7 +273,8 @@ def doctor() -> None:
 
 def _identity_row(settings: Settings) -> list[Text]:
     """Who visitors are; with sign-in through IAP, whether its keys can be read and the audience is set."""
-    from hybridchat.iap import IapVerifier, SignInRefused
+    from hybridchat.errors import SignInRefused
+    from hybridchat.iap import IapVerifier
 
     source = settings.identity_source
     if settings.identity != "iap":

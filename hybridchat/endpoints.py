@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the backends import this module: it imports them only when 
     from google import genai
 
     from hybridchat.backends.gemini import GeminiBackend
-    from hybridchat.backends.vllm import VllmClient
+    from hybridchat.backends.vllm_client import VllmClient
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Endpoints:
     @classmethod
     def from_settings(cls, settings: Settings) -> Endpoints:
         from hybridchat.backends.gemini import GeminiBackend
-        from hybridchat.backends.vllm import VllmClient
+        from hybridchat.backends.vllm_client import VllmClient
 
         gemini = GeminiBackend(settings=settings, model=settings.gemini_model)
         return cls(VllmClient.from_settings(settings), gemini, settings.timeout)

@@ -37,6 +37,19 @@ class InputRefused(HybridChatError):
     """The message or a setting was refused; the text says why."""
 
 
+class SignInRefused(HybridChatError):
+    """A request without a valid IAP assertion (``hybridchat.iap``); ``status`` is the HTTP
+    answer (403, or 503 while sign-in cannot be checked)."""
+
+    def __init__(self, message: str, status: int = 403):
+        super().__init__(message)
+        self.status = status
+
+
+class SecretMissing(HybridChatError):
+    """No session secret is configured where one is required (``hybridchat.visitors``)."""
+
+
 class BackendError(HybridChatError):
     """A model backend could not produce an answer."""
 

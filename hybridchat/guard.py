@@ -25,7 +25,8 @@ from typing import Any
 
 import anyio
 
-from hybridchat.iap import ASSERTION_HEADER, IapVerifier, SignInRefused
+from hybridchat.errors import SignInRefused
+from hybridchat.iap import ASSERTION_HEADER, IapVerifier
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

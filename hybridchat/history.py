@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from google.genai import types
 
+from hybridchat.protocols import legacy
+
 Role = Literal["system", "user", "assistant"]
 Template = Literal["gemma", "codelab"]
 
@@ -53,6 +55,9 @@ _CODELAB_USER = "User's Turn:\n>>> {text}\n"
 _CODELAB_ASSISTANT = "Assistant's Turn:\n>>> {text}\n"
 _CODELAB_MARKER_LINE = re.compile(r"^(?=(?:user|assistant)'s turn:)", re.IGNORECASE | re.MULTILINE)
 _CODELAB_TURN_SPLIT = re.compile(r"^(User|Assistant)'s Turn:\n>>> ", re.MULTILINE)
+# Where a raw completion in each template stops, and where one runs on into a turn not its own.
+TEMPLATE_STOPS: dict[Template, tuple[str, ...]] = {"gemma": ("<end_of_turn>",), "codelab": ("User's Turn:",)}
+_NEXT_TURN = re.compile(r"<end_of_turn>|<start_of_turn>|user's turn:", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,34 @@ def looks_like_gemma_prompt(prompt: str) -> Template | None:
     if prompt.endswith(_CODELAB_ASSISTANT.format(text="")) and _CODELAB_TURN_SPLIT.search(prompt):
         return "codelab"
     return None
+
+
+def clean_gemma_output(raw: str, prompt: str = "") -> str:
+    """Only the model's new reply from a raw completion.
+
+    Strips an echoed prompt (plain, or the container's ``Prompt:\\n…\\nOutput:\\n…``), an
+    ``Output:`` prefix and any turn the model went on to invent (the codelab's rules).
+
+    >>> clean_gemma_output("Prompt:\\nUser's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n"
+    ...                    "Output:\\n Hello! User's Turn: more", "User's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n")
+    'Hello!'
+    """
+    wrapped = legacy.echoed(prompt, "")
+    if prompt and raw.startswith(wrapped):
+        text = raw[len(wrapped) :]
+    elif prompt and raw.startswith(prompt):
+        text = raw[len(prompt) :]
+    else:
+        text = raw
+        for opener in ("<start_of_turn>model\n", "Assistant's Turn:\n>>>"):
+            _, found, after = text.rpartition(opener)
+            if found:
+                text = after
+                break
+    text = _NEXT_TURN.split(text, maxsplit=1)[0].lstrip()
+    if text.lower().startswith("output:"):
+        text = text[len("output:") :]
+    return text.strip()
 
 
 def _prepared(messages: Sequence[Message], system_prompt: str | None) -> tuple[str | None, list[Message]]:

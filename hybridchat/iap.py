@@ -26,7 +26,7 @@ import httpx
 from google.auth import exceptions, jwt
 
 from hybridchat.config import IAP_KEYS_URL
-from hybridchat.errors import HybridChatError
+from hybridchat.errors import SignInRefused
 from hybridchat.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,6 @@ SIGN_OUT_PATH = "/_gcp_iap/clear_login_cookie"  # IAP answers it: clears its coo
 KEYS_KEPT_FOR = 3600.0  # IAP rotates its keys slowly and publishes new ones ahead of use
 KEYS_REFETCH_AFTER = 60.0  # an unknown key id refetches at most once a minute (ids are free to make up)
 CLOCK_SKEW = 30  # seconds: IAP's clock and the pod's may differ a little
-
-
-class SignInRefused(HybridChatError):
-    """A request without a valid IAP assertion; ``status`` is the HTTP answer (403, or 503
-    while sign-in cannot be checked)."""
-
-    def __init__(self, message: str, status: int = 403):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from google.genai import types
 from pydantic import ValidationError
 
+from hybridchat import serve_local_wire as wire
 from hybridchat.backends.base import GenerationParams, ReplyStream
 from hybridchat.backends.local import LocalModel
 from hybridchat.errors import ContextOverflow
@@ -153,7 +153,7 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         )
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_chat_chunks(reply, ident, created, served, usage))
+            return wire.sse(wire.chat_chunks(reply, ident, created, served, usage))
         text = "".join(reply)
         return openai.ChatCompletion(
             id=ident,
@@ -162,7 +162,7 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
             choices=[
                 openai.ChatChoice(message=openai.AssistantMessage(content=text), finish_reason=reply.finish_reason)
             ],
-            usage=_usage(reply),
+            usage=wire.usage_of(reply),
         )
 
     @app.post("/v1/completions", response_model=None)
@@ -174,14 +174,14 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
                        model=body.model, prompt=body.prompt)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_completion_chunks(reply, ident, created, served, usage))
+            return wire.sse(wire.completion_chunks(reply, ident, created, served, usage))
         text = "".join(reply)
         return openai.Completion(
             id=ident,
             created=created,
             model=served,
             choices=[openai.CompletionChoice(text=text, finish_reason=reply.finish_reason)],
-            usage=_usage(reply),
+            usage=wire.usage_of(reply),
         )
 
     @app.post("/generate")
@@ -224,9 +224,9 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         contents = [{"role": c.role, "text": "".join(p.text or "" for p in c.parts or [])} for c in body.contents]
         reply = record(f"gemini:{action}", params, model.stream(messages, params), model=name, contents=contents)
         if action == "streamGenerateContent":
-            return _sse(_gemini_chunks(reply, version), separator="\r\n\r\n")
+            return wire.sse(wire.gemini_chunks(reply, version), separator="\r\n\r\n")
         text = "".join(reply)
-        return Response(gemini_wire.dump(_gemini_response(text, reply, version)), media_type="application/json")
+        return Response(gemini_wire.dump(wire.gemini_response(text, reply, version)), media_type="application/json")
 
     return app
 
@@ -292,89 +292,6 @@ def _gemini_messages(body: gemini_wire.GenerateContentRequest) -> list[dict[str,
         history.append({"role": "system", "content": text(body.system_instruction)})
     history += [{"role": content.role or "user", "content": text(content)} for content in body.contents]
     return [{"role": m.role, "content": m.content} for m in normalize_history(history)]
-
-
-def _usage(reply: ReplyStream) -> openai.Usage | None:
-    if reply.usage is None:
-        return None
-    prompt, completion = reply.usage.prompt_tokens, reply.usage.completion_tokens
-    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-def _chat_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
-    def chunk(delta: openai.Delta, finish: str | None = None) -> str:
-        choice = openai.ChatChunkChoice(delta=delta, finish_reason=finish)
-        return openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[choice]).model_dump_json()
-
-    yield chunk(openai.Delta(role="assistant", content=""))
-    for piece in reply:
-        yield chunk(openai.Delta(content=piece))
-    yield chunk(openai.Delta(), finish=reply.finish_reason)
-    if include_usage:
-        last = openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=_usage(reply))
-        yield last.model_dump_json()
-    yield "[DONE]"
-
-
-def _completion_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
-    def chunk(text: str, finish: str | None = None, usage: openai.Usage | None = None) -> str:
-        choices = [] if usage else [openai.CompletionChoice(text=text, finish_reason=finish)]
-        return openai.Completion(id=ident, created=created, model=name, choices=choices, usage=usage).model_dump_json()
-
-    for piece in reply:
-        yield chunk(piece)
-    yield chunk("", finish=reply.finish_reason)
-    if include_usage:
-        yield chunk("", usage=_usage(reply))
-    yield "[DONE]"
-
-
-def _gemini_chunks(reply: ReplyStream, version: str) -> Iterator[str]:
-    for piece in reply:
-        yield gemini_wire.dump(_gemini_response(piece, None, version))
-    yield gemini_wire.dump(_gemini_response("", reply, version))
-
-
-def _gemini_response(text: str, finished: ReplyStream | None, version: str) -> types.GenerateContentResponse:
-    """A response or chunk; ``finished``: the exhausted reply, for its finish reason and usage."""
-    usage, finish = None, None
-    if finished is not None:
-        finish = types.FinishReason.MAX_TOKENS if finished.finish_reason == "length" else types.FinishReason.STOP
-        counted = _usage(finished)
-        if counted is not None:
-            usage = types.GenerateContentResponseUsageMetadata(
-                prompt_token_count=counted.prompt_tokens,
-                candidates_token_count=counted.completion_tokens,
-                total_token_count=counted.total_tokens,
-            )
-    return types.GenerateContentResponse(
-        candidates=[
-            types.Candidate(
-                content=types.Content(role="model", parts=[types.Part(text=text)]),
-                finish_reason=finish,
-                index=0,
-            )
-        ],
-        usage_metadata=usage,
-        model_version=version,
-    )
-
-
-def _sse(events: Iterator[str], separator: str = "\n\n") -> StreamingResponse:
-    def frames() -> Iterator[str]:
-        try:
-            for event in events:
-                yield f"data: {event}{separator}"
-        except Exception as exc:  # headers are sent: report in-band, as vLLM does
-            log.exception("generation failed mid-stream")
-            body = openai.ErrorResponse(
-                error=openai.ErrorInfo(
-                    message=f"generation failed: {type(exc).__name__}", type="InternalServerError", code=500
-                )
-            )
-            yield f"data: {body.model_dump_json()}{separator}"
-
-    return StreamingResponse(frames(), media_type="text/event-stream")
 
 
 def _speaks_vllm(request: Request) -> bool:

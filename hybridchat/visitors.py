@@ -28,13 +28,9 @@ import tempfile
 from pathlib import Path
 
 from hybridchat.config import Settings
-from hybridchat.errors import HybridChatError
+from hybridchat.errors import SecretMissing
 
 _MAX_TOKEN = 200  # an issued token is 76 characters; anything much longer is not ours
-
-
-class SecretMissing(HybridChatError):
-    """No session secret is configured where one is required."""
 
 
 class VisitorIds:

@@ -19,7 +19,7 @@ from tests_support import api_key_client
 
 from bench.queue_client import model_and_text
 from bench.run import Pace, paced_server, serving
-from hybridchat.app import create_app, model_choices
+from hybridchat.app import create_app
 from hybridchat.backends import (
     ChatBackend,
     GenerationParams,
@@ -31,6 +31,7 @@ from hybridchat.backends import (
 )
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.chat import ChatService, Conversation
+from hybridchat.chat_view import model_choices
 from hybridchat.config import Settings
 from hybridchat.errors import InputRefused, SessionNotFound
 from hybridchat.history import Message

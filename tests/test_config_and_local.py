@@ -215,3 +215,23 @@ def test_docs_settings_is_generated_from_the_fields_and_the_manifests_set_only_s
         if doc and doc["kind"] == "Deployment":
             set_there |= {e["name"] for e in doc["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     assert set_there and set_there <= fields, f"the manifest sets what the app never reads: {set_there - fields}"
+
+
+def test_every_error_drawn_in_errors_is_defined_there_and_every_package_exports_its_public_names():
+    import inspect
+    import re
+
+    import hybridchat.backends
+    import hybridchat.store
+    from hybridchat import errors
+
+    drawn = set(re.findall(r"(?:├──|└──|^    )\s*(\w+Error|\w+Refused|\w+Missing|\w+Unavailable|\w+Loading|\w+Timeout|"
+                           r"\w+Rejected|\w+Overflow|\w+NotFound|\w+Exceeded|\w+Blocked|\w+Response|\w+Credentials|"
+                           r"\w+Failed)\b", errors.__doc__ or "", re.MULTILINE))
+    defined = {name for name, value in vars(errors).items() if inspect.isclass(value) and issubclass(value, Exception)
+               and value.__module__ == errors.__name__}
+    assert drawn == defined, f"drawn but not defined: {drawn - defined}; defined but not drawn: {defined - drawn}"
+    for package in (hybridchat.backends, hybridchat.store):
+        public = {name for name, value in vars(package).items() if not name.startswith("_") and not inspect.ismodule(value)
+                  and f"{getattr(value, '__module__', '')}.".startswith(package.__name__ + ".")}
+        assert set(package.__all__) == public, f"{package.__name__}: __all__ {set(package.__all__) ^ public}"

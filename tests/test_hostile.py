@@ -24,8 +24,9 @@ from test_reliability import chat, visitor
 
 from bench.queue_client import QueueClient, text_of
 from bench.run import Pace, app_server, paced_server, serving
-from hybridchat.app import create_app, to_messages
+from hybridchat.app import create_app
 from hybridchat.backends import RetryPolicy, VllmBackend, VllmClient
+from hybridchat.chat_view import to_messages
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.sanitize import safe_markdown

@@ -20,7 +20,8 @@ from test_reliability import visitor
 from bench.queue_client import QueueClient
 from bench.run import Pace, app_server, paced_server
 from hybridchat.config import Settings
-from hybridchat.iap import ASSERTION_HEADER, IapVerifier, SignInRefused
+from hybridchat.errors import SignInRefused
+from hybridchat.iap import ASSERTION_HEADER, IapVerifier
 from hybridchat.lab.local import BackgroundServer
 
 AUDIENCE = "/projects/123456789012/global/backendServices/4242424242"

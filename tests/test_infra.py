@@ -28,7 +28,7 @@ from bench.run import serving
 from hybridchat import cli
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
-from hybridchat.backends.vllm import HEALTH_PATH
+from hybridchat.backends.vllm_client import HEALTH_PATH
 from hybridchat.config import Settings
 from hybridchat.iap import ASSERTION_HEADER
 from hybridchat.lab import check_infra, gcp

@@ -9,7 +9,6 @@ import pytest
 from fault_server import REPLY
 
 from hybridchat.backends import GenerationParams, RetryPolicy, VllmBackend, VllmClient, call_gemma_model
-from hybridchat.backends.vllm import clean_gemma_output
 from hybridchat.config import Settings
 from hybridchat.errors import (
     BackendError,
@@ -21,7 +20,7 @@ from hybridchat.errors import (
     ModelNotFound,
     QuotaExceeded,
 )
-from hybridchat.history import conversation, process_message_gemma, process_message_openai
+from hybridchat.history import clean_gemma_output, conversation, process_message_gemma, process_message_openai
 from hybridchat.protocols.legacy import echoed
 from hybridchat.serve_local import STAND_IN_PREFIX
 
@@ -153,7 +152,7 @@ def test_what_other_openai_compatible_servers_send_is_read(fault_server):
 def test_a_client_error_keeps_the_servers_reason_for_the_log_and_is_not_retried(fault_server, caplog):
     fault_server.mode = "bad_request"
     backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
-    with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm"):
+    with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm_errors"):
         with pytest.raises(BackendRejected) as refused:
             backend.complete("Hi", [])
     assert str(refused.value) == "Gemma refused the request (HTTP 400)"
@@ -205,7 +204,7 @@ def test_a_server_stopping_mid_reply_is_told_in_our_words(fault_server, caplog, 
     fault_server.mode = mode
     backend = VllmBackend(client(fault_server.url, model="m"), label="Gemma")
     received = []
-    with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm"):
+    with caplog.at_level(logging.WARNING, logger="hybridchat.backends.vllm_errors"):
         with pytest.raises(BackendError) as stopped:
             for piece in backend.stream(conversation("Hi"), GenerationParams()):
                 received.append(piece)

@@ -23,7 +23,8 @@ from hybridchat.backends.base import (
 from hybridchat.backends.gemini import GeminiBackend, call_gemini_model, gemini_label
 from hybridchat.backends.learner import HYBRIDCHAT, Family, LearnerBackend, LearnerCode
 from hybridchat.backends.local import LocalBackend
-from hybridchat.backends.vllm import VllmBackend, VllmClient, call_gemma_model
+from hybridchat.backends.vllm import VllmBackend, call_gemma_model
+from hybridchat.backends.vllm_client import VllmClient
 from hybridchat.config import Settings
 from hybridchat.endpoints import Endpoints
 
@@ -48,6 +49,7 @@ __all__ = [
     "call_gemini_model",
     "call_gemma_model",
     "estimate_tokens",
+    "gemini_label",
 ]
 
 

@@ -1,0 +1,353 @@
+"""The chat page, laid out and wired the way Gradio's own ``ChatInterface`` is: ``ChatUI``.
+
+Visitors are told apart by an id the server issues and signs, kept in their browser
+(``gr.BrowserState``, ``hybridchat.visitors``), by user name when login is on, or, signed in
+with Google through IAP, by e-mail: the same person then has the same chats on every device
+(``hybridchat.iap``). ``hybridchat.app.create_app`` serves it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import gradio as gr
+from gradio.blocks import Block
+
+from hybridchat.backends import GenerationParams, LearnerCode
+from hybridchat.chat import ChatService, Conversation, Progress
+from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, model_choices, to_messages
+from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
+from hybridchat.guard import SIGNED_IN
+from hybridchat.iap import SIGN_OUT_PATH, IapVerifier
+from hybridchat.limits import Limits
+from hybridchat.sanitize import safe_markdown
+from hybridchat.visitors import VisitorIds
+
+log = logging.getLogger(__name__)
+
+SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older chats" is pressed
+
+
+Updates = dict[Block, Any]  # a handler's updates, by component; the others stay as they are
+Ask = Callable[[Conversation, GenerationParams], Iterator[Progress]]
+
+
+class ChatUI:
+    """The chat page, laid out and wired the way Gradio's own ``ChatInterface`` is: the
+    ``_render_*`` methods place the components, ``_setup_events`` connects them to the handlers,
+    and each handler returns its updates by component."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        *,
+        auth_enabled: bool,
+        sign_in: IapVerifier | None = None,
+        visitor_ids: VisitorIds,
+        limits: Limits,
+        stream_interval: float,
+        learner: LearnerCode | None = None,
+    ):
+        self.service = service
+        self.learner = learner  # a learner's package, answering the models marked "your code"
+        self.auth_enabled = auth_enabled
+        self.sign_in = sign_in
+        self.visitor_ids = visitor_ids
+        self.limits = limits
+        self.stream_interval = stream_interval
+        with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as self.demo:
+            self._render_state()
+            self._render_sidebar()
+            self._render_chat()
+            self._render_settings()
+            self._setup_events()
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def _render_state(self) -> None:
+        self.browser = gr.BrowserState(
+            {"visitor": None, "session": None}, storage_key="hybridchat", secret=self.visitor_ids.browser_storage_key()
+        )
+        self.conversation = gr.State(None)
+        self.shown = gr.State(SIDEBAR_PAGE)  # how many chats the sidebar lists
+
+    def _render_sidebar(self) -> None:
+        with gr.Sidebar(label="Chats"):
+            self.new_button = gr.Button("New chat", variant="primary")
+            self.sessions = gr.Radio(label="Your chats", choices=[], elem_id="sessions")
+            self.older_button = gr.Button("Older chats", size="sm", visible=False, elem_id="older")
+            self.delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
+
+    def _render_chat(self) -> None:
+        gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
+        self.signed_in = gr.Markdown(visible=False, elem_id="signed-in")
+        self.learner_note = gr.Markdown(visible=False, elem_id="learner-code")
+        labels = [(backend.label, name) for name, backend in self.service.backends.items()]
+        self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
+        self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
+        self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
+        with gr.Row():
+            self.box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True)
+            self.send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            self.stop_button = gr.Button("Stop", scale=1, elem_id="stop")
+
+    def _render_settings(self) -> None:
+        with gr.Accordion("Settings", open=False):
+            self.temperature = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Temperature")
+            self.top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.05, label="Top-p")
+            first = next(iter(self.service.backends.values()))
+            self.max_tokens = gr.Slider(1, 4096, value=first.default_max_tokens, step=1, label="Max tokens")
+            self.persona = gr.Textbox(
+                label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2,
+                info=PERSONA_ON_YOUR_PATH if self.learner else None,
+            )
+
+    def _setup_events(self) -> None:
+        chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions]
+        self.demo.load(
+            self.start, [self.browser, self.shown],
+            [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
+             self.signed_in, self.max_tokens, self.recheck, self.learner_note],
+            api_visibility="private",
+        )
+        self.recheck.tick(self.recheck_models, None, [self.model, self.recheck], api_visibility="private",
+                          show_progress="hidden")
+        settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
+        inputs = [self.box, self.conversation, *settings]
+        sent: list[dict[str, Any]] = [  # Gradio's Dependency is a dict
+            self.box.submit(self.chat, inputs, chat_view, api_name="chat"),
+            self.send_button.click(self.chat, inputs, chat_view, api_visibility="private"),
+            self.chatbot.retry(self.retry, [self.conversation, *settings], chat_view, api_visibility="private"),
+        ]
+        self.stop_button.click(None, cancels=sent)
+        self.sessions.input(
+            self.open_session, [self.sessions, self.browser],
+            [self.conversation, self.chatbot, self.browser, self.model], api_visibility="private",
+        )
+        for starts_over in (self.new_button.click, self.chatbot.clear):
+            starts_over(
+                self.new_chat, [self.browser], [self.conversation, self.chatbot, self.browser, self.sessions],
+                api_visibility="private",
+            )
+        # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
+        self.delete_button.click(
+            self.delete_chat, [self.conversation, self.browser, self.shown],
+            [self.conversation, self.chatbot, self.browser, self.sessions, self.older_button],
+            cancels=sent, api_visibility="private",
+        )
+        self.older_button.click(
+            self.show_older, [self.conversation, self.browser, self.shown],
+            [self.shown, self.sessions, self.older_button], api_visibility="private",
+        )
+
+    # --- handlers (Gradio names each event after its handler: the API's names) -------------
+
+    def start(self, browser: dict[str, Any] | None, shown: int, request: gr.Request) -> Updates:
+        owner, browser = self._owner_of(browser, request)
+        updates: Updates = {self.browser: browser, **self.recheck_models()}
+        if self.sign_in is not None:
+            updates[self.signed_in] = gr.Markdown(
+                f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True
+            )
+        if self.learner is not None:  # imported again if a file changed: a fixed file needs only a reload
+            updates[self.learner_note] = gr.Markdown(self.learner.status(), visible=True)
+        try:
+            conversation = self._resume(owner, browser)
+        except StoreError as exc:
+            gr.Warning(f"Your chat cannot be loaded right now: {exc}")
+            return updates | {self.conversation: None, self.chatbot: []}
+        available = [name for label, name in updates[self.model].choices if UNAVAILABLE not in label]
+        model = self._last_model(conversation, available)
+        return updates | {
+            self.conversation: conversation,
+            self.chatbot: self._messages(conversation),
+            self.model: gr.Dropdown(choices=updates[self.model].choices, value=model),
+            self.max_tokens: self.service.backends[model].default_max_tokens,
+            **self._sidebar(owner, conversation.session_id, shown),
+        }
+
+    def recheck_models(self) -> Updates:
+        """The selector's entries as the models are now; rechecked while one is unavailable."""
+        models = model_choices(self.service.backends)
+        waiting = any(UNAVAILABLE in label for label, _ in models)
+        return {self.model: gr.Dropdown(choices=models), self.recheck: gr.Timer(active=waiting)}
+
+    def chat(
+        self, message: str, conversation: Conversation | None, model: str, temperature: float, top_p: float,
+        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
+        def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
+            return self.service.respond(conversation, message, model, params)
+
+        yield from self._turn(
+            ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request
+        )
+
+    def retry(
+        self, conversation: Conversation | None, model: str, temperature: float, top_p: float, max_tokens: int,
+        persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
+        """Ask again for the last reply (the earlier attempt stays in the saved history)."""
+        if conversation is None or not conversation.turns:
+            yield self._unchanged()
+            return
+
+        def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
+            return self.service.retry(conversation, model, params)
+
+        yield from self._turn(ask, None, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+
+    def _turn(
+        self, ask: Ask, message: str | None, conversation: Conversation | None, temperature: float, top_p: float,
+        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
+        """Stream the reply ``ask`` gives. ``message``: what goes back in the box when the turn
+        cannot go (``None``: the box is left as it is)."""
+        owner, browser = self._owner_of(browser, request)
+        kept = {self.box: message} if message is not None else {}
+        if conversation is None or conversation.owner != owner:
+            try:
+                conversation = self._resume(owner, browser)
+            except StoreError as exc:
+                # Not a new chat in its place: the message waits in the box until it can go on.
+                gr.Warning(f"Your chat cannot be loaded right now, so the message was not sent: {exc}")
+                yield kept | {self.conversation: None, self.browser: browser}
+                return
+        with ExitStack() as held:
+            try:
+                params = GenerationParams.checked(
+                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
+                )
+                # A signed-in person is one person; behind the load balancer every address is its own.
+                client = owner if self.sign_in is not None else request.client.host if request.client else None
+                held.enter_context(self.limits.turn(owner, client))
+                progress = ask(conversation, params)
+                first = next(progress)
+            except InputRefused as exc:
+                gr.Warning(str(exc))
+                yield kept | {self.chatbot: self._messages(conversation), self.conversation: conversation,
+                              self.browser: browser}
+                return
+            shown_at = None
+            for update in itertools.chain([first], progress):
+                if update.turn is None:
+                    # The first piece at once, then at most one update per interval: Gradio re-sends
+                    # the whole chat each time. Only the chat changes; the rest is sent at the end.
+                    # The browser state and sidebar are given as they are, not left out: Gradio
+                    # rebuilds a component for every one left out, a third of its time under load.
+                    now = time.monotonic()
+                    if not self.service.stream or (shown_at is not None and now - shown_at < self.stream_interval):
+                        continue
+                    shown_at = now
+                    yield {self.chatbot: self._messages(conversation, update), self.box: "",
+                           self.browser: browser, self.sessions: conversation.session_id}
+                    continue
+                if update.notice:
+                    gr.Warning(update.notice)
+                browser["session"] = conversation.session_id
+                yield {
+                    self.chatbot: self._messages(conversation),
+                    self.box: "",
+                    self.conversation: conversation,
+                    self.browser: browser,
+                    self.sessions: self._sidebar(owner, conversation.session_id, shown, older=False).get(
+                        self.sessions, gr.skip()
+                    ),
+                }
+
+    def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
+        owner, browser = self._owner_of(browser, request)
+        if not session_id:
+            return self._unchanged()
+        try:
+            conversation = self.service.open(owner, session_id)
+        except HybridChatError as exc:
+            gr.Warning(str(exc))
+            return self._unchanged()
+        browser["session"] = session_id
+        return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser,
+                self.model: self._last_model(conversation)}
+
+    def new_chat(self, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
+        owner, browser = self._owner_of(browser, request)
+        browser["session"] = None
+        return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
+                self.sessions: gr.Radio(value=None)}
+
+    def delete_chat(
+        self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
+    ) -> Updates:
+        owner, browser = self._owner_of(browser, request)
+        if conversation is not None and conversation.session_id:
+            try:
+                self.service.delete(owner, conversation.session_id)
+            except HybridChatError as exc:
+                gr.Warning(str(exc))
+        browser["session"] = None
+        return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
+                **self._sidebar(owner, None, shown)}
+
+    def show_older(
+        self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
+    ) -> Updates:
+        owner, _ = self._owner_of(browser, request)
+        shown += SIDEBAR_PAGE
+        return {self.shown: shown, **self._sidebar(owner, conversation.session_id if conversation else None, shown)}
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _owner_of(self, browser: dict[str, Any] | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
+        browser = dict(browser) if isinstance(browser, dict) else {}  # whatever the client sent
+        if self.sign_in is not None:
+            # Who Guard found in IAP's signed assertion (never the unsigned e-mail header).
+            return str(getattr(request.state, SIGNED_IN).email), browser
+        if self.auth_enabled and request.username:
+            return f"user:{request.username}", browser
+        visitor = self.visitor_ids.verify(browser.get("visitor"))
+        if visitor is None:  # a new browser, or an id this server did not issue
+            visitor = self.visitor_ids.new_id()
+            browser = {"visitor": self.visitor_ids.token_for(visitor), "session": None}
+        return f"visitor:{visitor}", browser
+
+    def _sidebar(self, owner: str, selected: str | None, shown: int, *, older: bool = True) -> Updates:
+        """The sidebar's newest ``shown`` entries, (title · date, session id), and (``older``)
+        the button that shows older ones, if there are; left as they are while the store cannot
+        list them (the turn or page load has said why)."""
+        try:
+            sessions = self.service.sessions(owner, shown + 1)
+        except HybridChatError as exc:
+            log.debug("sessions not listed: %s", exc)
+            return {}
+        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id)
+                   for s in sessions[:shown]]
+        listed: Updates = {self.sessions: gr.Radio(choices=choices, value=selected)}
+        return listed | {self.older_button: gr.Button(visible=len(sessions) > shown)} if older else listed
+
+    def _resume(self, owner: str, browser: dict[str, Any]) -> Conversation:
+        """The session this browser was in, if it is still there and its own; ``StoreError``
+        while the store cannot say (the browser keeps its session for later)."""
+        if browser.get("session"):
+            try:
+                return self.service.open(owner, browser["session"])
+            except SessionNotFound:
+                browser["session"] = None
+        return Conversation(owner)
+
+    def _last_model(self, conversation: Conversation, available: list[str] | None = None) -> str:
+        """The model of the chat's last turn, where it is still offered; else the first one
+        ``available`` (a learner's code that does not load leaves hybridchat's path), else the first."""
+        last = conversation.turns[-1].model if conversation.turns else None
+        return last if last in self.service.backends else next(iter(available or self.service.backends))
+
+    def _unchanged(self) -> Updates:
+        # One output left as it is (Gradio leaves the others so too; an empty dict is an error).
+        return {self.conversation: gr.skip()}
+
+    def _messages(self, conversation: Conversation, pending: Progress | None = None) -> list[dict[str, str]]:
+        labels = {name: backend.label for name, backend in self.service.backends.items()}
+        return to_messages(conversation.turns, pending, labels)

@@ -1,0 +1,66 @@
+"""What the chat page shows of the models and the turns: the model selector's entries and the
+chat's messages, each reply under the name of the model (and whose code) that wrote it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from hybridchat.backends import ChatBackend
+from hybridchat.chat import Progress
+from hybridchat.sanitize import safe_markdown
+from hybridchat.store import Turn
+
+
+def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
+    """Selector entries, checked in parallel: an unreachable model stays listed, with why."""
+    with ThreadPoolExecutor(max_workers=len(backends)) as pool:
+        health = dict(zip(backends, pool.map(lambda b: b.health(), backends.values())))
+    return [
+        (backend.label if health[name].ok else f"{backend.label}{UNAVAILABLE}{health[name].detail}", name)
+        for name, backend in backends.items()
+    ]
+
+
+UNAVAILABLE = " — unavailable: "
+# While a model is unavailable the selector asks again this often, so that a model that has
+# finished loading is shown as such without a reload.
+RECHECK_SECONDS = 10
+PERSONA_ON_YOUR_PATH = (
+    "Sent on hybridchat's path only. On your code's path a system prompt is your translators' job (notebook 08)."
+)
+
+
+_MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tokens limit)*"}
+
+
+def to_messages(
+    turns: list[Turn], pending: Progress | None = None, labels: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """The chat display of saved turns, plus a turn still streaming; each reply under the name
+    of the model that wrote it (``labels``: by backend, for turns saved without one)."""
+    messages: list[dict[str, str]] = []
+    for turn in turns:
+        label = turn.model_label or (labels or {}).get(turn.model, turn.model)
+        messages += _shown(turn.user, label, turn.reply, turn.notice, _MARKS.get(turn.status), turn.error)
+    if pending is not None:
+        messages += _shown(pending.message, pending.label, pending.reply, pending.context_note)
+    return messages
+
+
+def _shown(
+    message: str, label: str, reply: str, note: str | None = None, mark: str | None = None, error: str | None = None
+) -> list[dict[str, str]]:
+    # Every text shown goes through safe_markdown: replies, servers' error texts and the model
+    # names servers report are not ours.
+    parts = [model_line(label), f"ℹ️ *{note}*" if note else "", safe_markdown(reply), mark or "",
+             f"⚠️ {safe_markdown(error)}" if error else ""]
+    return [
+        {"role": "user", "content": safe_markdown(message)},
+        {"role": "assistant", "content": "\n\n".join(p for p in parts if p)},
+    ]
+
+
+def model_line(label: str) -> str:
+    """The small line over a reply that names the model that wrote it."""
+    return f"<sub>{safe_markdown(label)}</sub>"

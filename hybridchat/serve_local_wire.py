@@ -1,0 +1,99 @@
+"""The stand-in's replies in each protocol's wire format: vLLM's streamed chat and completion
+chunks (OpenAI's), Gemini's responses and chunks, and the server-sent events around them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from fastapi.responses import StreamingResponse
+from google.genai import types
+
+from hybridchat.backends.base import ReplyStream
+from hybridchat.protocols import gemini as gemini_wire
+from hybridchat.protocols import openai
+
+log = logging.getLogger("hybridchat.serve_local")
+
+
+def usage_of(reply: ReplyStream) -> openai.Usage | None:
+    if reply.usage is None:
+        return None
+    prompt, completion = reply.usage.prompt_tokens, reply.usage.completion_tokens
+    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def chat_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
+    def chunk(delta: openai.Delta, finish: str | None = None) -> str:
+        choice = openai.ChatChunkChoice(delta=delta, finish_reason=finish)
+        return openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[choice]).model_dump_json()
+
+    yield chunk(openai.Delta(role="assistant", content=""))
+    for piece in reply:
+        yield chunk(openai.Delta(content=piece))
+    yield chunk(openai.Delta(), finish=reply.finish_reason)
+    if include_usage:
+        last = openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=usage_of(reply))
+        yield last.model_dump_json()
+    yield "[DONE]"
+
+
+def completion_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
+    def chunk(text: str, finish: str | None = None, usage: openai.Usage | None = None) -> str:
+        choices = [] if usage else [openai.CompletionChoice(text=text, finish_reason=finish)]
+        return openai.Completion(id=ident, created=created, model=name, choices=choices, usage=usage).model_dump_json()
+
+    for piece in reply:
+        yield chunk(piece)
+    yield chunk("", finish=reply.finish_reason)
+    if include_usage:
+        yield chunk("", usage=usage_of(reply))
+    yield "[DONE]"
+
+
+def gemini_chunks(reply: ReplyStream, version: str) -> Iterator[str]:
+    for piece in reply:
+        yield gemini_wire.dump(gemini_response(piece, None, version))
+    yield gemini_wire.dump(gemini_response("", reply, version))
+
+
+def gemini_response(text: str, finished: ReplyStream | None, version: str) -> types.GenerateContentResponse:
+    """A response or chunk; ``finished``: the exhausted reply, for its finish reason and usage."""
+    usage, finish = None, None
+    if finished is not None:
+        finish = types.FinishReason.MAX_TOKENS if finished.finish_reason == "length" else types.FinishReason.STOP
+        counted = usage_of(finished)
+        if counted is not None:
+            usage = types.GenerateContentResponseUsageMetadata(
+                prompt_token_count=counted.prompt_tokens,
+                candidates_token_count=counted.completion_tokens,
+                total_token_count=counted.total_tokens,
+            )
+    return types.GenerateContentResponse(
+        candidates=[
+            types.Candidate(
+                content=types.Content(role="model", parts=[types.Part(text=text)]),
+                finish_reason=finish,
+                index=0,
+            )
+        ],
+        usage_metadata=usage,
+        model_version=version,
+    )
+
+
+def sse(events: Iterator[str], separator: str = "\n\n") -> StreamingResponse:
+    def frames() -> Iterator[str]:
+        try:
+            for event in events:
+                yield f"data: {event}{separator}"
+        except Exception as exc:  # headers are sent: report in-band, as vLLM does
+            log.exception("generation failed mid-stream")
+            body = openai.ErrorResponse(
+                error=openai.ErrorInfo(
+                    message=f"generation failed: {type(exc).__name__}", type="InternalServerError", code=500
+                )
+            )
+            yield f"data: {body.model_dump_json()}{separator}"
+
+    return StreamingResponse(frames(), media_type="text/event-stream")
