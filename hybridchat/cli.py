@@ -155,7 +155,7 @@ def up(
     port: Annotated[int, typer.Option(help="The app's port.")] = 7860,
     learner_code: LearnerCodeOption = None,
 ) -> None:
-    """Start the local stand-in and the app together (the README's run command); Ctrl-C stops both."""
+    """Start the local stand-in and the app together (what `make run` runs); Ctrl-C stops both."""
     from hybridchat.lab.local import stop_process, wait_until_serving
 
     settings = Settings()

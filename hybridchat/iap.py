@@ -11,7 +11,7 @@ who reaches the pod another way can send it.
 >>> verifier.user("anything")
 Traceback (most recent call last):
   ...
-hybridchat.iap.SignInRefused: Sign-in is not set up yet: ...
+hybridchat.errors.SignInRefused: Sign-in is not set up yet: ...
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class IapVerifier:
         """The signed-in person ``assertion`` names, or ``SignInRefused`` saying why not."""
         if not self.audience:
             raise SignInRefused(
-                "Sign-in is not set up yet: HYBRIDCHAT_IAP_AUDIENCE is empty. Notebook 05 (or README, "
-                "Deploy) sets it once the load balancer's backend service exists.", status=503,
+                "Sign-in is not set up yet: HYBRIDCHAT_IAP_AUDIENCE is empty. Notebook 05 (or docs/deploy.md) "
+                "sets it once the load balancer's backend service exists.", status=503,
             )
         if not assertion:
             raise SignInRefused("This app is reached through Google sign-in (Identity-Aware Proxy) only.")

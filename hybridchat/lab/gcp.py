@@ -108,7 +108,7 @@ def create_session_secret() -> Command:
 
 
 def oauth_client() -> tuple[str, str]:
-    """The OAuth client IAP signs people in with (made once in the console: README, Deploy):
+    """The OAuth client IAP signs people in with (made once in the console: docs/deploy.md):
     ``IAP_CLIENT_ID`` and ``IAP_CLIENT_SECRET`` if set, else asked (the secret never shown)."""
     client_id = os.environ.get("IAP_CLIENT_ID") or input("OAuth client ID (…apps.googleusercontent.com): ").strip()
     return client_id, os.environ.get("IAP_CLIENT_SECRET") or getpass("OAuth client secret: ")
