@@ -34,7 +34,7 @@ SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older
 
 
 Updates = dict[Block, Any]  # a handler's updates, by component; the others stay as they are
-Ask = Callable[[Conversation, GenerationParams], Iterator[Progress]]
+Ask = Callable[[Conversation], Iterator[Progress]]  # a turn's reply, its settings already checked
 
 
 class ChatUI:
@@ -181,11 +181,13 @@ class ChatUI:
         self, message: str, conversation: Conversation | None, model: str, temperature: float, top_p: float,
         max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
     ) -> Iterator[Updates]:
-        def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
-            return self.service.respond(conversation, message, model, params)
-
+        params = _params(temperature, top_p, max_tokens, persona)
+        if params is None:
+            yield {self.box: message}
+            return
         yield from self._turn(
-            ask, message, conversation, temperature, top_p, max_tokens, persona, browser, shown, request
+            lambda conversation: self.service.respond(conversation, message, model, params),
+            message, conversation, browser, shown, request,
         )
 
     def retry(
@@ -193,18 +195,18 @@ class ChatUI:
         persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
     ) -> Iterator[Updates]:
         """Ask again for the last reply (the earlier attempt stays in the saved history)."""
-        if conversation is None or not conversation.turns:
+        params = _params(temperature, top_p, max_tokens, persona)
+        if params is None or conversation is None or not conversation.turns:
             yield self._unchanged()
             return
-
-        def ask(conversation: Conversation, params: GenerationParams) -> Iterator[Progress]:
-            return self.service.retry(conversation, model, params)
-
-        yield from self._turn(ask, None, conversation, temperature, top_p, max_tokens, persona, browser, shown, request)
+        yield from self._turn(
+            lambda conversation: self.service.retry(conversation, model, params), None, conversation, browser, shown,
+            request,
+        )
 
     def _turn(
-        self, ask: Ask, message: str | None, conversation: Conversation | None, temperature: float, top_p: float,
-        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+        self, ask: Ask, message: str | None, conversation: Conversation | None, browser: dict[str, Any] | None,
+        shown: int, request: gr.Request,
     ) -> Iterator[Updates]:
         """Stream the reply ``ask`` gives. ``message``: what goes back in the box when the turn
         cannot go (``None``: the box is left as it is)."""
@@ -220,13 +222,10 @@ class ChatUI:
                 return
         with ExitStack() as held:
             try:
-                params = GenerationParams.checked(
-                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
-                )
                 # A signed-in person is one person; behind the load balancer every address is its own.
                 client = owner if self.sign_in is not None else request.client.host if request.client else None
                 held.enter_context(self.limits.turn(owner, client))
-                progress = ask(conversation, params)
+                progress = ask(conversation)
                 first = next(progress)
             except InputRefused as exc:
                 gr.Warning(str(exc))
@@ -351,3 +350,15 @@ class ChatUI:
     def _messages(self, conversation: Conversation, pending: Progress | None = None) -> list[dict[str, str]]:
         labels = {name: backend.label for name, backend in self.service.backends.items()}
         return to_messages(conversation.turns, pending, labels)
+
+
+def _params(temperature: float, top_p: float, max_tokens: int, persona: str) -> GenerationParams | None:
+    """The page's settings for one turn, checked once as they arrive; ``None`` after saying
+    which one is wrong (a client of the API can send any value)."""
+    try:
+        return GenerationParams.checked(
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=persona
+        )
+    except InputRefused as exc:
+        gr.Warning(str(exc))
+        return None

@@ -4,7 +4,7 @@
     ├── InputRefused             a message or setting refused before the reply starts
     ├── SignInRefused            a request IAP did not sign (``hybridchat.iap``)
     ├── SecretMissing            no session secret where one is required (``hybridchat.visitors``)
-    ├── BackendError             a model could not answer (``backend`` names which)
+    ├── BackendError             a model could not answer (the text names which)
     │   ├── BackendUnavailable   nothing listens at its address
     │   ├── BackendLoading       up, but the model is still loading (HTTP 503)
     │   ├── BackendTimeout       no answer in time
@@ -53,9 +53,8 @@ class SecretMissing(HybridChatError):
 class BackendError(HybridChatError):
     """A model backend could not produce an answer."""
 
-    def __init__(self, message: str, *, backend: str = "", status_code: int | None = None):
+    def __init__(self, message: str, *, status_code: int | None = None):
         super().__init__(message)
-        self.backend = backend
         self.status_code = status_code
 
 
@@ -130,26 +129,24 @@ class SessionNotFound(StoreError):
     """No session has the given id."""
 
 
-def status_error(backend: str, status: int, detail: str | None = None) -> BackendError:
-    """The error for an HTTP error status from a model API, worded for the user."""
+def status_error(model: str, status: int, detail: str | None = None) -> BackendError:
+    """The error for an HTTP error status from ``model``'s API (``"Gemma"``), worded for the user."""
     said = f": {shorten(detail)}" if detail else ""
     if status == 429:
         return QuotaExceeded(
-            f"{backend} is over its quota or rate limit (HTTP 429). Wait a minute, or switch model.",
-            backend=backend,
+            f"{model} is over its quota or rate limit (HTTP 429). Wait a minute, or switch model.",
             status_code=status,
         )
     if status in (401, 403):
         return NeedsCredentials(
-            f"{backend} refused the credentials (HTTP {status}){said}", backend=backend, status_code=status
+            f"{model} refused the credentials (HTTP {status}){said}", status_code=status
         )
     if 400 <= status < 500:
         return BackendRejected(
-            f"{backend} refused the request (HTTP {status}){said}", backend=backend, status_code=status
+            f"{model} refused the request (HTTP {status}){said}", status_code=status
         )
     return BadResponse(
-        f"{backend} failed with a server error (HTTP {status}). Try again, or switch model.",
-        backend=backend,
+        f"{model} failed with a server error (HTTP {status}). Try again, or switch model.",
         status_code=status,
     )
 

@@ -57,11 +57,10 @@ class Package:
             return self.functions[name]
         module = module_of(name)
         if module in self.failures:
-            raise LearnerCodeFailed(f"Your code does not load: {self.failures[module]}", backend=name)
+            raise LearnerCodeFailed(f"Your code does not load: {self.failures[module]}")
         raise LearnerCodeFailed(
             f"{self.shown(self.folder / f'{module}.py')} has no function `{name}`: "
             f"write it there (notebook {MODULES[module][1]}).",
-            backend=name,
         )
 
     def shown(self, path: str | Path) -> str:
@@ -159,14 +158,13 @@ def call(package: Package, name: str, *args: Any, timeout: float) -> Any:
         raise LearnerCodeFailed(
             f"{package.named(name, fn)} did not return within {timeout:g} s, so the app stopped waiting. "
             "Give `requests.post` a timeout (`timeout=endpoints.timeout()`), and check that nothing loops.",
-            backend=name,
         )
     if "error" not in outcome:
         return outcome["value"]
     exc = outcome["error"]
     if isinstance(exc, BackendError):
         raise exc
-    raise LearnerCodeFailed(raised(package, name, fn, exc), backend=name) from exc
+    raise LearnerCodeFailed(raised(package, name, fn, exc)) from exc
 
 
 def raised(package: Package, name: str, fn: Callable[..., Any], exc: BaseException) -> str:

@@ -40,7 +40,8 @@ from hybridchat.backends.local import LocalModel
 from hybridchat.errors import ContextOverflow
 from hybridchat.history import looks_like_gemma_prompt, normalize_history, parse_gemma_prompt
 from hybridchat.protocols import gemini as gemini_wire
-from hybridchat.protocols import legacy, openai
+from hybridchat.protocols import legacy
+from hybridchat.protocols import openai as openai_wire
 
 log = logging.getLogger(__name__)
 
@@ -124,24 +125,24 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         return Response(status_code=200)
 
     @app.get("/v1/models")
-    def models() -> openai.ModelList:
-        card = openai.ModelCard(
+    def models() -> openai_wire.ModelList:
+        card = openai_wire.ModelCard(
             id=served, created=int(time.time()), root=model.name, max_model_len=model.context_length
         )
-        return openai.ModelList(data=[card])
+        return openai_wire.ModelList(data=[card])
 
     @app.post("/tokenize")
-    def tokenize(body: openai.TokenizeRequest) -> openai.TokenizeResponse:
+    def tokenize(body: openai_wire.TokenizeRequest) -> openai_wire.TokenizeResponse:
         check_model(body.model)
         if body.messages is not None:
             history = [message.model_dump() for message in body.messages]
             ids = model.token_ids([{"role": m.role, "content": m.content} for m in normalize_history(history)])
         else:
             ids = model.token_ids(body.prompt or "")
-        return openai.TokenizeResponse(count=len(ids), max_model_len=model.context_length, tokens=ids)
+        return openai_wire.TokenizeResponse(count=len(ids), max_model_len=model.context_length, tokens=ids)
 
     @app.post("/v1/chat/completions", response_model=None)
-    def chat_completions(body: openai.ChatCompletionRequest) -> Any:
+    def chat_completions(body: openai_wire.ChatCompletionRequest) -> Any:
         check_model(body.model)
         history = [message.model_dump() for message in body.messages]
         messages = [{"role": m.role, "content": m.content} for m in normalize_history(history)]
@@ -155,18 +156,18 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return wire.sse(wire.chat_chunks(reply, ident, created, served, usage))
         text = "".join(reply)
-        return openai.ChatCompletion(
+        return openai_wire.ChatCompletion(
             id=ident,
             created=created,
             model=served,
-            choices=[
-                openai.ChatChoice(message=openai.AssistantMessage(content=text), finish_reason=reply.finish_reason)
-            ],
+            choices=[openai_wire.ChatChoice(
+                message=openai_wire.AssistantMessage(content=text), finish_reason=reply.finish_reason
+            )],
             usage=wire.usage_of(reply),
         )
 
     @app.post("/v1/completions", response_model=None)
-    def completions(body: openai.CompletionRequest) -> Any:
+    def completions(body: openai_wire.CompletionRequest) -> Any:
         check_model(body.model)
         params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -176,11 +177,11 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return wire.sse(wire.completion_chunks(reply, ident, created, served, usage))
         text = "".join(reply)
-        return openai.Completion(
+        return openai_wire.Completion(
             id=ident,
             created=created,
             model=served,
-            choices=[openai.CompletionChoice(text=text, finish_reason=reply.finish_reason)],
+            choices=[openai_wire.CompletionChoice(text=text, finish_reason=reply.finish_reason)],
             usage=wire.usage_of(reply),
         )
 
@@ -303,8 +304,8 @@ def _speaks_vllm(request: Request) -> bool:
 def _error(request: Request, status: int, message: str, param: str | None = None) -> JSONResponse:
     """An error body in the protocol the request used."""
     if _speaks_vllm(request):
-        info = openai.ErrorInfo(message=message, type=_ERROR_TYPES.get(status, "Error"), param=param, code=status)
-        return JSONResponse(openai.ErrorResponse(error=info).model_dump(), status_code=status)
+        info = openai_wire.ErrorInfo(message=message, type=_ERROR_TYPES.get(status, "Error"), param=param, code=status)
+        return JSONResponse(openai_wire.ErrorResponse(error=info).model_dump(), status_code=status)
     status_name = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}.get(status, "INTERNAL")
     return JSONResponse(gemini_wire.error_body(status, status_name, message), status_code=status)
 

@@ -11,37 +11,39 @@ from google.genai import types
 
 from hybridchat.backends.base import ReplyStream
 from hybridchat.protocols import gemini as gemini_wire
-from hybridchat.protocols import openai
+from hybridchat.protocols import openai as openai_wire
 
 log = logging.getLogger("hybridchat.serve_local")
 
 
-def usage_of(reply: ReplyStream) -> openai.Usage | None:
+def usage_of(reply: ReplyStream) -> openai_wire.Usage | None:
     if reply.usage is None:
         return None
     prompt, completion = reply.usage.prompt_tokens, reply.usage.completion_tokens
-    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return openai_wire.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def chat_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
-    def chunk(delta: openai.Delta, finish: str | None = None) -> str:
-        choice = openai.ChatChunkChoice(delta=delta, finish_reason=finish)
-        return openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[choice]).model_dump_json()
+    def chunk(delta: openai_wire.Delta, finish: str | None = None) -> str:
+        choice = openai_wire.ChatChunkChoice(delta=delta, finish_reason=finish)
+        body = openai_wire.ChatCompletionChunk(id=ident, created=created, model=name, choices=[choice])
+        return body.model_dump_json()
 
-    yield chunk(openai.Delta(role="assistant", content=""))
+    yield chunk(openai_wire.Delta(role="assistant", content=""))
     for piece in reply:
-        yield chunk(openai.Delta(content=piece))
-    yield chunk(openai.Delta(), finish=reply.finish_reason)
+        yield chunk(openai_wire.Delta(content=piece))
+    yield chunk(openai_wire.Delta(), finish=reply.finish_reason)
     if include_usage:
-        last = openai.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=usage_of(reply))
+        last = openai_wire.ChatCompletionChunk(id=ident, created=created, model=name, choices=[], usage=usage_of(reply))
         yield last.model_dump_json()
     yield "[DONE]"
 
 
 def completion_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:
-    def chunk(text: str, finish: str | None = None, usage: openai.Usage | None = None) -> str:
-        choices = [] if usage else [openai.CompletionChoice(text=text, finish_reason=finish)]
-        return openai.Completion(id=ident, created=created, model=name, choices=choices, usage=usage).model_dump_json()
+    def chunk(text: str, finish: str | None = None, usage: openai_wire.Usage | None = None) -> str:
+        choices = [] if usage else [openai_wire.CompletionChoice(text=text, finish_reason=finish)]
+        body = openai_wire.Completion(id=ident, created=created, model=name, choices=choices, usage=usage)
+        return body.model_dump_json()
 
     for piece in reply:
         yield chunk(piece)
@@ -89,8 +91,8 @@ def sse(events: Iterator[str], separator: str = "\n\n") -> StreamingResponse:
                 yield f"data: {event}{separator}"
         except Exception as exc:  # headers are sent: report in-band, as vLLM does
             log.exception("generation failed mid-stream")
-            body = openai.ErrorResponse(
-                error=openai.ErrorInfo(
+            body = openai_wire.ErrorResponse(
+                error=openai_wire.ErrorInfo(
                     message=f"generation failed: {type(exc).__name__}", type="InternalServerError", code=500
                 )
             )

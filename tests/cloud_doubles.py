@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -857,13 +856,20 @@ def _env_from_refs(manifest: Path, state: State) -> dict[str, str]:
 def _wait_until_answers(url: str, process: subprocess.Popen) -> None:
     import httpx
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
+    sys.path.insert(0, str(ROOT))
+    from conftest import wait_for  # the tests' one poll (imported here: the doubles run as a script)
+
+    def answers_or_exited() -> str | None:
+        if process.poll() is not None:
+            return "exited"
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
+                return "answers"
+        return None
+
+    with contextlib.suppress(AssertionError):  # gave up: as a pod that never gets ready
+        if wait_for(answers_or_exited, 120, every=0.2) == "answers":
+            return
     _stop(process.pid)
     raise Refused("deployment/gradio-chat-deployment failed to stabilize (its pod would be in CrashLoopBackOff)")
 

@@ -1,20 +1,31 @@
-"""Shared fixtures: a tiny model built in-process, servers on 127.0.0.1, the Firestore emulator."""
+"""Shared fixtures and helpers: a tiny model built in-process, servers on 127.0.0.1 (the
+stand-in, the fault server, the app), the Firestore emulator, the cloud doubles, real SDK
+clients pointed at them, a recording backend and ``wait_for``."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import cloud_doubles
 import fake_google
+import google.oauth2.credentials
 import kube_api
 import pytest
 from fault_server import FaultServer, create_fault_app
+from google import genai
+from google.genai import types
 
 from bench.firestore_emulator import EmulatorMissing, FirestoreEmulator
+from hybridchat.backends import ChatBackend
 from hybridchat.backends.local import LocalModel
 from hybridchat.lab.local import BackgroundServer, free_port
+
+T = TypeVar("T")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -145,3 +156,70 @@ def doubles(tmp_path, monkeypatch):
         start()
         yield start
         cloud_doubles.stop_all(tmp_path / "state")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def wait_for(condition: Callable[[], T], seconds: float = 30, *, every: float = 0.05) -> T:
+    """``condition()``'s first truthy value, asked every ``every`` seconds; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting after {seconds:g} s"
+        time.sleep(every)
+    return value
+
+
+def api_key_client(url: str, **options: Any) -> genai.Client:
+    """The real google-genai SDK with an API key, at a server on 127.0.0.1."""
+    return genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=url, **options))
+
+
+def vertex_client(url: str, **options: Any) -> genai.Client:
+    """The real google-genai SDK in Vertex AI mode, at a server on 127.0.0.1."""
+    return genai.Client(
+        vertexai=True,
+        project="test-project",
+        location="global",
+        credentials=google.oauth2.credentials.Credentials(token="test"),
+        http_options=types.HttpOptions(base_url=url, **options),
+    )
+
+
+class Recording(ChatBackend):
+    """A real backend that also notes the history and settings each turn was sent with."""
+
+    def __init__(self, inner: ChatBackend):
+        self.inner, self.name, self.label = inner, inner.name, inner.label
+        self.histories: list[list] = []
+        self.params: list = []
+
+    def stream(self, messages, params):
+        self.histories.append(list(messages[:-1]))
+        self.params.append(params)
+        return self.inner.stream(messages, params)
+
+    def health(self):
+        return self.inner.health()
+
+    def context_window(self):
+        return self.inner.context_window()
+
+    def count_tokens(self, messages, params):
+        return self.inner.count_tokens(messages, params)
+
+
+class RunningApp(NamedTuple):
+    url: str
+    store_url: str
+
+
+@contextmanager
+def running_app(folder: Path, backends: dict[str, ChatBackend] | None = None, **settings: Any) -> Iterator[RunningApp]:
+    """The chat app on 127.0.0.1 over a new SQLite history in ``folder``: what differs between
+    tests is its ``backends`` (else those the settings configure) and its ``settings``."""
+    from hybridchat.app import create_app
+    from hybridchat.config import Settings
+
+    store_url = f"sqlite:///{folder}/history.db"
+    with BackgroundServer(create_app(Settings(store_url=store_url, **settings), backends=backends)) as url:
+        yield RunningApp(url, store_url)

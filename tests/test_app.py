@@ -11,11 +11,10 @@ from contextlib import closing
 
 import httpx
 import pytest
-from conftest import EMULATOR_PROJECT
+from conftest import EMULATOR_PROJECT, Recording, api_key_client, running_app
 from fault_server import REPLY
 from gradio_client import Client
 from test_iap import turn
-from tests_support import api_key_client
 
 from bench.queue_client import model_and_text
 from bench.run import Pace, paced_server, serving
@@ -42,26 +41,8 @@ from hybridchat.store import open_store
 TOKENS = 12
 
 
-class Recording(ChatBackend):
-    """A real backend that also notes the history each turn was sent with."""
-
-    def __init__(self, inner: ChatBackend):
-        self.inner, self.name, self.label = inner, inner.name, inner.label
-        self.histories: list[list] = []
-        self.params: list = []
-
-    def stream(self, messages, params):
-        self.histories.append(list(messages[:-1]))
-        self.params.append(params)
-        return self.inner.stream(messages, params)
-
-    def health(self):
-        return self.inner.health()
-
-
 @pytest.fixture(scope="module")
 def app_server(stand_in, tmp_path_factory):
-    store_url = f"sqlite:///{tmp_path_factory.mktemp('app')}/history.db"
     backends = {
         "gemma": VllmBackend(VllmClient(stand_in, retry=RetryPolicy(backoff=0.01)), label="Gemma"),
         "gemini": Recording(GeminiBackend(api_key_client(stand_in), label="Gemini 2.5 Flash (local stand-in)")),
@@ -70,9 +51,8 @@ def app_server(stand_in, tmp_path_factory):
         ),
     }
     # Every piece streamed as it comes (the default sends at most one update per 100 ms).
-    settings = Settings(store_url=store_url, stream_interval=0)
-    with BackgroundServer(create_app(settings, backends=backends)) as url:
-        yield url, store_url, backends["gemini"], backends
+    with running_app(tmp_path_factory.mktemp("app"), backends, stream_interval=0) as app:
+        yield app.url, app.store_url, backends["gemini"], backends
 
 
 @pytest.fixture
@@ -120,6 +100,14 @@ def test_switching_model_keeps_the_whole_history(client, app_server):
     assert [(t.model, t.status) for t in saved] == [("gemma", "cut_off"), ("gemini", "cut_off")]
     assert saved[0].params["temperature"] == 0.1 and saved[0].latency_ms > 0
     assert saved[0].prompt_tokens > 0 and saved[1].completion_tokens > 0
+
+
+def test_a_max_tokens_gradio_lets_through_but_no_model_takes_keeps_the_message_and_asks_none(client, app_server):
+    asked, sessions = len(app_server[2].histories), len(open_store(app_server[1]).list_sessions(None))
+    _, box, _, _ = client.predict("Hi", "gemini", 0.1, 0.95, 12.5, "", {"visitor": "out-of-range"}, api_name="/chat")
+    assert box == "Hi", "the message waits in the box"
+    assert len(app_server[2].histories) == asked
+    assert len(open_store(app_server[1]).list_sessions(None)) == sessions, "nothing saved"
 
 
 def test_each_turn_logs_one_line_without_the_text(client, caplog):
@@ -363,7 +351,7 @@ def test_a_resumed_chat_selects_the_model_of_its_last_turn(app_server, client):
 def test_a_model_that_was_unavailable_is_shown_available_without_a_reload(fault_server, tmp_path):
     fault_server.mode = "loading"
     backends = {"gemma": VllmBackend(VllmClient(fault_server.url, retry=RetryPolicy(attempts=1)))}
-    with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
+    with running_app(tmp_path, backends) as (url, _):
         page = turn(url, "", {}, api_name="start", data=[{"visitor": None, "session": None}, 50])
         [(label, _)] = page.outputs[5]["choices"]
         assert "unavailable: Gemma is starting" in label

@@ -8,9 +8,9 @@ import shutil
 import time
 
 import pytest
+from conftest import api_key_client, running_app, wait_for
 from iap_double import KEYS_PATH, IapKeys, proxy_app
 from playwright.sync_api import Page, expect, sync_playwright
-from tests_support import api_key_client
 
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
@@ -27,8 +27,7 @@ def app_url(stand_in, tmp_path_factory):
         "gemma": VllmBackend(VllmClient(stand_in), label="Gemma"),
         "gemini": GeminiBackend(api_key_client(stand_in), label=GEMINI),
     }
-    settings = Settings(store_url=f"sqlite:///{tmp_path_factory.mktemp('browser')}/history.db")
-    with BackgroundServer(create_app(settings, backends=backends)) as url:
+    with running_app(tmp_path_factory.mktemp("browser"), backends) as (url, _):
         yield url
 
 
@@ -55,17 +54,18 @@ def send_and_watch(page: Page, message: str, replies_before: int) -> list[str]:
     page.fill("#message textarea", message)
     page.press("#message textarea", "Enter")
     seen: list[str] = []
-    stable_since, deadline = time.monotonic(), time.monotonic() + 60
-    while time.monotonic() < deadline:
+    changed = [time.monotonic()]
+
+    def settled() -> bool:  # the reply has not changed for 2 s
         texts = bot_texts(page)
         current = texts[replies_before] if len(texts) > replies_before else ""
         if current and (not seen or current != seen[-1]):
             seen.append(current)
-            stable_since = time.monotonic()
-        elif seen and time.monotonic() - stable_since > 2:
-            return seen
-        time.sleep(0.03)
-    raise AssertionError(f"no complete reply to {message!r}")
+            changed.append(time.monotonic())
+        return bool(seen) and time.monotonic() - changed[-1] > 2
+
+    wait_for(settled, 60, every=0.03)
+    return seen
 
 
 def test_chat_switch_model_reload_and_resume(browser, app_url, tmp_path):
@@ -164,9 +164,7 @@ def test_a_learners_mistake_shows_where_the_learner_looks_and_the_next_turn_answ
     from test_learner import package  # the solutions, with one mistake a learner makes
 
     code = package(tmp_path / "my_app", **{module: change})
-    settings = Settings(vllm_url=stand_in, gemini_url=stand_in, learner_code=str(code),
-                        store_url=f"sqlite:///{tmp_path}/history.db")
-    with BackgroundServer(create_app(settings)) as url:
+    with running_app(tmp_path, vllm_url=stand_in, gemini_url=stand_in, learner_code=str(code)) as (url, _):
         page = browser.new_context().new_page()
         page.goto(url)
         page.wait_for_selector("#message textarea")

@@ -1,18 +1,12 @@
-"""Settings from the environment, the in-process model, and the ``serve-local`` command."""
+"""Settings from the environment, and the in-process model."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -21,7 +15,6 @@ from hybridchat.backends.local import LocalModel, _until_stop, default_model_sou
 from hybridchat.config import Settings
 from hybridchat.errors import ContextOverflow
 from hybridchat.history import conversation
-from hybridchat.lab.local import free_port
 
 GREEDY = GenerationParams(temperature=0, max_tokens=8)
 
@@ -165,31 +158,6 @@ def test_the_bundled_smollm2_gguf_loads_converts_once_and_answers(tmp_path):
 
 
 # --- the serve-local command ----------------------------------------------------------------------
-
-
-def test_serve_local_command_listens_once_loaded_then_serves_and_stops_on_ctrl_c(tiny_model_dir):
-    port = free_port()
-    command = [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(port), "--model", str(tiny_model_dir)]
-    env = {**os.environ, "HYBRIDCHAT_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        statuses = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                statuses.append(httpx.get(f"{url}/health", timeout=2).status_code)
-            if statuses and statuses[-1] == 200:
-                break
-            time.sleep(0.05)
-        assert statuses == [200], "like vLLM, nothing listens until the model has loaded"
-        models = httpx.get(f"{url}/v1/models").json()
-        assert models["data"][0]["id"] == f"local-stand-in/{tiny_model_dir.name}"
-    finally:
-        server.send_signal(signal.SIGINT)
-        output, _ = server.communicate(timeout=30)
-    assert server.returncode == 0
-    assert f"Local stand-in for Gemma and Gemini: http://127.0.0.1:{port}" in output
 
 
 def test_docs_settings_is_generated_from_the_fields_and_the_manifests_set_only_settings():

@@ -10,12 +10,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import Recording, api_key_client, vertex_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests_support import api_key_client, vertex_client
 
 from hybridchat.backends import (
-    ChatBackend,
     ContextWindow,
     GeminiBackend,
     GenerationParams,
@@ -35,27 +34,6 @@ from hybridchat.store import Turn, open_store
 
 PARAMS = GenerationParams(temperature=0, max_tokens=16)
 SENTENCE = "The capital of France is Paris. "
-
-
-class Recording(ChatBackend):
-    """A real backend that also notes the history each turn was sent with."""
-
-    def __init__(self, inner: ChatBackend):
-        self.inner, self.name, self.label = inner, inner.name, inner.label
-        self.histories: list[list] = []
-
-    def stream(self, messages, params):
-        self.histories.append(list(messages[:-1]))
-        return self.inner.stream(messages, params)
-
-    def health(self):
-        return self.inner.health()
-
-    def context_window(self):
-        return self.inner.context_window()
-
-    def count_tokens(self, messages, params):
-        return self.inner.count_tokens(messages, params)
 
 
 def chat(service: ChatService, conversation: Conversation, messages: list[str], model: str = "local") -> list[Turn]:
@@ -204,7 +182,7 @@ def test_a_server_that_counts_more_than_we_did_gets_a_smaller_prompt_next(stand_
 def test_a_count_that_fails_falls_back_to_the_estimate(tiny_model, store):
     class Uncountable(Recording):
         def count_tokens(self, messages, params):
-            raise BackendUnavailable("the tokenizer route is down", backend="local")
+            raise BackendUnavailable("the tokenizer route is down")
 
     turns = chat(ChatService({"local": Uncountable(LocalBackend(model=tiny_model))}, store), Conversation("c"),
                  [message(n) for n in range(8)])

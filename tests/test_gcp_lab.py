@@ -169,7 +169,7 @@ def test_the_gemma_checker_catches_a_caller_that_does_not_call(stand_in, caller,
 
 
 def test_the_gemini_checker_checks_what_was_sent(stand_in):
-    from tests_support import api_key_client
+    from conftest import api_key_client
 
     client = api_key_client(stand_in)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from conftest import api_key_client, vertex_client
 from fault_server import REPLY
-from tests_support import api_key_client, vertex_client
 
 from hybridchat.backends import GenerationParams, RetryPolicy, build_backends, call_gemini_model
 from hybridchat.backends.gemini import GeminiBackend

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from conftest import running_app
 from fastapi import FastAPI
 from playwright.sync_api import sync_playwright
 from test_reliability import chat, visitor
@@ -285,7 +286,7 @@ def test_no_uploads_and_no_oversized_requests(tmp_path):
 
 def test_the_persona_is_cleaned_capped_and_neutralised_as_messages_are(stand_in, tmp_path):
     backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
-    with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
+    with running_app(tmp_path, backends) as (url, _):
 
         async def turns() -> tuple:
             async with httpx.AsyncClient(timeout=60) as http:
@@ -314,7 +315,7 @@ def test_the_persona_is_cleaned_capped_and_neutralised_as_messages_are(stand_in,
 
 def test_bad_values_from_a_client_get_a_clear_message_not_an_exception(tmp_path):
     backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1)), label="Gemma")}
-    with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
+    with running_app(tmp_path, backends) as (url, _):
 
         async def turns() -> tuple:
             async with httpx.AsyncClient(timeout=60) as http:
@@ -432,8 +433,7 @@ def test_a_visitor_with_many_chats_gets_the_newest_50_and_older_ones_on_demand(t
         store.append(session, Turn(user=f"chat {n}", model="gemma", reply="ok"))
     browser = {"visitor": VisitorIds(secret.encode()).token_for("hoarder"), "session": None}
     backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1)), label="Gemma")}
-    settings = Settings(store_url=store_url, session_secret=secret)
-    with BackgroundServer(create_app(settings, backends=backends)) as url:
+    with running_app(tmp_path, backends, session_secret=secret) as (url, _):
 
         async def pages() -> list:
             async with httpx.AsyncClient(timeout=60) as http:
@@ -455,7 +455,7 @@ def test_a_visitor_with_many_chats_gets_the_newest_50_and_older_ones_on_demand(t
 
 def test_two_tabs_of_one_chat_each_send_the_whole_chat_to_the_model(stand_in, tmp_path):
     backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
-    with BackgroundServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)) as url:
+    with running_app(tmp_path, backends) as (url, _):
 
         async def tabs():
             async with httpx.AsyncClient(timeout=60) as http:

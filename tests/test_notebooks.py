@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -21,7 +20,7 @@ import nbclient
 import nbformat
 import papermill
 import pytest
-from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
+from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT, wait_for
 from google.genai import types
 from playwright.sync_api import expect, sync_playwright
 from test_iap import turn as iap_turn
@@ -213,13 +212,14 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
     )
     url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
     try:
-        for _ in range(240):
+        def listing() -> httpx.Response | None:
             try:
-                listed = httpx.get(f"{url}/api/contents", headers=headers, timeout=5)
-                break
+                return httpx.get(f"{url}/api/contents", headers=headers, timeout=5)
             except httpx.TransportError:
                 assert lab.poll() is None, lab.stdout.read() if lab.stdout else ""
-                time.sleep(0.25)
+                return None
+
+        listed = wait_for(listing, 60, every=0.25)
         assert listed.status_code == 200
         assert {entry["name"] for entry in listed.json()["content"]} >= {path.name for path in SOLUTIONS}
         notification = httpx.get(

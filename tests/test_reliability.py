@@ -11,12 +11,11 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from conftest import EMULATOR_PROJECT
+from conftest import EMULATOR_PROJECT, running_app, wait_for
 from fault_server import REPLY
 
 from bench.queue_client import QueueClient, Reply, text_of
@@ -60,22 +59,14 @@ def saved(store_url: str, session: str) -> list[tuple[str, str]]:
         store.close()
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.05)
-
-
 # --- Gemma (vLLM) and Gemini faults -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def faulty_app(_fault_server, tmp_path_factory):
     """The app as configured from settings, with Gemma and Gemini both at the fault server."""
-    store_url = f"sqlite:///{tmp_path_factory.mktemp('faults')}/history.db"
-    settings = Settings(
-        store_url=store_url,
+    with running_app(
+        tmp_path_factory.mktemp("faults"),
         vllm_url=_fault_server.url,
         gemma_model="google/gemma-3-12b-it",
         gemini_url=_fault_server.url,
@@ -84,9 +75,8 @@ def faulty_app(_fault_server, tmp_path_factory):
         retry_attempts=3,
         retry_backoff=0.01,
         stream_interval=0,
-    )
-    with BackgroundServer(create_app(settings)) as url:
-        yield url, store_url
+    ) as app:
+        yield app
 
 
 GEMMA_FAULTS = {  # mode: (what the visitor is told, requests made: retried only when transient)

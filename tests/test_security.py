@@ -13,6 +13,7 @@ from contextlib import closing
 
 import httpx
 import pytest
+from conftest import running_app
 from gradio_client import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -133,9 +134,8 @@ def _raw_call(url: str, fn_index: int, data: list) -> str:
 @pytest.fixture(scope="module")
 def down_app(tmp_path_factory):
     """The app with a Gemma that is down: every turn ends at once, with an error message."""
-    store_url = f"sqlite:///{tmp_path_factory.mktemp('bad-input')}/h.db"
     backends = {"gemma": VllmBackend(VllmClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=1), connect_timeout=1), label="Gemma")}
-    with BackgroundServer(create_app(Settings(store_url=store_url), backends=backends)) as url:
+    with running_app(tmp_path_factory.mktemp("bad-input"), backends) as (url, store_url):
         with closing(Client(url, verbose=False)) as client:
             yield client, store_url
 

@@ -1,11 +1,19 @@
-"""The stand-in server checked with the official OpenAI SDK, a second real client of its wire format."""
+"""The stand-in, `hybridchat serve-local`: its command, and its wire checked with the official OpenAI SDK, a second real client of its formats."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 
 import httpx
 import openai
 import pytest
+from conftest import wait_for
 
+from hybridchat.lab.local import free_port
 from hybridchat.serve_local import STAND_IN_PREFIX
 
 
@@ -72,3 +80,26 @@ def test_tokenize_counts_what_the_chat_template_renders(stand_in, tiny_model):
     assert counted["max_model_len"] == tiny_model.context_length
     raw = httpx.post(f"{stand_in}/tokenize", json={"prompt": "Paris"}).json()
     assert raw["count"] < counted["count"], "a raw prompt gets no chat template"
+
+
+def test_serve_local_command_listens_once_loaded_then_serves_and_stops_on_ctrl_c(tiny_model_dir):
+    port = free_port()
+    command = [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(port), "--model", str(tiny_model_dir)]
+    env = {**os.environ, "HYBRIDCHAT_LOG_LEVEL": "WARNING"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def first_answer() -> int | None:
+            with contextlib.suppress(httpx.TransportError):
+                return httpx.get(f"{url}/health", timeout=2).status_code
+            return None
+
+        assert wait_for(first_answer, 120) == 200, "like vLLM, nothing listens until the model has loaded"
+        models = httpx.get(f"{url}/v1/models").json()
+        assert models["data"][0]["id"] == f"local-stand-in/{tiny_model_dir.name}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert f"Local stand-in for Gemma and Gemini: http://127.0.0.1:{port}" in output

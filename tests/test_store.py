@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import EMULATOR_PROJECT
+from conftest import EMULATOR_PROJECT, wait_for
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
@@ -228,23 +228,20 @@ def test_turns_kept_while_down_are_saved_in_the_background(tmp_path):
         for n in (0, 1):
             with pytest.raises(StoreUnavailable):
                 store.append(session, turn(n))
-    deadline = time.monotonic() + 10
-    while store.pending and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not store.pending, 10)
     assert [t.user for t in SqliteStore(path).load(session)] == ["question 0", "question 1"]
     store.close()
 
 
 def _wait_until_answering(store: HistoryStore, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
+    def answers() -> bool:
         try:
             store.list_sessions("nobody")
-            return
         except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            return False
+        return True
+
+    wait_for(answers, seconds, every=0.2)
 
 
 def test_sqlite_locked_then_free_loses_no_turn(tmp_path):

@@ -25,16 +25,15 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
+from conftest import running_app
 
 from bench import prefix_cache
 from bench.model_servers import CONTEXT, ModelServer
 from bench.queue_client import QueueClient, Reply, text_of
-from hybridchat.app import create_app
 from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, build_backends
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.history import conversation
-from hybridchat.lab.local import BackgroundServer
 from hybridchat.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,12 +53,9 @@ def gemma(request, tmp_path_factory) -> ModelServer:
 @pytest.fixture(scope="module")
 def app(gemma, tmp_path_factory):
     """The app as configured from settings, with Gemma at ``gemma`` (its model name discovered)."""
-    store_url = f"sqlite:///{tmp_path_factory.mktemp('engine-app')}/history.db"
-    settings = Settings(
-        vllm_url=gemma.url, backends=["gemma"], store_url=store_url, stream_interval=0, retry_backoff=0.01
-    )
-    with BackgroundServer(create_app(settings)) as url:
-        yield url, store_url
+    folder = tmp_path_factory.mktemp("engine-app")
+    with running_app(folder, vllm_url=gemma.url, backends=["gemma"], stream_interval=0, retry_backoff=0.01) as app:
+        yield app
 
 
 def chat(url: str, message: str, browser: dict[str, Any], max_tokens: int = 24, on_update=None) -> Reply:

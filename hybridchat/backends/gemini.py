@@ -92,7 +92,7 @@ def make_gemini_client(settings: Settings) -> genai.Client:
     project = project or adc_project
     if not project:
         raise NeedsCredentials(
-            "Gemini on Vertex AI needs a project: set GOOGLE_CLOUD_PROJECT.", backend="Gemini"
+            "Gemini on Vertex AI needs a project: set GOOGLE_CLOUD_PROJECT."
         )
     return genai.Client(
         vertexai=True,
@@ -128,7 +128,6 @@ class GeminiBackend(ChatBackend):
         self.model = model
         self.name = name
         self.label = label or gemini_label(model, "Gemini API")
-        self.display = "Gemini"
 
     @property
     def client(self) -> genai.Client:
@@ -222,16 +221,15 @@ class GeminiBackend(ChatBackend):
         except BackendError as exc:
             return BackendHealth(False, str(exc))
         serving = found.display_name or found.name or self.model
-        return BackendHealth(True, f"{self.display} is up, serving {serving}", self.model)
+        return BackendHealth(True, f"Gemini is up, serving {serving}", self.model)
 
     def _text_of(self, response: types.GenerateContentResponse, produced: bool) -> str:
         """The text of a response or chunk; raises when a safety filter stopped it."""
         feedback = response.prompt_feedback
         if feedback is not None and feedback.block_reason:
             raise ContentBlocked(
-                f"{self.display} blocked this message for safety "
+                f"Gemini blocked this message for safety "
                 f"({_name(feedback.block_reason)}). Try rephrasing it.",
-                backend=self.display,
             )
         if not response.candidates:
             return ""
@@ -242,8 +240,7 @@ class GeminiBackend(ChatBackend):
         if reason in _BLOCKING_FINISH:
             what = "the rest of its reply" if produced or text else "its reply"
             raise ContentBlocked(
-                f"{self.display} withheld {what} ({reason}). Try rephrasing your message.",
-                backend=self.display,
+                f"Gemini withheld {what} ({reason}). Try rephrasing your message.",
             )
         if not text and not produced and reason == "MAX_TOKENS":
             raise self._empty(response)
@@ -255,11 +252,10 @@ class GeminiBackend(ChatBackend):
             reason = _name(response.candidates[0].finish_reason)
         if reason == "MAX_TOKENS":
             return EmptyResponse(
-                f"{self.display} used its whole max-tokens budget before answering. Raise max tokens.",
-                backend=self.display,
+                "Gemini used its whole max-tokens budget before answering. Raise max tokens.",
             )
         return EmptyResponse(
-            f"{self.display} returned an empty reply. Try rephrasing your message.", backend=self.display
+            "Gemini returned an empty reply. Try rephrasing your message."
         )
 
     def _call(self, method: Callable[..., T], **arguments: Any) -> T:
@@ -278,36 +274,33 @@ class GeminiBackend(ChatBackend):
             if found:
                 self._input_limit = int(found.group(2))
                 raise ContextOverflow(
-                    f"This conversation is too long for {self.display} ({self._input_limit:,} tokens at most). "
+                    f"This conversation is too long for Gemini ({self._input_limit:,} tokens at most). "
                     "Start a new chat.",
-                    backend=self.display,
                     status_code=400,
                     limit=self._input_limit,
                     prompt_tokens=int(found.group(1)),
                 ) from None
             if exc.code == 503:
                 raise BackendUnavailable(
-                    f"{self.display} is overloaded right now (HTTP 503). Try again shortly, or switch model.",
-                    backend=self.display,
+                    "Gemini is overloaded right now (HTTP 503). Try again shortly, or switch model.",
                     status_code=503,
                 ) from None
-            raise status_error(self.display, exc.code, exc.message) from None
+            raise status_error("Gemini", exc.code, exc.message) from None
         except _TIMEOUTS:
             raise BackendTimeout(
-                f"{self.display} did not answer in time. Try again, or switch model.", backend=self.display
+                "Gemini did not answer in time. Try again, or switch model."
             ) from None
         except _TRANSPORT_ERRORS as exc:
             raise BackendUnavailable(
-                f"{self.display} is not reachable ({type(exc).__name__}). Check the network or "
+                f"Gemini is not reachable ({type(exc).__name__}). Check the network or "
                 "HYBRIDCHAT_GEMINI_URL.",
-                backend=self.display,
             ) from None
         except (google.auth.exceptions.DefaultCredentialsError, google.auth.exceptions.RefreshError):
             raise _needs_credentials() from None
         except (ValidationError, ValueError) as exc:
             log.debug("unreadable Gemini answer: %s", type(exc).__name__)
             raise BadResponse(
-                f"{self.display} sent an answer hybridchat cannot read.", backend=self.display
+                "Gemini sent an answer hybridchat cannot read."
             ) from None
 
 
@@ -366,5 +359,4 @@ def _needs_credentials() -> NeedsCredentials:
     return NeedsCredentials(
         "Gemini on Vertex AI has no credentials here: run `gcloud auth application-default login`, "
         "or set GOOGLE_API_KEY.",
-        backend="Gemini",
     )

@@ -124,7 +124,6 @@ class LearnerBackend(ChatBackend):
         except LearnerCodeFailed as failed:
             if failed.__cause__ is not None:  # the learner's traceback, for whoever reads the log
                 log.warning("%s", failed, exc_info=failed.__cause__)
-            failed.backend = self.label
             raise
         yield reply
 

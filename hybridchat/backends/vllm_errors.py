@@ -43,7 +43,6 @@ _PROMPT_SIZE = re.compile(r"your prompt contains (?:at least )?(\d+) input token
 class VllmErrors:
     """The wording of a vLLM client's errors; the client sets these attributes."""
 
-    display: str
     shown_url: str
     _model: str | None
     _max_model_len: int | None
@@ -66,20 +65,19 @@ class VllmErrors:
         except openai.APIConnectionError as exc:
             if mid_reply:
                 raise BackendUnavailable(
-                    f"{self.display} stopped answering mid-reply (connection lost).", backend=self.display
+                    "Gemma stopped answering mid-reply (connection lost)."
                 ) from None
             raise self._unreachable(exc.__cause__) from None
         except openai.APIError as exc:  # an error event inside the stream
             # vLLM's own text ("EngineCore encountered an issue. See stack trace…") is for its
             # operator, not a visitor.
-            log.warning("%s failed mid-reply: %s", self.display, shorten(exc.message.splitlines()[0], 160))
+            log.warning("Gemma failed mid-reply: %s", shorten(exc.message.splitlines()[0], 160))
             raise BadResponse(
-                f"{self.display}'s server failed mid-reply; it may be restarting. "
+                "Gemma's server failed mid-reply; it may be restarting. "
                 "Try again in a minute, or switch model.",
-                backend=self.display,
             ) from None
         except json.JSONDecodeError:
-            raise BadResponse(f"{self.display} sent an answer that is not valid JSON.", backend=self.display) from None
+            raise BadResponse("Gemma sent an answer that is not valid JSON.") from None
         except (AttributeError, TypeError):  # the SDK does not validate: a field of the wrong shape
             raise self._unreadable("body") from None
 
@@ -91,20 +89,19 @@ class VllmErrors:
 
     def _unreadable(self, field: str) -> BadResponse:
         return BadResponse(
-            f"{self.display} sent an answer hybridchat cannot read (bad '{field}').", backend=self.display
+            f"Gemma sent an answer hybridchat cannot read (bad '{field}')."
         )
 
     def _refusal(self, status: int, detail: str | None) -> BackendError:
         """Our own sentence for an error status; the server's reason (its first line: later ones
         may echo the request) only goes to the log."""
         reason = shorten((detail or "(no message)").splitlines()[0], 160)
-        log.warning("%s answered HTTP %s: %s", self.display, status, reason)
+        log.warning("Gemma answered HTTP %s: %s", status, reason)
         if status == 503:
             return self._loading()
         if status == 404 and detail and "does not exist" in detail:
             return ModelNotFound(
-                f"{self.display}'s server does not serve the model {self._model!r}.",
-                backend=self.display,
+                f"Gemma's server does not serve the model {self._model!r}.",
                 status_code=status,
             )
         found = _CONTEXT_LIMIT.search(detail or "") if status == 400 else None
@@ -112,42 +109,37 @@ class VllmErrors:
             self._max_model_len = int(found.group(1) or found.group(2))
             size = _PROMPT_SIZE.search(detail or "")
             return ContextOverflow(
-                f"This conversation is too long for {self.display}'s context "
+                f"This conversation is too long for Gemma's context "
                 f"({self._max_model_len:,} tokens). Start a new chat, or switch model.",
-                backend=self.display,
                 status_code=status,
                 limit=self._max_model_len,
                 prompt_tokens=int(size.group(1)) if size else None,
             )
-        return status_error(self.display, status)
+        return status_error("Gemma", status)
 
     def _unreachable(self, cause: BaseException | None) -> BackendUnavailable:
         # vLLM listens only once its weights are loaded: "not listening" may mean "starting".
         return BackendUnavailable(
-            f"{self.display} is not reachable at {self.shown_url} ({type(cause or self).__name__}). "
+            f"Gemma is not reachable at {self.shown_url} ({type(cause or self).__name__}). "
             "Is the server running? A server just started listens only once its model has loaded "
             "(minutes for Gemma): try Gemini meanwhile.",
-            backend=self.display,
         )
 
     def _loading(self) -> BackendLoading:
         return BackendLoading(
-            f"{self.display} is starting (its model is still loading), try Gemini or wait a minute.",
-            backend=self.display,
+            "Gemma is starting (its model is still loading), try Gemini or wait a minute.",
             status_code=503,
         )
 
     def _timed_out(self) -> BackendTimeout:
         return BackendTimeout(
-            f"{self.display} did not answer within {self._timeout:g} s. "
+            f"Gemma did not answer within {self._timeout:g} s. "
             "It may be busy: try again, or switch model.",
-            backend=self.display,
         )
 
     def _empty(self) -> EmptyResponse:
         return EmptyResponse(
-            f"{self.display} returned an empty reply. Try rephrasing, or raise max tokens.",
-            backend=self.display,
+            "Gemma returned an empty reply. Try rephrasing, or raise max tokens.",
         )
 
 
