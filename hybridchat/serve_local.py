@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-import uuid
 from collections import deque
 from typing import Any
 
@@ -148,42 +147,18 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
         messages = [{"role": m.role, "content": m.content} for m in normalize_history(history)]
         max_tokens = checked(body.max_completion_tokens or body.max_tokens)
         params = _params(body.temperature, body.top_p, max_tokens, body.stop)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         reply = record(
             "/v1/chat/completions", params, model.stream(messages, params), model=body.model, messages=messages
         )
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            return wire.sse(wire.chat_chunks(reply, ident, created, served, usage))
-        text = "".join(reply)
-        return openai_wire.ChatCompletion(
-            id=ident,
-            created=created,
-            model=served,
-            choices=[openai_wire.ChatChoice(
-                message=openai_wire.AssistantMessage(content=text), finish_reason=reply.finish_reason
-            )],
-            usage=wire.usage_of(reply),
-        )
+        return wire.openai_answer(reply, served, body)
 
     @app.post("/v1/completions", response_model=None)
     def completions(body: openai_wire.CompletionRequest) -> Any:
         check_model(body.model)
         params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
-        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         reply = record("/v1/completions", params, model.stream(_conversation_of(body.prompt), params),
                        model=body.model, prompt=body.prompt)
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            return wire.sse(wire.completion_chunks(reply, ident, created, served, usage))
-        text = "".join(reply)
-        return openai_wire.Completion(
-            id=ident,
-            created=created,
-            model=served,
-            choices=[openai_wire.CompletionChoice(text=text, finish_reason=reply.finish_reason)],
-            usage=wire.usage_of(reply),
-        )
+        return wire.openai_answer(reply, served, body)
 
     @app.post("/generate")
     def generate(body: legacy.GenerateRequest) -> legacy.GenerateResponse:

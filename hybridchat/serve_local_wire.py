@@ -4,7 +4,10 @@ chunks (OpenAI's), Gemini's responses and chunks, and the server-sent events aro
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 from google.genai import types
@@ -21,6 +24,26 @@ def usage_of(reply: ReplyStream) -> openai_wire.Usage | None:
         return None
     prompt, completion = reply.usage.prompt_tokens, reply.usage.completion_tokens
     return openai_wire.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def openai_answer(
+    reply: ReplyStream, served: str, body: openai_wire.ChatCompletionRequest | openai_wire.CompletionRequest
+) -> Any:
+    """The answer to ``/v1/chat/completions`` or ``/v1/completions``, as ``body`` asked: server-sent
+    chunks, or one whole completion."""
+    chat = isinstance(body, openai_wire.ChatCompletionRequest)
+    ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        chunks = chat_chunks if chat else completion_chunks
+        with_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse(chunks(reply, ident, created, served, with_usage))
+    text, usage = "".join(reply), usage_of(reply)
+    if chat:
+        message = openai_wire.AssistantMessage(content=text)
+        choice = openai_wire.ChatChoice(message=message, finish_reason=reply.finish_reason)
+        return openai_wire.ChatCompletion(id=ident, created=created, model=served, choices=[choice], usage=usage)
+    choices = [openai_wire.CompletionChoice(text=text, finish_reason=reply.finish_reason)]
+    return openai_wire.Completion(id=ident, created=created, model=served, choices=choices, usage=usage)
 
 
 def chat_chunks(reply: ReplyStream, ident: str, created: int, name: str, include_usage: bool) -> Iterator[str]:

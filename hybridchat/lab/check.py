@@ -100,57 +100,62 @@ def _gemma_hint(expected: str, got: str) -> str:
 def gemma_translator(code: Code = "my_app") -> None:
     """Check ``process_message_gemma(message, history)`` against Gemma's chat template (with the
     module's ``SYSTEM_PROMPT`` at the start of the first user turn, where it defines one)."""
-    print(_gemma_translator(code))
+    print(_translator(code, "process_message_gemma"))
 
 
-def _gemma_translator(code: Code) -> str:
-    package, fn = _function(code, "process_message_gemma")
-    system = _system_prompt(fn)
-    for message, history in SAMPLES:
-        got = _call(package, "process_message_gemma", message, history, seconds=_TRANSLATOR_SECONDS)
-        expected = reference.process_message_gemma(message, history, system_prompt=system)
-        if got != expected:
-            raise CheckFailed(f"{package.named('process_message_gemma', fn)}: {_gemma_hint(expected, got)}")
-    persona = " with your SYSTEM_PROMPT" if system else ""
-    return f"✅ process_message_gemma renders Gemma's chat template{persona} exactly, on {len(SAMPLES)} histories."
+def _gemma_mismatch(got: Any, message: str, history: Any, system: str | None) -> str | None:
+    expected = reference.process_message_gemma(message, history, system_prompt=system)
+    return None if got == expected else _gemma_hint(expected, got)
 
 
 def gemini_translator(code: Code = "my_app") -> None:
     """Check ``process_message_gemini(message, history)`` against the reference contents (with the
     module's ``SYSTEM_PROMPT`` at the start of the first user turn, where it defines one)."""
-    print(_gemini_translator(code))
+    print(_translator(code, "process_message_gemini"))
 
 
-def _gemini_translator(code: Code) -> str:
-    package, fn = _function(code, "process_message_gemini")
+def _gemini_mismatch(got: Any, message: str, history: Any, system: str | None) -> str | None:
+    expected = reference.process_message_gemini(message, history)
+    roles = [c.role for c in got]
+    if "assistant" in roles:
+        return "Gemini calls the assistant's turns `model`: use role='model', not 'assistant'."
+    if roles != [c.role for c in expected]:
+        return f"expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}"
+    texts = [[p.text for p in c.parts or []] for c in got]
+    wanted = [[p.text for p in c.parts or []] for c in expected]
+    if system:
+        wanted[0] = [f"{system}\n\n{wanted[0][0]}"]
+    return None if texts == wanted else f"the texts differ: expected {wanted}, got {texts}"
+
+
+# Each translator's check against the reference, and its verdict when it passes.
+_TRANSLATORS: dict[str, tuple[Callable[[Any, str, Any, str | None], str | None], str]] = {
+    "process_message_gemma": (_gemma_mismatch, "renders Gemma's chat template{persona} exactly"),
+    "process_message_gemini": (_gemini_mismatch, "builds the right contents{persona}"),
+}
+
+
+def _translator(code: Code, name: str) -> str:
+    """Run the learner's translator ``name`` on every sample history; ``CheckFailed`` with the
+    first mismatch with the reference, else the verdict."""
+    mismatch, verdict = _TRANSLATORS[name]
+    package, fn = _function(code, name)
     system = _system_prompt(fn)
-    at = package.named("process_message_gemini", fn)
     for message, history in SAMPLES:
-        got = _call(package, "process_message_gemini", message, history, seconds=_TRANSLATOR_SECONDS)
-        expected = reference.process_message_gemini(message, history)
-        roles = [c.role for c in got]
-        if "assistant" in roles:
-            raise CheckFailed(f"{at}: Gemini calls the assistant's turns `model`: use role='model', not 'assistant'.")
-        if roles != [c.role for c in expected]:
-            raise CheckFailed(
-                f"{at}: expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}"
-            )
-        texts = [[p.text for p in c.parts or []] for c in got]
-        wanted = [[p.text for p in c.parts or []] for c in expected]
-        if system:
-            wanted[0] = [f"{system}\n\n{wanted[0][0]}"]
-        if texts != wanted:
-            raise CheckFailed(f"{at}: the texts differ: expected {wanted}, got {texts}")
+        got = _call(package, name, message, history, seconds=_TRANSLATOR_SECONDS)
+        problem = mismatch(got, message, history, system)
+        if problem:
+            raise CheckFailed(f"{package.named(name, fn)}: {problem}")
     persona = " with your SYSTEM_PROMPT" if system else ""
-    return f"✅ process_message_gemini builds the right contents{persona}, on {len(SAMPLES)} histories."
+    return f"✅ {name} {verdict.format(persona=persona)}, on {len(SAMPLES)} histories."
 
 
 def translator_problems(package: learner.Package) -> list[str]:
     """What notebook 03's checkers say of a package's translators: the app shows it at the top."""
     found = []
-    for check in (_gemma_translator, _gemini_translator):
+    for name in _TRANSLATORS:
         try:
-            check(package)
+            _translator(package, name)
         except CheckFailed as failed:
             found.append(str(failed))
     return found
