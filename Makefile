@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 CHECKOV = .venv-checkov
 VLLM    = .venv-vllm
 
-.PHONY: setup browser haproxy run lab test bench screenshot clean
+.PHONY: setup browser haproxy run lab check test bench screenshot clean
 
 setup: $(VENV)/.installed
 
@@ -60,11 +60,18 @@ $(VLLM)/.installed:
 	$(VLLM)/bin/python -c 'import pathlib, sysconfig; d = pathlib.Path(sysconfig.get_paths()["purelib"], "vllm-0.32.0+cpu.dist-info"); d.mkdir(exist_ok=True); (d / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n")'
 	touch $@
 
+# The inner loop: lint, types and every test not marked slow (no real vLLM, notebook run,
+# browser, emulator under faults or attack), in a few minutes on 2 cores. `make test` runs all.
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow" --durations=5
+
 # Lint and type-check first: they take seconds, the tests minutes.
 test: setup browser haproxy $(CHECKOV)/.installed $(VLLM)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=10
 
 # Prints a table, writes bench/results/*.json, and renders docs/performance.md and its plots from them.
 bench: setup haproxy $(VLLM)/.installed

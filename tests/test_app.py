@@ -283,6 +283,7 @@ def test_a_retry_refused_before_it_begins_leaves_the_last_reply_standing(tmp_pat
     assert [t.user for t in conversation.turns] == ["Hi"] and not conversation.replaced
 
 
+@pytest.mark.slow
 def test_with_login_history_belongs_to_the_user_name(stand_in, tmp_path):
     store_url = f"sqlite:///{tmp_path}/h.db"
     backends = {"gemma": VllmBackend(VllmClient(stand_in), label="Gemma")}
@@ -369,6 +370,7 @@ def test_in_local_mode_replies_start_capped_at_the_small_models_default(tiny_mod
     assert {backend.default_max_tokens for backend in cloud.values()} == {1024}, "the codelab's, for Gemma 3 and Gemini"
 
 
+@pytest.mark.slow
 def test_the_app_logs_its_turns_and_no_client_chatter_at_info(stand_in, tmp_path):
     port, log = free_port(), tmp_path / "app.log"
     env = {"HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in, "GOOGLE_API_KEY": "local-stand-in",
@@ -385,6 +387,7 @@ def test_the_app_logs_its_turns_and_no_client_chatter_at_info(stand_in, tmp_path
     assert "HTTP Request:" not in written and "AFC is enabled" not in written, "httpx and google-genai stay quiet"
 
 
+@pytest.mark.slow
 def test_two_replicas_sharing_firestore_serve_one_chat_in_turn(stand_in, firestore_emulator, tmp_path):
     """As deployed: two app processes, one database. A chat started on one goes on on the other
     after a reload there (a replica removed, or the cookie's replica gone), and both list it."""

@@ -18,6 +18,8 @@ from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer
 
+pytestmark = pytest.mark.slow  # Chromium
+
 GEMINI = "Gemini 2.5 Flash (local stand-in)"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import running_app
 from fastapi import FastAPI
 from playwright.sync_api import sync_playwright
@@ -33,6 +34,8 @@ from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.sanitize import safe_markdown
 from hybridchat.store import Turn, open_store
 from hybridchat.visitors import VisitorIds, session_secret
+
+pytestmark = pytest.mark.slow  # attacks on a running app, some timed
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 

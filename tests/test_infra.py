@@ -156,6 +156,7 @@ def test_outputs_give_what_the_next_steps_need():
                        "firestore_database", "app_url"}
 
 
+@pytest.mark.slow
 def test_checkov_passes_and_every_skip_is_explained():
     checkov = shutil.which("checkov") or str(ROOT / ".venv-checkov" / "bin" / "checkov")
     if not Path(checkov).exists():

@@ -56,6 +56,7 @@ def test_the_learners_copy_leaves_out_the_four_blocks_and_keeps_the_rest(tmp_pat
     assert (infra / "main.tf").read_text() == "# the learner's", "a learner's file is never replaced"
 
 
+@pytest.mark.slow
 def test_the_blocks_written_in_pass_every_checker_and_checkov(written, capsys):
     for checker in CHECKERS:
         checker(written)

@@ -98,6 +98,7 @@ def notebooks_folder() -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in NOTEBOOKS.rglob("*") if path.is_file()}
 
 
+@pytest.mark.slow
 def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_it_was(lab_env, tmp_path):
     before = notebooks_folder()
     workspace = tmp_path / "workspace"
@@ -203,6 +204,7 @@ def test_the_stand_ins_start_is_shown_stage_by_stage():
     assert load_stage(log) == "reading its weights"
 
 
+@pytest.mark.slow
 def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_path):
     workspace, port, token = tmp_path / "workspace", free_port(), "workspace-test-token"
     lab = subprocess.Popen(
@@ -242,6 +244,7 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
     assert "copied   03_history_translators.ipynb" in (lab.stdout.read() if lab.stdout else "")
 
 
+@pytest.mark.slow
 def test_nbval_runs_the_notebooks_too(lab_env, tmp_path):
     # Copies: the solutions write the learner's package beside themselves (my_app/).
     copies = [Path(shutil.copy(path, tmp_path)) for path in SOLUTIONS]
@@ -262,6 +265,7 @@ def test_nbval_runs_the_notebooks_too(lab_env, tmp_path):
         ("04_model_callers.ipynb", "`call_gemma_model` (my_app/callers.py, line 11) is not written yet"),
     ],
 )
+@pytest.mark.slow
 def test_the_exercises_fail_at_their_checker_with_the_hint(lab_env, tmp_path, name, hint):
     exercise = Path(shutil.copy(NOTEBOOKS / "exercises" / name, tmp_path))  # it writes my_app/ beside it
     with pytest.raises(papermill.PapermillExecutionError) as failure:
@@ -349,6 +353,7 @@ def test_the_gemma_checker_names_the_mistake(translator, hint, capsys):
     assert capsys.readouterr().out.startswith("✅ process_message_gemma")
 
 
+@pytest.mark.slow
 def test_a_failed_check_shows_its_hint_alone_and_stops_run_all():
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("from hybridchat.lab import check"),
@@ -567,6 +572,7 @@ GCP_COMMANDS = {
 }
 
 
+@pytest.mark.slow
 def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     texts, ran = {}, {}
     cloud_doubles.commands(cloud)
@@ -648,6 +654,7 @@ def one_person_on_two_devices(state_dir: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_notebook_00_in_gcp_mode_creates_nothing_when_the_preflight_fails(doubles, tmp_path, monkeypatch):
     doubles(billing=False)
     monkeypatch.setenv("HF_TOKEN", fake_google.GRANTED_TOKEN)
@@ -657,6 +664,7 @@ def test_notebook_00_in_gcp_mode_creates_nothing_when_the_preflight_fails(double
     assert ran and not any(" enable " in line or " create " in line for line in ran), ran
 
 
+@pytest.mark.slow
 def test_the_in_cluster_gemma_url_fails_notebook_04_in_gcp_mode(cloud, tmp_path):
     """Reintroduce the old bug (settings keep `http://gemma-service:8000`, reachable only inside
     the cluster): the gcp-mode run fails, and the port-forward it started is stopped."""

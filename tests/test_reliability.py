@@ -171,6 +171,7 @@ def test_gemma_down_at_start_then_killed_mid_reply_then_back(tmp_path):
 # --- the history store down ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_firestore_stopped_mid_session_then_back_loses_no_turn(firestore_emulator, fault_server):
     firestore_emulator.reset()
     store = ResilientStore(
@@ -230,6 +231,7 @@ def test_sqlite_locked_mid_session_then_free_loses_no_turn(fault_server, tmp_pat
 # --- the app process killed ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_app_killed_mid_reply_and_restarted_keeps_every_session(tmp_path):
     store_url = f"sqlite:///{tmp_path}/history.db"
     env = {"HYBRIDCHAT_STREAM_INTERVAL": "0"}
@@ -267,6 +269,7 @@ def test_the_app_killed_mid_reply_and_restarted_keeps_every_session(tmp_path):
 # --- load ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_app_streams_as_many_chats_at_once_as_its_concurrency_setting(tmp_path):
     """Above Gradio's default of 40 worker threads too."""
     chats = 48
@@ -319,6 +322,7 @@ async def _load(url: str) -> tuple[list[str], dict[int, str]]:
     return problems, sessions
 
 
+@pytest.mark.slow
 def test_200_sessions_of_10_turns_at_32_at_once(tmp_path):
     store_url = f"sqlite:///{tmp_path}/history.db"
     with paced_server(LOAD_PACE) as (vllm, _), app_server(vllm, store_url) as (url, pid):

@@ -28,6 +28,7 @@ from hybridchat.lab.local import BackgroundServer, free_port
 from hybridchat.store import Turn, open_store
 
 
+@pytest.mark.slow
 def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, tmp_path):
     fault_server.mode = "html"
     backends = {"gemma": VllmBackend(VllmClient(fault_server.url, model="m"), label="Gemma")}
@@ -55,6 +56,7 @@ def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, tmp_path):
     assert dialogs == []
 
 
+@pytest.mark.slow
 def test_secrets_and_prompts_never_reach_the_logs_or_the_chat(tmp_path):
     secrets = {
         "GOOGLE_API_KEY": "AIzaFAKE-google-api-key-0123456789",

@@ -36,6 +36,8 @@ from hybridchat.config import Settings
 from hybridchat.history import conversation
 from hybridchat.store import open_store
 
+pytestmark = pytest.mark.slow  # the real vLLM engine
+
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "Please summarise this text. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 30
 NOTICE = "earlier turns were not sent to Gemma"

@@ -154,7 +154,10 @@ class BackgroundServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=1)
+        if self._thread.is_alive():  # a connection still open (a client's keep-alive, a stream) holds it
+            self._server.force_exit = True
+            self._thread.join(timeout=10)
 
     def __enter__(self) -> str:
         return self.url
