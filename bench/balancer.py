@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.run import serving
+from bench.servers import serving
 from hybridchat.lab.local import free_port
 
 COOKIE = "HCREPLICA"

@@ -1,6 +1,6 @@
 """Shared fixtures and helpers: a tiny model built in-process, servers on 127.0.0.1 (the
-stand-in, the fault server, the app), the Firestore emulator, the cloud doubles, real SDK
-clients pointed at them, a recording backend and ``wait_for``."""
+stand-in, the fault server, the app), the Firestore emulator, the cloud doubles, the notebook
+kernels' environment, real SDK clients pointed at them, a recording backend and ``wait_for``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 from fault_server import FaultServer, create_fault_app
 from google import genai
 from google.genai import types
+from notebook_runs import FAKE_SECRETS
 
 from bench.firestore_emulator import EmulatorMissing, FirestoreEmulator
 from hybridchat.backends import ChatBackend
@@ -156,6 +157,32 @@ def doubles(tmp_path, monkeypatch):
         start()
         yield start
         cloud_doubles.stop_all(tmp_path / "state")
+
+
+# --- the notebooks' kernels --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lab_env(tiny_model_dir, tmp_path_factory):
+    """Environment of the notebook kernels: the tiny model, free ports, a scratch store and lab folder."""
+    lab = tmp_path_factory.mktemp("lab")
+    env = {
+        "HYBRIDCHAT_LAB_DIR": str(lab),
+        "HYBRIDCHAT_LOCAL_PORT": str(free_port()),
+        "HYBRIDCHAT_LOCAL_MODEL": str(tiny_model_dir),
+        "HYBRIDCHAT_STORE_URL": f"sqlite:///{lab}/history.db",
+        **FAKE_SECRETS,  # the stand-ins accept any key: these only have to stay out of every output
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    from hybridchat.lab.local import stop_local_servers
+
+    stop_local_servers()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from iap_double import KEYS_PATH, IapKeys, proxy_app
 from test_reliability import visitor
 
 from bench.queue_client import QueueClient
-from bench.run import Pace, app_server, paced_server
+from bench.servers import Pace, app_server, paced_server
 from hybridchat.config import Settings
 from hybridchat.errors import SignInRefused
 from hybridchat.iap import ASSERTION_HEADER, IapVerifier

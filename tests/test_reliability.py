@@ -19,7 +19,7 @@ from conftest import EMULATOR_PROJECT, running_app, wait_for
 from fault_server import REPLY
 
 from bench.queue_client import QueueClient, Reply, text_of
-from bench.run import Pace, app_server, paced_server, rss_mib
+from bench.servers import Pace, app_server, paced_server, rss_mib
 from hybridchat.app import create_app
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer, free_port

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import sync_playwright
 
-from bench.run import serving
+from bench.servers import serving
 from hybridchat.app import create_app
 from hybridchat.backends import RetryPolicy, VllmBackend, VllmClient
 from hybridchat.config import Settings
