@@ -241,9 +241,10 @@ class RunningApp(NamedTuple):
 
 
 @contextmanager
-def running_app(folder: Path, backends: dict[str, ChatBackend] | None = None, **settings: Any) -> Iterator[RunningApp]:
+def running_app(folder: Path, backends: dict[str, ChatBackend] | None = None, /, **settings: Any) -> Iterator[RunningApp]:
     """The chat app on 127.0.0.1 over a new SQLite history in ``folder``: what differs between
-    tests is its ``backends`` (else those the settings configure) and its ``settings``."""
+    tests is its ``backends`` (else those the settings configure) and its ``settings``. The
+    backends come first, unnamed: ``backends=["gemma"]`` is the setting, the models to build."""
     from hybridchat.app import create_app
     from hybridchat.config import Settings
 
