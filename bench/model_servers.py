@@ -76,8 +76,9 @@ def served_name_in_manifest() -> str:
 class ModelServer:
     """One server process (``kind``: ``"vllm"`` or ``"stand-in"``); ``start`` waits until it answers."""
 
-    def __init__(self, kind: str, log_dir: Path):
+    def __init__(self, kind: str, log_dir: Path, api_key: str | None = None):
         self.kind = kind
+        self.api_key = api_key  # as a room's Gemma: its /v1 routes want it (VLLM_API_KEY, which both read)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = str(model_directory(default_model_source()))
@@ -97,7 +98,7 @@ class ModelServer:
         if self.kind == "vllm" and not VLLM.exists():
             raise RuntimeError("the real vLLM is not installed: `make test` installs it in .venv-vllm")
         self.served_name = served_name or self.served_name
-        env = {**os.environ, **ENGINE_ENV, "HYBRIDCHAT_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, **ENGINE_ENV, "HYBRIDCHAT_LOG_LEVEL": "WARNING", **({"VLLM_API_KEY": self.api_key} if self.api_key else {})}
         with self.log.open("ab") as log:
             # A session of its own: stop() signals the engine's worker processes too.
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

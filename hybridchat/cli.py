@@ -93,6 +93,11 @@ def serve_local(
     max_model_len: Annotated[
         int, typer.Option(help="Context length in tokens, as vLLM's flag (default the model's).")
     ] = 0,
+    api_key: Annotated[
+        str, typer.Option(envvar="VLLM_API_KEY", show_default=False,
+                          help="Want this key on the /v1 routes, as vLLM's flag (a room's Gemma); "
+                          "set VLLM_API_KEY rather than the flag, which other users of the machine can see.")
+    ] = "",
 ) -> None:
     """Serve the local model as stand-ins for Gemma (vLLM APIs) and Gemini (its REST API)."""
     from hybridchat.backends.local import LocalModel, default_model_source
@@ -106,9 +111,11 @@ def serve_local(
     url = f"http://{host}:{port}"
     typer.echo(f"Local stand-in for Gemma and Gemini: {url} (model: {source})")
     typer.echo(f"  vLLM OpenAI API: {url}/v1   legacy: {url}/generate   Gemini: HYBRIDCHAT_GEMINI_URL={url}")
+    if api_key:
+        typer.echo("  Its /v1 routes want the API key (Authorization: Bearer), as vLLM's --api-key.")
     typer.echo("  Loading the model; like vLLM, it listens once loaded. Ctrl-C stops it.")
     loaded = LocalModel.load(source, token=token, max_model_len=max_model_len or None)
-    serve(loaded, host, port, settings.log_level, served_model_name or None)
+    serve(loaded, host, port, settings.log_level, served_model_name or None, api_key or None)
 
 
 LearnerCodeOption = Annotated[

@@ -3,8 +3,8 @@
 The variable names are a contract with the Kubernetes manifests and the notebooks. Each field's
 ``description`` is its one explanation: ``docs/settings.md`` is generated from them
 (``python -m hybridchat.config``), and a test fails when it is stale. Secrets (``GOOGLE_API_KEY``,
-``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are ``SecretStr``: they print as
-``**********``.
+``HYBRIDCHAT_VLLM_API_KEY``, ``HF_TOKEN``, ``HYBRIDCHAT_SESSION_SECRET``, ``HYBRIDCHAT_AUTH``) are
+``SecretStr``: they print as ``**********``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     vllm_url: str | None = Field(default=None, description=(
         "Gemma's vLLM server; unset: `http://gemma-service:8000` in gcp mode, the `hybridchat serve-local` address "
         "locally"))
+    vllm_api_key: SecretStr | None = Field(default=None, description=(
+        "the key of a Gemma server started with `--api-key` (a room's shared Gemma), sent as `Authorization: Bearer`; "
+        "unset: none (your own Gemma, reached only inside your cluster)"))
     vllm_api: Literal["openai", "legacy"] = Field(default="openai", description=(
         "`openai` (vLLM's OpenAI-compatible server) or `legacy` (`POST /generate`, the Model Garden container)"))
     gemma_model: str | None = Field(default=None, description=(

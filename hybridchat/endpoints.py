@@ -7,7 +7,7 @@ the app's pod (the in-cluster Service, Gemini through Workload Identity)::
 
     from hybridchat import endpoints
 
-    requests.post(f"{endpoints.gemma_url()}/v1/completions",
+    requests.post(f"{endpoints.gemma_url()}/v1/completions", headers=endpoints.gemma_headers(),
                   json={"model": endpoints.gemma_model(), "prompt": prompt, ...}, timeout=endpoints.timeout())
     endpoints.gemini_client().models.generate_content(model=endpoints.gemini_model(), contents=contents, ...)
 
@@ -84,6 +84,12 @@ def _from_environment(_environ: tuple[tuple[str, str], ...]) -> Endpoints:
 def gemma_url() -> str:
     """Gemma's vLLM server, e.g. ``http://gemma-service:8000`` in the cluster (no trailing slash)."""
     return current().gemma.base_url
+
+
+def gemma_headers() -> dict[str, str]:
+    """Headers for a request to Gemma's server: its API key where it has one (a room's Gemma),
+    else none; give them to ``requests.post(headers=...)``."""
+    return current().gemma.auth_headers
 
 
 def gemma_model() -> str:

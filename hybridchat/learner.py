@@ -198,6 +198,9 @@ def _hint(name: str, exc: BaseException) -> str:
                  '`f"{endpoints.gemma_url()}/v1/completions"` with `"model": endpoints.gemma_model()`.',
             400: "The server refused the request: send `prompt`, `temperature`, `top_p`, `max_tokens` and `stop`, "
                  "with max_tokens within the model's context.",
+            401: "This Gemma takes requests with its API key only (a room's Gemma): send "
+                 "`headers=endpoints.gemma_headers()`, which holds HYBRIDCHAT_VLLM_API_KEY; if you do, "
+                 "that key is wrong.",
             503: "The model is still loading: try again in a minute, or use hybridchat's path meanwhile.",
         }.get(exc.response.status_code, "The model's server answered with an error: `response.text` says why.")
     if isinstance(exc, (requests.exceptions.MissingSchema, requests.exceptions.InvalidURL)):

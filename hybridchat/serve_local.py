@@ -21,6 +21,8 @@ stopped by ``max_tokens`` ends with ``finish_reason: "length"``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import logging
 import time
@@ -57,9 +59,10 @@ class _Refused(Exception):
         self.param = param
 
 
-def create_app(model: LocalModel, served_model_name: str | None = None) -> FastAPI:
+def create_app(model: LocalModel, served_model_name: str | None = None, api_key: str | None = None) -> FastAPI:
     """The stand-in server for a loaded ``model`` (``serve`` loads it before listening, as vLLM
-    does), under ``served_model_name`` (default ``local-stand-in/<model>``).
+    does), under ``served_model_name`` (default ``local-stand-in/<model>``); with ``api_key``,
+    its vLLM routes under ``/v1`` want it as a bearer token, as vLLM's ``--api-key`` does.
 
     Unlike vLLM, it keeps its last generation requests, with their replies, for the workshop's
     checkers: ``GET /stand-in/requests?after=ID`` (memory only, on 127.0.0.1 by default)."""
@@ -73,6 +76,19 @@ def create_app(model: LocalModel, served_model_name: str | None = None) -> FastA
                  "max_tokens": params.max_tokens, "stop": list(params.stop), "reply": None}
         recorded.append(entry)
         return _Kept(reply, entry)
+
+    if api_key:
+        expected = hashlib.sha256(api_key.encode()).digest()
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next: Any) -> Response:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            given_hash = hashlib.sha256(given.encode()).digest()
+            matches = scheme.lower() == "bearer" and hmac.compare_digest(given_hash, expected)
+            if request.url.path.startswith("/v1/") and _speaks_vllm(request) and not matches:
+                return JSONResponse({"error": "Unauthorized"}, status_code=401)  # vLLM's answer, word for word
+            response: Response = await call_next(request)
+            return response
 
     @app.get("/stand-in/requests")
     def requests(after: int = 0) -> list[dict[str, Any]]:
@@ -291,14 +307,19 @@ _ERROR_TYPES = {
 
 
 def serve(
-    model: LocalModel, host: str, port: int, log_level: str = "info", served_model_name: str | None = None
+    model: LocalModel,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    served_model_name: str | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Run the stand-in server for a loaded model until interrupted. Stopped, it breaks off the
     replies still streaming after a second, as vLLM does, rather than finishing them."""
     import uvicorn
 
     uvicorn.run(
-        create_app(model, served_model_name),
+        create_app(model, served_model_name, api_key),
         host=host,
         port=port,
         log_level=log_level.lower(),

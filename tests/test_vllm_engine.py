@@ -26,6 +26,7 @@ import httpx
 import nbformat
 import pytest
 from conftest import running_app
+from test_room_gemma import KEY, VLLMS_ANSWERS, key_answers
 
 from bench import prefix_cache
 from bench.model_servers import CONTEXT, ModelServer
@@ -281,3 +282,17 @@ def test_a_server_restarted_mid_reply_under_another_name_then_the_next_turn_work
     turns = saved(store_url, back.browser["session"])
     assert [t.status for t in turns][1:3] == ["interrupted", "error"] and turns[1].reply, "the partial reply is kept"
     assert turns[3].status in ("ok", "cut_off") and turns[3].reply
+
+
+def test_a_keyed_engine_refuses_as_the_stand_in_does(tmp_path):
+    """A room's Gemma (VLLM_API_KEY, as --api-key): the real engine's answers on its open and
+    guarded routes are the stand-in's, word for word."""
+    answers = {}
+    for kind in ("stand-in", "vllm"):
+        server = ModelServer(kind, tmp_path, api_key=KEY)
+        server.start()
+        try:
+            answers[kind] = key_answers(server.url, KEY)
+        finally:
+            server.stop()
+    assert answers["vllm"] == answers["stand-in"] == VLLMS_ANSWERS

@@ -70,8 +70,10 @@ class VllmClient(VllmErrors):
         connect_timeout: float = 5.0,
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
+        api_key: str | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        self.keyed = bool(api_key)
         self.shown_url = redact_url(self.base_url)  # for messages and logs: no password in it
         self.api = api
         self._configured = model
@@ -85,7 +87,7 @@ class VllmClient(VllmErrors):
         self._retry = retry or RetryPolicy()
         self._openai = openai.OpenAI(
             base_url=f"{self.base_url}/v1",
-            api_key=NO_API_KEY,
+            api_key=api_key or NO_API_KEY,
             max_retries=0,
             timeout=openai.Timeout(timeout, connect=connect_timeout),
         )
@@ -100,7 +102,13 @@ class VllmClient(VllmErrors):
             connect_timeout=settings.connect_timeout,
             timeout=settings.timeout,
             retry=RetryPolicy.from_settings(settings),
+            api_key=settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None,
         )
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a request of one's own (``requests.post``) sends for the server's API key, if any."""
+        return {"Authorization": f"Bearer {self._openai.api_key}"} if self.keyed else {}
 
     def close(self) -> None:
         self._openai.close()

@@ -27,6 +27,7 @@ from hybridchat.errors import (
     ContextOverflow,
     EmptyResponse,
     ModelNotFound,
+    NeedsCredentials,
     shorten,
     status_error,
 )
@@ -44,6 +45,7 @@ class VllmErrors:
     """The wording of a vLLM client's errors; the client sets these attributes."""
 
     shown_url: str
+    keyed: bool
     _model: str | None
     _max_model_len: int | None
     _timeout: float
@@ -99,6 +101,13 @@ class VllmErrors:
         log.warning("Gemma answered HTTP %s: %s", status, reason)
         if status == 503:
             return self._loading()
+        if status == 401:  # vLLM started with --api-key: {"error": "Unauthorized"}, for /v1 only
+            said = "refused the API key hybridchat sent" if self.keyed else "wants an API key"
+            return NeedsCredentials(
+                f"Gemma's server at {self.shown_url} {said} (HTTP 401). Set HYBRIDCHAT_VLLM_API_KEY to the key "
+                "it was started with (`--api-key`; your instructor's, for a room's Gemma).",
+                status_code=status,
+            )
         if status == 404 and detail and "does not exist" in detail:
             return ModelNotFound(
                 f"Gemma's server does not serve the model {self._model!r}.",
