@@ -63,6 +63,9 @@ def test_solution_regions_become_stubs_and_bad_markers_are_refused():
     with pytest.raises(ValueError, match="inside another"):
         strip_solutions("### BEGIN SOLUTION\n### BEGIN SOLUTION\n")
 
+# --- the checkers can fail, with a specific hint ----------------------------------------------------
+
+
 def _gemma_with(role_name="model", end="<end_of_turn>\n", final="<start_of_turn>model\n"):
     def render(message, history):
         prompt = ""

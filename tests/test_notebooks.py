@@ -20,7 +20,7 @@ from playwright.sync_api import expect, sync_playwright
 from test_infra_exercise import blocks_written
 
 from hybridchat import learner
-from hybridchat.lab import check
+from hybridchat.lab import check, workshop
 from hybridchat.lab.local import free_port, load_stage, stop_process
 from hybridchat.lab.workspace import learner_infra, prepare
 
@@ -205,8 +205,8 @@ def test_saved_notebooks_have_no_outputs_and_no_secrets():
         assert not re.search(r"hf_[A-Za-z0-9]{20,}|AIza[0-9A-Za-z_-]{20,}|ya29\.", text), f"{path.name} holds a secret"
         parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(parameters) == 1, f"{path.name} needs one cell tagged parameters"
-        for name in ('MODE = "local"', "PROJECT_ID", 'REGION = "us-central1"', 'CLUSTER_NAME = "gradio-chat-cluster"'):
-            assert name in parameters[0].source, f"{path.name}: {name} missing from its parameters"
+        for name, default in workshop.DEFAULTS.items():
+            # 00 sets the workshop's parameters (and saves them); the others read what it saved.
+            line = f"{name} = {default!r}" if path.name.startswith("00") else f'{name} = saved("{name}")'
+            assert line.replace("'", '"') in parameters[0].source, f"{path.name}: {name} missing from its parameters"
 
-
-# --- the checkers can fail, with a specific hint ----------------------------------------------------

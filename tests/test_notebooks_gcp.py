@@ -293,7 +293,8 @@ def test_notebook_00_in_gcp_mode_creates_nothing_when_the_preflight_fails(double
     doubles(billing=False)
     monkeypatch.setenv("HF_TOKEN", fake_google.GRANTED_TOKEN)
     with pytest.raises(papermill.PapermillExecutionError, match="PreflightFailed"):
-        execute(NOTEBOOKS / "00_setup.ipynb", tmp_path / "00.ipynb", MODE="gcp", PROJECT_ID=DOUBLES_PROJECT)
+        setup = Path(shutil.copy(NOTEBOOKS / "00_setup.ipynb", tmp_path))  # it saves workshop.json beside it
+        execute(setup, setup, MODE="gcp", PROJECT_ID=DOUBLES_PROJECT)
     ran = cloud_doubles.commands(tmp_path / "state")
     assert ran and not any(" enable " in line or " create " in line for line in ran), ran
 

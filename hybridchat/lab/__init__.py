@@ -1,6 +1,7 @@
 """Helpers the workshop notebooks call, so the notebooks stay prose, parameters and checks.
 
 * ``hybridchat.lab.setup``: which tools and packages are here, and the notebook's settings.
+* ``hybridchat.lab.workshop``: the workshop's parameters, saved by notebook 00 and read by every notebook.
 * ``hybridchat.lab.shell``: run a command with streamed output and a timeout (secrets masked).
 * ``hybridchat.lab.gcp`` and ``hybridchat.lab.terraform``: the exact Google Cloud, kubectl,
   Skaffold and Terraform commands of the workshop, and the waits and port-forward around them.
