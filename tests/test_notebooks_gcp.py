@@ -20,8 +20,9 @@ from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
 from notebook_runs import FAKE_SECRETS, NOTEBOOKS, SOLUTIONS, execute, learners_answers, outputs
 from test_iap import turn as iap_turn
 from test_infra_exercise import blocks_written
+from test_room_gemma import KEY as ROOM_KEY
 
-from hybridchat import learner
+from hybridchat import learner, serve_local
 from hybridchat.lab import gcp, terraform
 from hybridchat.lab.local import BackgroundServer
 from hybridchat.lab.shell import CommandFailed, command, run
@@ -199,34 +200,70 @@ GCP_COMMANDS = {
         "kubectl delete secret hf-secret --ignore-not-found",
         "kubectl delete secret gradio-chat-session --ignore-not-found",
         "kubectl delete secret gradio-chat-oauth --ignore-not-found",
+        "kubectl delete secret gemma-room-key --ignore-not-found",
         "kubectl delete configmap gradio-chat-iap --ignore-not-found",
+        "kubectl delete configmap gemma-room --ignore-not-found",
         "terraform -chdir=<workspace>/infra destroy -input=false -auto-approve",
         f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
     ],
 }
 
 
-@pytest.mark.slow
-def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
+# With a room's Gemma (GEMMA_URL): no GPU quota or token checked, nothing deployed or forwarded
+# for Gemma; the app's pods get its address and key (the doubles' log masks both).
+ROOM_COMMANDS = {
+    **GCP_COMMANDS,
+    "00_setup.ipynb": [c for c in GCP_COMMANDS["00_setup.ipynb"] if "regions describe" not in c and "project-info" not in c],
+    "02_deploy_gemma.ipynb": [],
+    "04_model_callers.ipynb": [],
+    "05_launch_app.ipynb": [
+        "kubectl delete configmap gemma-room --ignore-not-found",
+        "kubectl create configmap gemma-room '--from-literal=url=****'",
+        "kubectl delete secret gemma-room-key --ignore-not-found",
+        "kubectl create secret generic gemma-room-key '--from-literal=key=****'",
+        *GCP_COMMANDS["05_launch_app.ipynb"],
+    ],
+    "06_chat_history.ipynb": [],
+    "08_next_steps.ipynb": [],
+}
+
+
+def run_the_workshop(cloud: Path, workspace: Path, gemma: str, gemini: str, **parameters) -> tuple[dict, dict]:
+    """Every notebook in gcp mode, in a learner's order, with ``parameters``: what each printed
+    and each ran. ``gemma`` and ``gemini`` are the servers that keep what each model was sent."""
     texts, ran = {}, {}
     cloud_doubles.commands(cloud)
-    workspace = tmp_path / "workspace"
     copies = [copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"]
     blocks_written(workspace / "infra")
     # 08's experiments need Gemma deployed: in gcp mode it runs before 07's clean-up.
     for copy in sorted(copies, key=lambda path: path.name.startswith("07")):
         learners_answers(copy)
-        parameters = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT}
+        given = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT, **parameters}
         if copy.name.startswith("07"):
-            parameters["CONFIRM_DESTROY"] = True
+            given["CONFIRM_DESTROY"] = True
         if copy.name.startswith("05"):
-            seen = max((entry["id"] for entry in httpx.get(f"{stand_in}/stand-in/requests").json()), default=0)
-        texts[copy.name] = outputs(execute(copy, copy, **parameters))
+            seen = {server: last_request(server) for server in (gemma, gemini)}
+        texts[copy.name] = outputs(execute(copy, copy, **given))
         ran[copy.name] = cloud_doubles.commands(cloud, workspace)
         if copy.name.startswith("05"):
-            deployed_the_learners_code(workspace / "my_app", cloud, stand_in, seen)
+            deployed_the_learners_code(workspace / "my_app", cloud, gemma, gemini, seen)
         if copy.name.startswith("06"):
-            across_devices = one_person_on_two_devices(cloud)
+            one_person_on_two_devices(cloud)  # the mission's row: sign-in, one person's history on every device
+    left = json.loads((cloud / "state.json").read_text())  # what 01-05 created, 07 deleted
+    assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], {}, {}, None)
+    assert (left["configmaps"], left["gateway"]) == ({}, None)
+    assert left["terraform"] == "initialized" and left["kube_context"] is None and left["cloud"] == {}
+    return texts, ran
+
+
+def last_request(server: str) -> int:
+    return max((entry["id"] for entry in httpx.get(f"{server}/stand-in/requests").json()), default=0)
+
+
+@pytest.mark.slow
+def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
+    workspace = tmp_path / "workspace"
+    texts, ran = run_the_workshop(cloud, workspace, stand_in, stand_in)
     assert ran == GCP_COMMANDS
     assert texts["01_provision_infra.ipynb"].count("✅") == 5 + 4, "each block's checker, then the project's four"
     assert "Gemma · your code: " in texts["05_launch_app.ipynb"], "the pod answered through the learner's code"
@@ -236,35 +273,50 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
         assert f"✅ {caller} answered" in texts["04_model_callers.ipynb"]
     assert "not checked here" not in texts["04_model_callers.ipynb"], "what was sent was checked"
     assert "sent to Google -> https://accounts.google.com/" in texts["05_launch_app.ipynb"], "IAP is on"
-    assert across_devices, "the mission's row: sign-in, and one person's history on every device"
     assert re.search(r"gemini: ['\"]", texts["06_chat_history.ipynb"]), "Gemini's reply printed (its repr)"
-    # What 01-05 created, 07 deleted; the app skaffold started is stopped.
-    left = json.loads((cloud / "state.json").read_text())
-    assert (left["buckets"], left["secrets"], left["objects"], left["app"]) == ([], {}, {}, None)
-    assert (left["configmaps"], left["gateway"]) == ({}, None)
-    assert left["terraform"] == "initialized" and left["kube_context"] is None and left["cloud"] == {}
     saved = [path.read_text() for path in workspace.glob("*.ipynb")]
     assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (
         "the HF token reached a notebook")
 
 
-def deployed_the_learners_code(package: Path, state_dir: Path, model_server: str, seen: int) -> None:
+@pytest.mark.slow
+def test_with_a_rooms_gemma_every_notebook_runs_and_nothing_is_deployed_for_gemma(
+    cloud, stand_in, tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HYBRIDCHAT_VLLM_API_KEY", ROOM_KEY)  # as the attendee exports it (else it is asked)
+    with BackgroundServer(serve_local.create_app(tiny_model, api_key=ROOM_KEY)) as room:
+        workspace = tmp_path / "workspace"
+        texts, ran = run_the_workshop(cloud, workspace, room, stand_in, GEMMA_URL=room)
+    assert ran == ROOM_COMMANDS
+    assert "Gemma is the room's: no GPU quota" in texts["00_setup.ipynb"] and texts["00_setup.ipynb"].count("✅") == 5
+    assert "✅ the room's Gemma answers: Gemma is up, serving local-stand-in/" in texts["02_deploy_gemma.ipynb"]
+    assert "✅ call_gemma_model answered" in texts["04_model_callers.ipynb"]
+    assert "Gemma · your code: " in texts["05_launch_app.ipynb"], "the pod reached the room's Gemma with its key"
+    assert re.search(r"gemma: ['\"]", texts["06_chat_history.ipynb"]), "hybridchat's path too"
+    saved = [path.read_text() for path in workspace.glob("*.ipynb")]
+    assert len(saved) == len(SOLUTIONS) and not any(ROOM_KEY in text for text in saved), "the key reached a notebook"
+
+
+def deployed_the_learners_code(package: Path, state_dir: Path, gemma: str, gemini: str, seen: dict[str, int]) -> None:
     """The image skaffold built holds the learner's package as it was, and the deployed app's
     turns sent the models what it makes: the raw prompt of their Gemma translator, the
     contents of their Gemini translator."""
     built = state_dir / "image" / "deploy" / "learner" / "my_app"
     for module in ("translators.py", "callers.py"):
         assert (built / module).read_text() == (package / module).read_text(), f"{module} is in the image as written"
-    sent = httpx.get(f"{model_server}/stand-in/requests", params={"after": seen}).json()
-    generated = [entry for entry in sent if entry.get("reply") is not None]
-    assert [entry["path"] for entry in generated] == ["/v1/completions", "gemini:generateContent"], sent
+    generated = {server: [entry for entry in httpx.get(f"{server}/stand-in/requests", params={"after": seen[server]}).json()
+                          if entry.get("reply") is not None] for server in {gemma, gemini}}
+    to_gemma = [entry for entry in generated[gemma] if entry["path"] == "/v1/completions"]
+    to_gemini = [entry for entry in generated[gemini] if entry["path"] == "gemini:generateContent"]
+    assert len(to_gemma) == len(to_gemini) == 1 and sum(map(len, generated.values())) == 2, generated
+    [to_gemma], [to_gemini] = to_gemma, to_gemini
     mine = learner.load(package)
-    assert generated[0]["prompt"] == mine.functions["process_message_gemma"]("What is the capital of France?", [])
+    assert to_gemma["prompt"] == mine.functions["process_message_gemma"]("What is the capital of France?", [])
     contents = mine.functions["process_message_gemini"]("What is the capital of France?", [])
-    assert generated[1]["contents"] == [{"role": c.role, "text": c.parts[0].text} for c in contents]
+    assert to_gemini["contents"] == [{"role": c.role, "text": c.parts[0].text} for c in contents]
 
 
-def one_person_on_two_devices(state_dir: Path) -> bool:
+def one_person_on_two_devices(state_dir: Path) -> None:
     """What 05 deployed, as people meet it: through the Gateway with IAP, the learner (the
     member notebook 01 let in) on a laptop and on a phone, and someone who is not a member.
     Both of the learner's devices show the chat started on one; the stranger gets IAP's 403."""
@@ -285,7 +337,6 @@ def one_person_on_two_devices(state_dir: Path) -> bool:
     app = f"http://127.0.0.1:{state['app']['port']}"
     forged = {"x-goog-authenticated-user-email": f"accounts.google.com:{state['account']}"}
     assert httpx.get(app, headers=forged).status_code == 403, "the pod itself believes only IAP's signature"
-    return True
 
 
 @pytest.mark.slow

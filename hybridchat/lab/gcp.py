@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from hybridchat.config import Settings
 from hybridchat.lab.local import free_port
 from hybridchat.lab.shell import Background, Command, command, run
 
@@ -26,6 +27,8 @@ HF_SECRET = "hf-secret"  # read by deploy/gemma3-12b-*.yaml
 SESSION_SECRET = "gradio-chat-session"  # read by deploy/chat-deploy.yaml
 IAP_CONFIG = "gradio-chat-iap"  # the ConfigMap that gives the app IAP's audience
 OAUTH_SECRET = "gradio-chat-oauth"  # the OAuth client's secret, read by IAP (chat-iap-policy.yaml)
+ROOM_GEMMA = "gemma-room"  # the ConfigMap with a room's Gemma URL, read by deploy/chat-deploy.yaml
+ROOM_GEMMA_KEY = "gemma-room-key"  # the Secret with its key, read there too
 OAUTH_CLIENT_PLACEHOLDER = "OAUTH_CLIENT_ID"
 IAP_POLICY = "chat-iap-policy.yaml"
 RENDERED = DEPLOY / "rendered"  # git-ignored: manifests with this project's values filled in
@@ -98,6 +101,35 @@ def delete_secret(name: str) -> Command:
     return command("kubectl", "delete", "secret", name, "--ignore-not-found")
 
 
+class RoomGemmaUnavailable(RuntimeError):
+    """The room's Gemma does not answer this notebook; the message says why."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"❌ {self}"]
+
+
+def check_room_gemma(settings: Settings) -> str:
+    """That the room's Gemma answers, with this attendee's key: what it serves, else why not."""
+    from hybridchat.backends.vllm_client import VllmClient
+
+    health = VllmClient.from_settings(settings).health()
+    if not health.ok:
+        raise RoomGemmaUnavailable(health.detail)
+    return health.detail
+
+
+def use_room_gemma(url: str, key: str | None) -> list[Command]:
+    """The app's pods reach the room's Gemma instead of their own: its URL in a ConfigMap and its
+    key in a Secret (made anew), which ``deploy/chat-deploy.yaml`` reads when they exist."""
+    steps = [delete_configmap(ROOM_GEMMA),
+             command("kubectl", "create", "configmap", ROOM_GEMMA, f"--from-literal=url={url}"),
+             delete_secret(ROOM_GEMMA_KEY)]
+    if key:
+        steps.append(command("kubectl", "create", "secret", "generic", ROOM_GEMMA_KEY, f"--from-literal=key={key}",
+                             secrets=(key,)))
+    return steps
+
+
 def create_session_secret() -> Command:
     """The key every app replica signs visitors' ids with: made once (a new one would lose every
     visitor's chats), random, never shown."""
@@ -161,15 +193,15 @@ def wait_for_audience(project_id: str, project_number: str, timeout: float = 900
 def set_audience(audience: str) -> list[Command]:
     """The app's ConfigMap with IAP's audience (made anew), and the app restarted to read it."""
     return [
-        delete_audience(),
+        delete_configmap(IAP_CONFIG),
         command("kubectl", "create", "configmap", IAP_CONFIG, f"--from-literal=audience={audience}"),
         command("kubectl", "rollout", "restart", "deployment/gradio-chat"),
         command("kubectl", "rollout", "status", "deployment/gradio-chat", "--timeout=600s"),
     ]
 
 
-def delete_audience() -> Command:
-    return command("kubectl", "delete", "configmap", IAP_CONFIG, "--ignore-not-found")
+def delete_configmap(name: str) -> Command:
+    return command("kubectl", "delete", "configmap", name, "--ignore-not-found")
 
 
 def wait_for_sign_in(url: str, timeout: float = 5400) -> str:

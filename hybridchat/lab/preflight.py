@@ -158,21 +158,26 @@ def hugging_face(token: str) -> Result:
     return Result(True, "Hugging Face token", f"has access to {repo}")
 
 
-def preflight(project_id: str, region: str, token: str) -> list[Result]:
+def preflight(project_id: str, region: str, token: str | None) -> list[Result]:
     """Run every check, print one line each; ``PreflightFailed`` if any failed. Logged out, the
-    project's checks cannot run: only the login and the token are reported."""
+    project's checks cannot run: only the login and the token are reported. Without a ``token``
+    (the room's Gemma serves this attendee), neither GPUs nor Gemma's weights are needed."""
     logged_in = account()
+    own_gemma: list[Callable[[], Result]] = [lambda: gpu_quota(project_id, region)] if token is not None else []
     project_checks: list[Callable[[], Result]] = [
         application_default_credentials,
         lambda: project(project_id),
         lambda: billing(project_id),
         lambda: apis(project_id),
-        lambda: gpu_quota(project_id, region),
+        *own_gemma,
     ]
     results = []
     checks: list[Callable[[], Result]] = [
-        lambda: logged_in, *(project_checks if logged_in.ok else []), lambda: hugging_face(token)
+        lambda: logged_in, *(project_checks if logged_in.ok else []),
+        *([lambda: hugging_face(token)] if token is not None else []),
     ]
+    if token is None:
+        print("Gemma is the room's: no GPU quota and no Hugging Face token are needed in this project.")
     for check in checks:
         result = check()
         print(f"{'✅' if result.ok else '❌'} {result.check}: {result.detail}")

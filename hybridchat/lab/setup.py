@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import subprocess
+from getpass import getpass
 from importlib import metadata
 
 from hybridchat.config import Settings
@@ -60,8 +61,10 @@ def missing(rows: list[dict[str, str]], mode: str) -> list[str]:
     return [row["what"] for row in needed if row["status"] == "MISSING"]
 
 
-def configure(mode: str, project_id: str = "", region: str = "us-central1") -> Settings:
-    """Point this notebook's hybridchat at the local stand-ins or at the project, and return the settings."""
+def configure(mode: str, project_id: str = "", region: str = "us-central1", gemma_url: str = "") -> Settings:
+    """Point this notebook's hybridchat at the local stand-ins or at the project, and at the room's
+    Gemma if ``gemma_url`` names one (its key from ``HYBRIDCHAT_VLLM_API_KEY``, else asked, never
+    shown); return the settings."""
     if mode not in ("local", "gcp"):
         raise ValueError(f"MODE must be 'local' or 'gcp', not {mode!r}")
     os.environ["HYBRIDCHAT_MODE"] = mode
@@ -69,4 +72,8 @@ def configure(mode: str, project_id: str = "", region: str = "us-central1") -> S
         os.environ["GOOGLE_CLOUD_PROJECT"] = project_id
     if mode == "gcp" and not project_id:
         raise ValueError("set PROJECT_ID in the parameters cell for MODE='gcp'")
+    if gemma_url:
+        os.environ["HYBRIDCHAT_VLLM_URL"] = gemma_url
+        if "HYBRIDCHAT_VLLM_API_KEY" not in os.environ:
+            os.environ["HYBRIDCHAT_VLLM_API_KEY"] = getpass("The room's Gemma key (from your instructor): ")
     return Settings()

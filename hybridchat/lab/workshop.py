@@ -14,6 +14,7 @@ DEFAULTS = {
     "PROJECT_ID": "",
     "REGION": "us-central1",
     "CLUSTER_NAME": "gradio-chat-cluster",
+    "GEMMA_URL": "",  # a room's Gemma (the instructor's); "": each attendee's own, from notebook 02
 }
 
 
