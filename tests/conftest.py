@@ -5,6 +5,7 @@ kernels' environment, real SDK clients pointed at them, a recording backend and 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from notebook_runs import FAKE_SECRETS
 from bench.firestore_emulator import EmulatorMissing, FirestoreEmulator
 from hybridchat.backends import ChatBackend
 from hybridchat.backends.local import LocalModel
+from hybridchat.lab import gcp
 from hybridchat.lab.local import BackgroundServer, free_port
 
 T = TypeVar("T")
@@ -157,6 +159,49 @@ def doubles(tmp_path, monkeypatch):
         start()
         yield start
         cloud_doubles.stop_all(tmp_path / "state")
+
+
+GCP_PROJECT = EMULATOR_PROJECT  # the Firestore emulator's project stands in for the learner's
+
+
+@pytest.fixture
+def cloud(lab_env, stand_in, firestore_emulator, tmp_path, monkeypatch):
+    """gcp mode on this machine: the CLIs are doubles first on PATH (their state and command log
+    in the folder this yields); Gemini is the stand-in reached in Vertex AI mode with
+    application-default credentials; Firestore is the emulator.
+
+    `kubectl port-forward service/gemma-service` leads to the stand-in too, not the real vLLM:
+    notebook 04 teaches a raw completion in Gemma's chat template, which only Gemma (or the
+    stand-in, which re-renders it) answers; SmolLM2 on vLLM answers it with "<end_of_turn>". The
+    real engine runs the app's chat path, and notebook 04's package cell, in test_vllm_engine.py.
+    """
+    with kube_api.fake_cluster(tmp_path) as kubeconfig, BackgroundServer(fake_google.create_app()) as hub:
+        credentials = fake_google.application_default_credentials(tmp_path)
+        app_env = {
+            "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in,
+            "GOOGLE_CLOUD_PROJECT": GCP_PROJECT, "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+            "FIRESTORE_EMULATOR_HOST": firestore_emulator.host, "HYBRIDCHAT_STORE_URL": "firestore://chat-app-db",
+            "HYBRIDCHAT_LOG_LEVEL": "WARNING",
+        }
+        state = cloud_doubles.initial_state(GCP_PROJECT, gemma_url=stand_in, app_env=app_env)
+        cloud_doubles.install(tmp_path / "bin", tmp_path / "state", state, kubeconfig)
+        # The notebooks' own settings: Gemma's URL is the in-cluster one, reached by port-forward.
+        for name, value in app_env.items():
+            if name not in ("HYBRIDCHAT_MODE", "HYBRIDCHAT_VLLM_URL"):
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("HF_ENDPOINT", hub)
+        monkeypatch.setenv("HYBRIDCHAT_LAB_POLL_SECONDS", "0.2")
+        monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # Vertex AI with credentials, as on a real project
+        # The OAuth client a learner makes in the console for IAP (notebook 05 asks for it).
+        monkeypatch.setenv("IAP_CLIENT_ID", "123-workshop.apps.googleusercontent.com")
+        staged = gcp.STAGED_LEARNER_CODE.exists()
+        try:
+            yield tmp_path / "state"
+        finally:
+            cloud_doubles.stop_all(tmp_path / "state")
+            if not staged:  # notebook 05 staged the test's package in this checkout: not left behind
+                shutil.rmtree(gcp.STAGED_LEARNER_CODE, ignore_errors=True)
 
 
 # --- the notebooks' kernels --------------------------------------------------------------------

@@ -4,7 +4,6 @@ cloud CLIs' doubles, the Firestore emulator and the stand-in."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -12,19 +11,16 @@ from pathlib import Path
 import cloud_doubles
 import fake_google
 import httpx
-import kube_api
 import nbformat
 import papermill
 import pytest
-from conftest import DOUBLES_PROJECT, EMULATOR_PROJECT
+from conftest import DOUBLES_PROJECT, GCP_PROJECT
 from notebook_runs import FAKE_SECRETS, NOTEBOOKS, SOLUTIONS, execute, learners_answers, outputs
 from test_iap import turn as iap_turn
 from test_infra_exercise import blocks_written
-from test_room_gemma import KEY as ROOM_KEY
 
-from hybridchat import learner, serve_local
+from hybridchat import learner
 from hybridchat.lab import gcp, terraform
-from hybridchat.lab.local import BackgroundServer
 from hybridchat.lab.shell import CommandFailed, command, run
 from hybridchat.lab.workspace import prepare
 
@@ -84,49 +80,6 @@ def test_pod_status_reads_kubectl_output():
 
 # --- gcp mode: every notebook against the cloud CLIs' doubles ---------------------------------------
 
-GCP_PROJECT = EMULATOR_PROJECT  # the Firestore emulator's project stands in for the learner's
-
-
-@pytest.fixture
-def cloud(lab_env, stand_in, firestore_emulator, tmp_path, monkeypatch):
-    """gcp mode on this machine: the CLIs are doubles first on PATH (their state and command log
-    in the folder this yields); Gemini is the stand-in reached in Vertex AI mode with
-    application-default credentials; Firestore is the emulator.
-
-    `kubectl port-forward service/gemma-service` leads to the stand-in too, not the real vLLM:
-    notebook 04 teaches a raw completion in Gemma's chat template, which only Gemma (or the
-    stand-in, which re-renders it) answers; SmolLM2 on vLLM answers it with "<end_of_turn>". The
-    real engine runs the app's chat path, and notebook 04's package cell, in test_vllm_engine.py.
-    """
-    with kube_api.fake_cluster(tmp_path) as kubeconfig, BackgroundServer(fake_google.create_app()) as hub:
-        credentials = fake_google.application_default_credentials(tmp_path)
-        app_env = {
-            "HYBRIDCHAT_MODE": "gcp", "HYBRIDCHAT_VLLM_URL": stand_in, "HYBRIDCHAT_GEMINI_URL": stand_in,
-            "GOOGLE_CLOUD_PROJECT": GCP_PROJECT, "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
-            "FIRESTORE_EMULATOR_HOST": firestore_emulator.host, "HYBRIDCHAT_STORE_URL": "firestore://chat-app-db",
-            "HYBRIDCHAT_LOG_LEVEL": "WARNING",
-        }
-        state = cloud_doubles.initial_state(GCP_PROJECT, gemma_url=stand_in, app_env=app_env)
-        cloud_doubles.install(tmp_path / "bin", tmp_path / "state", state, kubeconfig)
-        # The notebooks' own settings: Gemma's URL is the in-cluster one, reached by port-forward.
-        for name, value in app_env.items():
-            if name not in ("HYBRIDCHAT_MODE", "HYBRIDCHAT_VLLM_URL"):
-                monkeypatch.setenv(name, value)
-        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-        monkeypatch.setenv("HF_ENDPOINT", hub)
-        monkeypatch.setenv("HYBRIDCHAT_LAB_POLL_SECONDS", "0.2")
-        monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # Vertex AI with credentials, as on a real project
-        # The OAuth client a learner makes in the console for IAP (notebook 05 asks for it).
-        monkeypatch.setenv("IAP_CLIENT_ID", "123-workshop.apps.googleusercontent.com")
-        staged = gcp.STAGED_LEARNER_CODE.exists()
-        try:
-            yield tmp_path / "state"
-        finally:
-            cloud_doubles.stop_all(tmp_path / "state")
-            if not staged:  # notebook 05 staged the test's package in this checkout: not left behind
-                shutil.rmtree(gcp.STAGED_LEARNER_CODE, ignore_errors=True)
-
-
 P = GCP_PROJECT
 WAIT_FOR_GEMMA = ["kubectl get pods -l app=gemma-server -o json"]  # once per poll
 BACKEND_SERVICE = [f"gcloud compute backend-services list --project={P} '--filter=name~-default-gradio-chat-service-7860-' "
@@ -171,7 +124,7 @@ GCP_COMMANDS = {
         *WAIT_FOR_GEMMA * 3,
     ],
     "03_history_translators.ipynb": [],
-    "04_model_callers.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
+    "04_model_callers.ipynb": [*WAIT_FOR_GEMMA, "kubectl port-forward service/gemma-service PORT:8000"],
     "05_launch_app.ipynb": [
         "kubectl get secret gradio-chat-session --ignore-not-found -o name",
         "kubectl create secret generic gradio-chat-session '--from-literal=secret=****'",
@@ -190,8 +143,8 @@ GCP_COMMANDS = {
         "kubectl exec deployment/gradio-chat -- hybridchat ask 'What is the capital of France?' --model=my_gemma",
         "kubectl exec deployment/gradio-chat -- hybridchat ask 'What is the capital of France?' --model=my_gemini",
     ],
-    "06_chat_history.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],
-    "08_next_steps.ipynb": ["kubectl port-forward service/gemma-service PORT:8000"],  # before the clean-up
+    "06_chat_history.ipynb": [*WAIT_FOR_GEMMA, "kubectl port-forward service/gemma-service PORT:8000"],
+    "08_next_steps.ipynb": [*WAIT_FOR_GEMMA, "kubectl port-forward service/gemma-service PORT:8000"],  # before 07
     "07_cleanup.ipynb": [
         "kubectl delete --ignore-not-found -f <repo>/deploy/chat-gateway.yaml",
         "kubectl delete --ignore-not-found -f <repo>/deploy/chat-iap-policy.yaml",
@@ -206,25 +159,6 @@ GCP_COMMANDS = {
         "terraform -chdir=<workspace>/infra destroy -input=false -auto-approve",
         f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
     ],
-}
-
-
-# With a room's Gemma (GEMMA_URL): no GPU quota or token checked, nothing deployed or forwarded
-# for Gemma; the app's pods get its address and key (the doubles' log masks both).
-ROOM_COMMANDS = {
-    **GCP_COMMANDS,
-    "00_setup.ipynb": [c for c in GCP_COMMANDS["00_setup.ipynb"] if "regions describe" not in c and "project-info" not in c],
-    "02_deploy_gemma.ipynb": [],
-    "04_model_callers.ipynb": [],
-    "05_launch_app.ipynb": [
-        "kubectl delete configmap gemma-room --ignore-not-found",
-        "kubectl create configmap gemma-room '--from-literal=url=****'",
-        "kubectl delete secret gemma-room-key --ignore-not-found",
-        "kubectl create secret generic gemma-room-key '--from-literal=key=****'",
-        *GCP_COMMANDS["05_launch_app.ipynb"],
-    ],
-    "06_chat_history.ipynb": [],
-    "08_next_steps.ipynb": [],
 }
 
 
@@ -277,24 +211,6 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     saved = [path.read_text() for path in workspace.glob("*.ipynb")]
     assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (
         "the HF token reached a notebook")
-
-
-@pytest.mark.slow
-def test_with_a_rooms_gemma_every_notebook_runs_and_nothing_is_deployed_for_gemma(
-    cloud, stand_in, tiny_model, tmp_path, monkeypatch
-):
-    monkeypatch.setenv("HYBRIDCHAT_VLLM_API_KEY", ROOM_KEY)  # as the attendee exports it (else it is asked)
-    with BackgroundServer(serve_local.create_app(tiny_model, api_key=ROOM_KEY)) as room:
-        workspace = tmp_path / "workspace"
-        texts, ran = run_the_workshop(cloud, workspace, room, stand_in, GEMMA_URL=room)
-    assert ran == ROOM_COMMANDS
-    assert "Gemma is the room's: no GPU quota" in texts["00_setup.ipynb"] and texts["00_setup.ipynb"].count("✅") == 5
-    assert "✅ the room's Gemma answers: Gemma is up, serving local-stand-in/" in texts["02_deploy_gemma.ipynb"]
-    assert "✅ call_gemma_model answered" in texts["04_model_callers.ipynb"]
-    assert "Gemma · your code: " in texts["05_launch_app.ipynb"], "the pod reached the room's Gemma with its key"
-    assert re.search(r"gemma: ['\"]", texts["06_chat_history.ipynb"]), "hybridchat's path too"
-    saved = [path.read_text() for path in workspace.glob("*.ipynb")]
-    assert len(saved) == len(SOLUTIONS) and not any(ROOM_KEY in text for text in saved), "the key reached a notebook"
 
 
 def deployed_the_learners_code(package: Path, state_dir: Path, gemma: str, gemini: str, seen: dict[str, int]) -> None:
@@ -355,16 +271,17 @@ def test_the_in_cluster_gemma_url_fails_notebook_04_in_gcp_mode(cloud, tmp_path)
     """Reintroduce the old bug (settings keep `http://gemma-service:8000`, reachable only inside
     the cluster): the gcp-mode run fails, and the port-forward it started is stopped."""
     state = json.loads((cloud / "state.json").read_text())
-    state.update(kube_context="gke_workshop", pod_polls=9, objects={"service/gemma-service": "gemma3-12b-deploy.yaml"})
+    state.update(kube_context="gke_workshop", pod_polls=9, objects={  # Gemma deployed, and Ready
+        "deployment.apps/vllm-gemma-deployment": "gemma3-12b-deploy.yaml", "service/gemma-service": "gemma3-12b-deploy.yaml"})
     (cloud / "state.json").write_text(json.dumps(state))
     notebook = nbformat.read(NOTEBOOKS / "04_model_callers.ipynb", as_version=4)
-    fix = '    settings = settings.model_copy(update={"vllm_url": forward.url})\n'
+    fix = "settings = reached.settings\n"
     cell = next(c for c in notebook.cells if fix in c.source)
     cell.source = cell.source.replace(fix, "")
     mutated = tmp_path / "04_in_cluster_url.ipynb"
     nbformat.write(notebook, mutated)
     with pytest.raises(papermill.PapermillExecutionError, match="gemma-service"):
         execute(mutated, tmp_path / "out.ipynb", MODE="gcp", PROJECT_ID=GCP_PROJECT)
-    assert cloud_doubles.commands(cloud) == ["kubectl port-forward service/gemma-service PORT:8000"]
+    assert cloud_doubles.commands(cloud) == [*WAIT_FOR_GEMMA, "kubectl port-forward service/gemma-service PORT:8000"]
     shown = outputs(nbformat.read(tmp_path / "out.ipynb", as_version=4))
     assert "A cell failed: `kubectl port-forward service/gemma-service" in shown, "the failed cell stopped it"

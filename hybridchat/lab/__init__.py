@@ -6,6 +6,7 @@
 * ``hybridchat.lab.gcp`` and ``hybridchat.lab.terraform``: the exact Google Cloud, kubectl,
   Skaffold and Terraform commands of the workshop, and the waits and port-forward around them.
 * ``hybridchat.lab.preflight``: notebook 00's checks of a project before anything is created.
+* ``hybridchat.lab.reach``: how a notebook reaches the models, and runs on Gemini alone when Gemma cannot be.
 * ``hybridchat.lab.local``: the local stand-in server and the app, started and stopped for a lab.
 * ``hybridchat.lab.check``: checker cells for the exercises of 03, 04 and 08 (the learner's package).
 * ``hybridchat.lab.check_infra``: checker cells for 01's Terraform exercise, and its "check my progress".

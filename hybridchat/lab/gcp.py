@@ -280,9 +280,8 @@ def forward_gemma(timeout: float = 60) -> Background:
 
     forward = Background(
         port_forward_gemma(port), answers, timeout=timeout,
-        hint="Is the Gemma pod Ready? (notebook 02, or `kubectl get pods -l app=gemma-server`)",
+        hint="Is the Gemma pod Ready? (notebook 02, or `kubectl get pods -l app=gemma-server`)", url=url,
     )
-    forward.url = url  # type: ignore[attr-defined]
     _forwards.append(forward)
     return forward
 

@@ -10,6 +10,7 @@ from getpass import getpass
 from importlib import metadata
 
 from hybridchat.config import Settings
+from hybridchat.lab.workshop import NO_GEMMA
 
 TOOLS = {
     "gcloud": ("gcp", "https://cloud.google.com/sdk/docs/install (Cloud Shell has it)"),
@@ -72,7 +73,7 @@ def configure(mode: str, project_id: str = "", region: str = "us-central1", gemm
         os.environ["GOOGLE_CLOUD_PROJECT"] = project_id
     if mode == "gcp" and not project_id:
         raise ValueError("set PROJECT_ID in the parameters cell for MODE='gcp'")
-    if gemma_url:
+    if gemma_url and gemma_url != NO_GEMMA:
         os.environ["HYBRIDCHAT_VLLM_URL"] = gemma_url
         if "HYBRIDCHAT_VLLM_API_KEY" not in os.environ:
             os.environ["HYBRIDCHAT_VLLM_API_KEY"] = getpass("The room's Gemma key (from your instructor): ")

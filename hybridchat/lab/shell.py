@@ -101,8 +101,11 @@ class Background:
     started again before the next cell runs, so fixing the cell and running it again just works.
     """
 
-    def __init__(self, cmd: Command, ready: Callable[[], bool], *, timeout: float = 60, hint: str = ""):
+    def __init__(
+        self, cmd: Command, ready: Callable[[], bool], *, timeout: float = 60, hint: str = "", url: str = ""
+    ):
         self.cmd, self._ready, self._timeout, self._hint = cmd, ready, timeout, hint
+        self.url = url  # where it serves, for one that does (a port-forward)
         self._output = tempfile.TemporaryFile()  # noqa: SIM115 (the service's log for its whole life, across restarts)
         self._halted = False
         self._start()

@@ -16,6 +16,7 @@ DEFAULTS = {
     "CLUSTER_NAME": "gradio-chat-cluster",
     "GEMMA_URL": "",  # a room's Gemma (the instructor's); "": each attendee's own, from notebook 02
 }
+NO_GEMMA = "none"  # GEMMA_URL for a workshop on Gemini alone
 
 
 class WorkshopFileInvalid(ValueError):
