@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hybridchat.cli_room import room_app
 from hybridchat.config import Settings
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u20
 app = typer.Typer(help="hybridchat: a hybrid Gemma + Gemini chat app for workshops.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Read the saved chat sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(room_app, name="room")
 
 
 def _logging(settings: Settings) -> None:

@@ -64,6 +64,7 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
     assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
+    assert "would run: gcloud container clusters list --project=PROJECT_ID" in texts["07_cleanup.ipynb"], "its check too"
     assert load_stage((Path(lab_env["HYBRIDCHAT_LAB_DIR"]) / "serve-local.log").read_text()) == "starting to listen"
     assert "the phone's browser lists it:  False" in texts["08_next_steps.ipynb"]
     assert "signed in, on any device:     True" in texts["08_next_steps.ipynb"]

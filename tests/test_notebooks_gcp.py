@@ -158,6 +158,16 @@ GCP_COMMANDS = {
         "kubectl delete configmap gemma-room --ignore-not-found",
         "terraform -chdir=<workspace>/infra destroy -input=false -auto-approve",
         f"gcloud storage rm --recursive gs://{P}_cloudbuild --project={P}",
+        # then what is left that bills, listed
+        f"gcloud container clusters list --project={P} --format=json",
+        f"gcloud compute instances list --project={P} --format=json",
+        f"gcloud compute disks list --project={P} --format=json",
+        f"gcloud compute forwarding-rules list --project={P} --format=json",
+        f"gcloud compute addresses list --project={P} --format=json",
+        f"gcloud compute ssl-certificates list --project={P} --format=json",
+        f"gcloud storage buckets list --project={P} --format=json",
+        f"gcloud firestore databases list --project={P} --format=json",
+        f"gcloud artifacts repositories list --project={P} --location=us-central1 --format=json",
     ],
 }
 
@@ -208,6 +218,7 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     assert "not checked here" not in texts["04_model_callers.ipynb"], "what was sent was checked"
     assert "sent to Google -> https://accounts.google.com/" in texts["05_launch_app.ipynb"], "IAP is on"
     assert re.search(r"gemini: ['\"]", texts["06_chat_history.ipynb"]), "Gemini's reply printed (its repr)"
+    assert f"Nothing of the workshop's kinds bills in {P} (us-central1)." in texts["07_cleanup.ipynb"]
     saved = [path.read_text() for path in workspace.glob("*.ipynb")]
     assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (
         "the HF token reached a notebook")

@@ -58,16 +58,18 @@ def test_with_a_rooms_gemma_every_notebook_runs_and_nothing_is_deployed_for_gemm
 def test_with_gemma_never_ready_04_06_and_08_run_their_gemini_parts_and_say_what_they_skipped(cloud, tmp_path):
     state = json.loads((cloud / "state.json").read_text())
     state.update(kube_context="gke_workshop", pending_polls=10**6,  # no GPU node, ever
+                 cloud={"cluster": {"name": "gradio-chat-cluster", "location": "us-central1", "autopilot": True}},
                  objects={"deployment.apps/vllm-gemma-deployment": "gemma3-12b-deploy.yaml",
                           "service/gemma-service": "gemma3-12b-deploy.yaml"})
     (cloud / "state.json").write_text(json.dumps(state))
     workspace = tmp_path / "workspace"
     copies = {copy.name[:2]: copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"}
     texts = {}
-    for number in ("03", "04", "06", "08"):
+    for number in ("03", "04", "06", "08", "07"):
         learners_answers(copies[number])
         texts[number] = outputs(execute(copies[number], copies[number], MODE="gcp", PROJECT_ID=GCP_PROJECT))
-        assert cloud_doubles.commands(cloud, workspace) == ([] if number == "03" else WAIT_FOR_GEMMA), "no forward"
+        if number != "07":
+            assert cloud_doubles.commands(cloud, workspace) == ([] if number == "03" else WAIT_FOR_GEMMA), "no forward"
     for number in ("04", "06", "08"):
         assert "⚠️ Gemma is left out of this notebook: Gemma's pod is not Ready (Pending: waiting for a GPU node" in (
             texts[number]), texts[number]
@@ -75,3 +77,7 @@ def test_with_gemma_never_ready_04_06_and_08_run_their_gemini_parts_and_say_what
     assert "✅ call_gemini_model answered" in texts["04"]
     assert "⏭ the gemma turn: skipped" in texts["06"] and re.search(r"gemini: ['\"]", texts["06"])
     assert "signed in, on any device:     True" in texts["08"], "08 ran to its end on Gemini"
+    # 07 without CONFIRM_DESTROY deletes nothing, and its check says what still bills.
+    assert "would run: kubectl delete" in texts["07"]
+    assert "❌ GKE clusters: gradio-chat-cluster (us-central1) is left. Delete it: gcloud container clusters delete" in (
+        texts["07"]) and f"Something still bills in {GCP_PROJECT}" in texts["07"]

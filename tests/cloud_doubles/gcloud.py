@@ -6,6 +6,7 @@ import json
 import sys
 
 from .grammar import Call, Refused, Spec
+from .listings import listing_specs
 from .state import State
 
 
@@ -191,6 +192,7 @@ def gcloud_specs(state: State) -> dict[tuple[str, ...], Spec]:
         ("billing", "projects", "describe"): Spec({"--format": True}, (1, 1), billing),
         ("compute", "regions", "describe"): Spec({**project_flag, "--format": True}, (1, 1), region_describe),
         ("compute", "project-info", "describe"): Spec({**project_flag, "--format": True}, (0, 0), project_info),
+        **listing_specs(state),
     }
 
 

@@ -66,6 +66,8 @@ def initial_state(project: str, **overrides: object) -> dict:
         "forwards": [],  # pids of the port-forwards started (the tests stop any left)
         "pod_polls": 0,
         "cloud": {},  # what `terraform apply` made from the learner's files: cluster, database, document, bindings
+        "disks": [],  # (name, zone) of disks left behind (a volume's, after its cluster went)
+        "room_projects": [],  # other attendees' projects this account can see, each with nothing left
         **overrides,
     }
 
