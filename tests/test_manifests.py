@@ -141,8 +141,8 @@ def test_the_gateway_iap_and_terraform_name_the_same_things():
     assert health["targetRef"] == target
     assert health["default"]["config"]["httpHealthCheck"] == {
         "port": container["ports"][0]["containerPort"], "requestPath": container["readinessProbe"]["httpGet"]["path"]}
-    policies = [d for path in MANIFESTS for d in documents(path) if d["kind"] == "GCPBackendPolicy"]
-    assert len(policies) == 1, "GKE takes one GCPBackendPolicy per Service"
+    targets = [d["spec"]["targetRef"]["name"] for path in MANIFESTS for d in documents(path) if d["kind"] == "GCPBackendPolicy"]
+    assert len(targets) == len(set(targets)), "GKE takes one GCPBackendPolicy per Service"
     policy = manifest("GCPBackendPolicy", "gradio-chat-backend", policy_file)["spec"]
     assert policy["targetRef"] == target
     assert policy["default"]["iap"] == {"enabled": True, "clientID": gcp.OAUTH_CLIENT_PLACEHOLDER,
@@ -153,6 +153,32 @@ def test_the_gateway_iap_and_terraform_name_the_same_things():
     assert rendered["spec"]["targetRef"] == target
     skaffold = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
     assert "deploy/chat-iap-policy.yaml" not in skaffold["manifests"]["rawYaml"], "applied with its client id filled in"
+
+
+def test_the_rooms_gemma_wants_its_key_and_answers_over_https_only():
+    room = DEPLOY / "gemma3-12b-room.yaml"
+    container = manifest("Deployment", "vllm-gemma-deployment", room)["spec"]["template"]["spec"]["containers"][0]
+    key = next(e for e in container["env"] if e["name"] == "VLLM_API_KEY")  # what vLLM reads for --api-key
+    assert key["valueFrom"]["secretKeyRef"] == {"name": gcp.ROOM_GEMMA_KEY, "key": "key"}, "the Secret notebook 05 names"
+    assert not any("api-key" in arg for arg in container["args"]), "the key in no argument: `ps` would show it"
+    assert "--max-num-seqs=100" in container["args"]
+    service = manifest("Service", "gemma-service", room)
+    gateway = manifest("Gateway", "gemma-room-gateway", room)["spec"]
+    (listener,) = gateway["listeners"]
+    assert (listener["protocol"], listener["port"]) == ("HTTPS", 443), "the key never crosses the internet in clear"
+    assert listener["tls"]["options"]["networking.gke.io/pre-shared-certs"] == "gemma-room-cert"
+    assert gateway["addresses"] == [{"type": "NamedAddress", "value": "gemma-room-ip"}]
+    for made in ("addresses create gemma-room-ip", "ssl-certificates create gemma-room-cert",
+                 f"secret generic {gcp.ROOM_GEMMA_KEY}"):
+        assert made in room.read_text(), f"the recipe in its comment makes what it uses: {made}"
+    route = manifest("HTTPRoute", "gemma-room-route", room)["spec"]
+    assert route["rules"][0]["backendRefs"] == [{"name": "gemma-service", "port": service["spec"]["ports"][0]["port"]}]
+    target = {"group": "", "kind": "Service", "name": "gemma-service"}
+    health = manifest("HealthCheckPolicy", "gemma-room-health", room)["spec"]
+    assert health["targetRef"] == target and health["default"]["config"]["httpHealthCheck"]["requestPath"] == (
+        container["readinessProbe"]["httpGet"]["path"]) == HEALTH_PATH, "an open route: /v1 ones want the key"
+    policy = manifest("GCPBackendPolicy", "gemma-room-backend", room)["spec"]
+    assert policy["targetRef"] == target and policy["default"]["timeoutSec"] >= 300, "a streamed reply is one response"
 
 
 def test_terraform_lets_in_the_members_it_is_given():
