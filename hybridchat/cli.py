@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hybridchat.cli_room import room_app
+from hybridchat.cli_workshop import lab, room_app
 from hybridchat.config import Settings
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ app = typer.Typer(help="hybridchat: a hybrid Gemma + Gemini chat app for worksho
 sessions_app = typer.Typer(help="Read the saved chat sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(room_app, name="room")
+app.command("lab")(lab)
 
 
 def _logging(settings: Settings) -> None:
@@ -177,44 +177,6 @@ def up(
     finally:
         stop_process(stand_in)
         typer.echo(f"stopped the app and the stand-in on {settings.local_url}")
-
-
-@app.command("lab")
-def lab(
-    workspace: Annotated[
-        Path | None, typer.Option(help="Where the learner's copies live (default: workspace/, git-ignored).")
-    ] = None,
-    ip: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 to reach it from outside a container.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
-    browser: Annotated[bool, typer.Option(help="Open a browser tab.")] = True,
-    solutions: Annotated[
-        bool, typer.Option(help="Put the solutions into my_app/ and infra/ (your files are backed up), and stop.")
-    ] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="With --solutions: do not ask first.")] = False,
-) -> None:
-    """Copy the workshop's notebooks and your package, my_app, into your workspace (once: your
-    copies are never replaced) and open JupyterLab there."""
-    from hybridchat.lab.workspace import WORKSPACE, jupyter_lab_argv, prepare, put_solutions
-
-    workspace = (workspace or WORKSPACE).resolve()
-    prepared = prepare(workspace)
-    for path in prepared.copied:
-        typer.echo(f"copied   {path.relative_to(workspace)}")
-    for path in prepared.kept:
-        typer.echo(f"yours    {path.relative_to(workspace)} (kept as it is)")
-    typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's.")
-    if solutions:
-        asked = f"Replace your translators, callers (my_app/) and Terraform (infra/) in {workspace} with the solutions?"
-        if not yes and not typer.confirm(asked):
-            raise typer.Exit(1)
-        backup = put_solutions(workspace)
-        typer.echo("The solutions are in my_app/ and infra/." + (f" Your files are in {backup}." if backup else ""))
-        typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over my_app/ again when run.")
-        return
-    argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser)
-    os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it
 
 
 @app.command("ask")

@@ -22,6 +22,7 @@ from test_infra_exercise import blocks_written
 from hybridchat import learner
 from hybridchat.lab import check, workshop
 from hybridchat.lab.local import free_port, load_stage, stop_process
+from hybridchat.lab.make_exercises import solutions
 from hybridchat.lab.workspace import learner_infra, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +110,40 @@ def test_the_workspace_is_copied_once_and_a_learners_copy_is_never_replaced(tmp_
     assert [copy.name for copy in again.copied] == ["07_cleanup.ipynb", "callers.py"]
     assert exercise in again.kept and exercise.read_text() == "the learner's work"
     assert (workspace / "my_app" / "translators.py").read_text() == "# the learner's translators"
+
+
+def test_lab_reset_puts_one_notebook_back_and_keeps_the_learners_copy(tmp_path):
+    workspace = tmp_path / "workspace"
+    prepare(workspace)
+    mine = workspace / "05_launch_app.ipynb"
+    mine.write_text("the learner's broken notebook")
+    lab = [sys.executable, "-m", "hybridchat.cli", "lab", "--workspace", str(workspace), "--reset"]
+    done = subprocess.run([*lab, "05"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "05: put back as the workshop gives it; yours is in" in done.stdout, done.stderr
+    assert mine.read_bytes() == (NOTEBOOKS / mine.name).read_bytes()
+    [backup] = workspace.glob("backup-*")
+    assert (backup / mine.name).read_text() == "the learner's broken notebook"
+    exercise = workspace / "03_history_translators.ipynb"
+    exercise.unlink()  # deleted by mistake: put back, nothing to keep
+    assert subprocess.run([*lab, exercise.name], capture_output=True, timeout=120).returncode == 0
+    assert exercise.read_bytes() == (NOTEBOOKS / "exercises" / exercise.name).read_bytes(), "the exercise form"
+    unknown = subprocess.run([*lab, "42"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "no notebook '42': one of 00_setup.ipynb" in unknown.stderr
+
+
+def test_the_solutions_are_in_the_workspace_read_only_and_current(tmp_path):
+    workspace = tmp_path / "workspace"
+    prepare(workspace)
+    reference = workspace / "solutions"
+    names = sorted(path.relative_to(reference).as_posix() for path in reference.rglob("*") if path.is_file())
+    assert names == sorted([*(path.name for path in SOLUTIONS), "infra/main.tf", "infra/outputs.tf",
+                            "infra/variables.tf", "infra/versions.tf", "my_app/callers.py", "my_app/translators.py"])
+    assert (reference / "03_history_translators.ipynb").read_bytes() == (SOLUTIONS[3]).read_bytes()
+    assert "### BEGIN SOLUTION" not in (reference / "my_app" / "translators.py").read_text()
+    for path in [reference, *reference.rglob("*")]:
+        assert path.stat().st_mode & 0o222 == 0, f"{path} can be written"
+    prepare(workspace)  # made anew over the read-only one: what the workshop has now
+    assert (reference / "my_app" / "callers.py").read_text() == solutions()["callers.py"]
 
 
 def test_lab_solutions_asks_then_backs_up_the_learners_package(tmp_path):
@@ -204,6 +239,7 @@ def test_saved_notebooks_have_no_outputs_and_no_secrets():
                 )
         text = path.read_text()
         assert not re.search(r"hf_[A-Za-z0-9]{20,}|AIza[0-9A-Za-z_-]{20,}|ya29\.", text), f"{path.name} holds a secret"
+        assert "**Needs**: " in notebook.cells[0].source, f"{path.name}: say what it needs, for a learner joining late"
         parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(parameters) == 1, f"{path.name} needs one cell tagged parameters"
         code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code" and c is not parameters[0])

@@ -5,8 +5,9 @@ once — the exercise form where there is one, the notebook itself to read along
 the learner's package, ``workspace/my_app``, in exercise form: notebooks 03 and 04 write its
 modules, and the app runs them; and the Terraform, ``workspace/infra``, with the four blocks
 notebook 01 has the learner write left out: ``terraform apply`` creates what they wrote. Then it
-starts JupyterLab there. A file already in the
-workspace is the learner's and is never replaced; one the workshop adds later arrives.
+starts JupyterLab there. A file already in the workspace is the learner's and is never replaced
+(``reset`` puts one notebook back, the learner's copy kept); one the workshop adds later arrives.
+``workspace/solutions`` holds the solutions, read-only, to read.
 """
 
 from __future__ import annotations
@@ -51,7 +52,44 @@ def prepare(workspace: Path = WORKSPACE, notebooks: Path = NOTEBOOKS) -> Prepare
         _copy_once(source, workspace / source.name, prepared)
     learner_package(workspace / "my_app", notebooks, prepared)
     learner_infra(workspace / "infra", notebooks, prepared)
+    put_reference(workspace, notebooks)
     return prepared
+
+
+def reset(workspace: Path, name: str, notebooks: Path = NOTEBOOKS) -> Path:
+    """Put notebook ``name`` ("05", or its file name) back as the workshop gives it; the learner's
+    copy is moved to a backup folder in the workspace, returned."""
+    given = {path.name: path for path in learner_notebooks(notebooks)}
+    found = [file for file in given if file == name or file.split("_", 1)[0] == name]
+    if len(found) != 1:
+        raise ValueError(f"no notebook {name!r}: one of {', '.join(sorted(given))} (or its number)")
+    target = workspace / found[0]
+    backup = workspace / f"backup-{time.strftime('%Y%m%d-%H%M%S')}"
+    if target.exists():
+        backup.mkdir(parents=True, exist_ok=True)
+        shutil.move(target, backup / target.name)
+    shutil.copyfile(given[found[0]], target)
+    return backup
+
+
+def put_reference(workspace: Path, notebooks: Path = NOTEBOOKS) -> Path:
+    """The solutions, to read from JupyterLab: ``workspace/solutions`` (read-only, made anew each
+    time): every notebook in its solution form, the package's modules and the Terraform."""
+    folder = workspace / "solutions"
+    if folder.exists():
+        for path in folder.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(folder)
+    files = {path.name: path.read_text() for path in sorted(notebooks.glob("[0-9]*.ipynb"))}
+    files |= {f"my_app/{module}": text for module, text in solutions(notebooks).items()}
+    files |= {f"infra/{path.name}": path.read_text() for path in sorted((notebooks.parent / INFRA.name).glob("*.tf"))}
+    for relative, text in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+        (folder / relative).chmod(0o444)
+    for directory in (folder / "my_app", folder / "infra", folder):
+        directory.chmod(0o555)
+    return folder
 
 
 def learner_package(

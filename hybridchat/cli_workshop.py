@@ -1,0 +1,91 @@
+"""The workshop's commands: ``hybridchat lab`` for a learner's workspace, and ``hybridchat room``
+for an instructor's room of attendees' projects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+room_app = typer.Typer(help="An instructor's commands for a room of attendees' projects.", no_args_is_help=True)
+
+
+def read_projects(path: Path) -> list[str]:
+    """One project id per line; blank lines and ``#`` comments skipped."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+@room_app.command("leftovers")
+def leftovers(
+    projects: Annotated[Path, typer.Option(help="A file with one project id per line (# comments).",
+                                           exists=True, dir_okay=False)],
+    region: Annotated[str, typer.Option(help="The workshop's region.")] = "us-central1",
+) -> None:
+    """What still bills in each project after the workshop (notebook 07's check); exit 1 if anything does."""
+    from hybridchat.lab import leftovers as check
+
+    names = read_projects(projects)
+    if not names:
+        typer.echo(f"{projects} lists no project: one project id per line.", err=True)
+        raise typer.Exit(2)
+    unclean = []
+    for project in names:
+        typer.echo(f"== {project}")
+        if not check.report(project, region):
+            unclean.append(project)
+    typer.echo(f"\n{len(names) - len(unclean)} of {len(names)} projects clean" +
+               (f"; still billing or not listed: {', '.join(unclean)}" if unclean else ""))
+    raise typer.Exit(1 if unclean else 0)
+
+
+def lab(
+    workspace: Annotated[
+        Path | None, typer.Option(help="Where the learner's copies live (default: workspace/, git-ignored).")
+    ] = None,
+    ip: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 to reach it from outside a container.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
+    browser: Annotated[bool, typer.Option(help="Open a browser tab.")] = True,
+    solutions: Annotated[
+        bool, typer.Option(help="Put the solutions into my_app/ and infra/ (your files are backed up), and stop.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --solutions: do not ask first.")] = False,
+    reset: Annotated[
+        str, typer.Option(help="Put this notebook (05, or its file name) back as given; yours is backed up. Then stop.")
+    ] = "",
+) -> None:
+    """Copy the workshop's notebooks and your package, my_app, into your workspace (once: your
+    copies are never replaced) and open JupyterLab there."""
+    from hybridchat.lab.workspace import WORKSPACE, jupyter_lab_argv, prepare, put_solutions
+    from hybridchat.lab.workspace import reset as reset_notebook
+
+    workspace = (workspace or WORKSPACE).resolve()
+    if reset:
+        try:
+            kept_in = reset_notebook(workspace, reset)
+        except ValueError as unknown:
+            typer.echo(f"hybridchat: {unknown}", err=True)
+            raise typer.Exit(2) from None
+        yours = f"; yours is in {kept_in}" if kept_in.exists() else ""
+        typer.echo(f"{reset}: put back as the workshop gives it{yours}. Reload it in JupyterLab.")
+        return
+    prepared = prepare(workspace)
+    for path in prepared.copied:
+        typer.echo(f"copied   {path.relative_to(workspace)}")
+    for path in prepared.kept:
+        typer.echo(f"yours    {path.relative_to(workspace)} (kept as it is)")
+    typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's.")
+    if solutions:
+        asked = f"Replace your translators, callers (my_app/) and Terraform (infra/) in {workspace} with the solutions?"
+        if not yes and not typer.confirm(asked):
+            raise typer.Exit(1)
+        backup = put_solutions(workspace)
+        typer.echo("The solutions are in my_app/ and infra/." + (f" Your files are in {backup}." if backup else ""))
+        typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over my_app/ again when run.")
+        return
+    argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser)
+    os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it
