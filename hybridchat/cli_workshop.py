@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+CLOUD_SHELL_PORT = 8080  # Web Preview's default port
+
 room_app = typer.Typer(help="An instructor's commands for a room of attendees' projects.", no_args_is_help=True)
 
 
@@ -48,8 +50,11 @@ def lab(
     ip: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 to reach it from outside a container.")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="JupyterLab's port.")] = 8888,
-    browser: Annotated[bool, typer.Option(help="Open a browser tab.")] = True,
+    port: Annotated[int, typer.Option(help="JupyterLab's port (default 8888; 8080 in Cloud Shell).")] = 0,
+    browser: Annotated[bool, typer.Option(help="Open a browser tab (never in Cloud Shell).")] = True,
+    cloud_shell: Annotated[
+        bool, typer.Option(help="Serve for Cloud Shell's Web Preview (default: on in Cloud Shell, CLOUD_SHELL=true).")
+    ] = os.environ.get("CLOUD_SHELL") == "true",
     solutions: Annotated[
         bool, typer.Option(help="Put the solutions into my_app/ and infra/ (your files are backed up), and stop.")
     ] = False,
@@ -87,5 +92,11 @@ def lab(
         typer.echo("The solutions are in my_app/ and infra/." + (f" Your files are in {backup}." if backup else ""))
         typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over my_app/ again when run.")
         return
-    argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser)
+    port = port or (CLOUD_SHELL_PORT if cloud_shell else 8888)
+    if cloud_shell:
+        preview = "'Preview on port 8080'" if port == CLOUD_SHELL_PORT else f"'Change port' to {port}"
+        typer.echo(f"Cloud Shell: open Web Preview (the eye icon above the terminal), {preview}; JupyterLab then "
+                   "asks for its token: the part after token= in the URL it prints below.")
+    argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser and not cloud_shell,
+                            behind_proxy=cloud_shell)
     os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it

@@ -214,6 +214,36 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
 
 
 @pytest.mark.slow
+def test_in_cloud_shell_make_lab_answers_through_web_preview(tmp_path):
+    """Cloud Shell's Web Preview proxies to 127.0.0.1 with its own host name: the real JupyterLab
+    refuses that (403) unless served for it, as `hybridchat lab` does where CLOUD_SHELL=true."""
+    proxied = {"Host": "8080-cs-1234-default.cs-europe-west1-abcd.cloudshell.dev", "Authorization": "token t0ken"}
+    statuses, said = {}, {}
+    for cloud_shell in ("true", ""):
+        port = free_port()
+        lab = subprocess.Popen(
+            [sys.executable, "-m", "hybridchat.cli", "lab", "--workspace", str(tmp_path / "workspace"), "--port", str(port)],
+            env={**os.environ, "CLOUD_SHELL": cloud_shell, "JUPYTER_TOKEN": "t0ken", "BROWSER": "false"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            def answered() -> int | None:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/api/contents", headers=proxied, timeout=5).status_code
+                except httpx.TransportError:
+                    assert lab.poll() is None, lab.stdout.read() if lab.stdout else ""
+                    return None
+
+            statuses[cloud_shell] = wait_for(answered, 60, every=0.25)
+        finally:
+            stop_process(lab)
+        said[cloud_shell] = lab.stdout.read() if lab.stdout else ""
+    assert statuses == {"true": 200, "": 403}
+    assert f"Cloud Shell: open Web Preview (the eye icon above the terminal), 'Change port' to {port}" not in said[""]
+    assert "Cloud Shell: open Web Preview (the eye icon above the terminal), 'Change port' to" in said["true"]
+
+
+@pytest.mark.slow
 def test_nbval_runs_the_notebooks_too(lab_env, tmp_path):
     # Copies: the solutions write the learner's package beside themselves (my_app/).
     copies = [Path(shutil.copy(path, tmp_path)) for path in SOLUTIONS]

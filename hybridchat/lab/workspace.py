@@ -142,14 +142,20 @@ def put_solutions(workspace: Path, notebooks: Path = NOTEBOOKS) -> Path | None:
     return backup
 
 
-def jupyter_lab_argv(workspace: Path, *, ip: str, port: int, open_browser: bool) -> list[str]:
-    """The command that serves JupyterLab on ``workspace``, with the workspace's defaults."""
+def jupyter_lab_argv(
+    workspace: Path, *, ip: str, port: int, open_browser: bool, behind_proxy: bool = False
+) -> list[str]:
+    """The command that serves JupyterLab on ``workspace``, with the workspace's defaults.
+    ``behind_proxy``: reached through Cloud Shell's Web Preview, whose requests name its own host
+    (``8080-cs-….cloudshell.dev``), which JupyterLab refuses on a loopback address unless told."""
     settings = workspace / ".jupyterlab"
     settings.mkdir(exist_ok=True)
     (settings / "overrides.json").write_text(json.dumps(_OVERRIDES, indent=2) + "\n")
     argv = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={workspace}", f"--ServerApp.ip={ip}",
             f"--ServerApp.port={port}",
             f"--LabApp.app_settings_dir={settings}", f"--ServerApp.open_browser={open_browser}"]
+    if behind_proxy:
+        argv.append("--ServerApp.allow_remote_access=True")
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # a container's user: Jupyter refuses root unless told
         argv.append("--allow-root")
     return argv
