@@ -17,7 +17,8 @@ Rules shared by every translator:
 * System messages found in the history and the ``system_prompt`` argument are combined, in
   that order, into one system instruction.
 * Text that contains a chat template's control markers (Gemma's ``<start_of_turn>``, any
-  ``<|…|>`` special token such as ChatML's ``<|im_start|>``, the codelab's ``User's Turn:``) is
+  ``<|…|>`` special token such as ChatML's ``<|im_start|>``, Gemma 4's ``<|turn>`` and
+  ``<turn|>`` shapes, the codelab's ``User's Turn:``) is
   neutralised with a zero-width space, on every path (a server's tokenizer parses special-token
   text inside a chat message's content too), so it cannot forge a turn.
 """
@@ -46,8 +47,9 @@ _ZWSP = "\u200b"
 
 # Gemma's tokenizer turns these strings into control tokens wherever they appear in a prompt.
 _GEMMA_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
-# Other templates' special tokens: ChatML's <|im_start|>, Llama 3's <|eot_id|>, <|endoftext|>, …
-_SPECIAL_TOKEN = re.compile(r"<(?=\|[A-Za-z0-9_]+\|>)")
+# Other templates' special tokens: ChatML's <|im_start|>, Llama 3's <|eot_id|>, and Gemma 4's
+# openers and closers, one pipe each: <|turn>, <turn|>, <|channel>, <channel|>, <|tool_call>, …
+_SPECIAL_TOKEN = re.compile(r"<(?=\|[A-Za-z0-9_]+\|?>|[A-Za-z0-9_]+\|>)")
 _GEMMA_TURN = "<start_of_turn>{role}\n{text}<end_of_turn>\n"
 _GEMMA_OPEN = "<start_of_turn>model\n"
 
