@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +22,7 @@ import httpx
 import pytest
 from conftest import running_app
 from fastapi import FastAPI
+from infra_files import manifest
 from playwright.sync_api import sync_playwright
 from test_reliability import visitor
 
@@ -291,6 +294,43 @@ def test_half_sent_requests_are_cut_off_and_leave_room_for_everyone_else(tmp_pat
             sock.close()
         trickle.close()
     assert closed_at is not None and closed_at < 4.5, closed_at
+
+
+def test_the_liveness_probe_answers_within_its_timeout_while_slow_connections_hold_every_descriptor(tmp_path):
+    """1,100 half-sent requests, kept up (each one the app closes is opened again), against an app
+    whose file limit is 1,024: each probe of the liveness path answers within the manifest's timeout."""
+    probe = manifest("Deployment", "gradio-chat")["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    port, attacking = free_port(), threading.Event()
+    argv = ["prlimit", "--nofile=1024:1024", sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
+
+    def half_sent() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line that ends it
+        return sock
+
+    def keep_up(socks: list[socket.socket]) -> None:
+        with selectors.DefaultSelector() as watched:  # epoll: select() stops at descriptor 1,024
+            for sock in socks:
+                watched.register(sock, selectors.EVENT_READ)
+            while attacking.is_set():
+                for key, _ in watched.select(timeout=0.5):  # the app cut it off: open another
+                    watched.unregister(key.fileobj)
+                    key.fileobj.close()
+                    watched.register(half_sent(), selectors.EVENT_READ)
+            for key in list(watched.get_map().values()):
+                key.fileobj.close()
+
+    with serving(argv, f"http://127.0.0.1:{port}{probe['httpGet']['path']}", {"HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"}):
+        attacking.set()
+        attacker = threading.Thread(target=keep_up, args=([half_sent() for _ in range(1100)],))
+        attacker.start()
+        try:
+            for _ in range(3):
+                answer = httpx.get(f"http://127.0.0.1:{port}{probe['httpGet']['path']}", timeout=probe["timeoutSeconds"])
+                assert answer.status_code == 200
+        finally:
+            attacking.clear()
+            attacker.join(timeout=30)
 
 
 def test_a_visitor_with_many_chats_gets_the_newest_50_and_older_ones_on_demand(tmp_path):
