@@ -35,6 +35,7 @@ from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, build
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.history import conversation
+from hybridchat.lab.reach import Reached
 from hybridchat.store import open_store
 
 pytestmark = pytest.mark.slow  # the real vLLM engine
@@ -202,7 +203,7 @@ def test_notebook_04s_package_cell_answers_through_the_served_model(gemma, stand
     settings = Settings(vllm_url=gemma.url, gemini_url=stand_in, backends=["gemma", "gemini"])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(cell, {"settings": settings, "MODE": "local"})
+        exec(cell, {"settings": settings, "MODE": "local", "reached": Reached(settings)})  # as cell 3 leaves them
     label, _, reply = printed.getvalue().splitlines()[0].partition(": ")
     assert label == f"Gemma ({gemma.served_name})", "named as the server serves it"
     assert len(reply) > 2, "a non-empty reply, as its repr"
