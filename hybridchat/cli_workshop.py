@@ -75,7 +75,7 @@ def lab(
         except ValueError as unknown:
             typer.echo(f"hybridchat: {unknown}", err=True)
             raise typer.Exit(2) from None
-        yours = f"; yours is in {kept_in}" if kept_in.exists() else ""
+        yours = f"; yours is in {kept_in}" if kept_in else ""
         typer.echo(f"{reset}: put back as the workshop gives it{yours}. Reload it in JupyterLab.")
         return
     prepared = prepare(workspace)

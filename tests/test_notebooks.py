@@ -18,6 +18,7 @@ from conftest import wait_for
 from notebook_runs import FAKE_SECRETS, NOTEBOOKS, SOLUTIONS, execute, learners_answers, outputs
 from playwright.sync_api import expect, sync_playwright
 from test_infra_exercise import blocks_written
+from test_learner import last_id
 
 from hybridchat import learner
 from hybridchat.lab import check, workshop
@@ -46,7 +47,7 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
         parameters = {"MODE": "local"}
         if copy.name.startswith("05"):
             parameters["APP_PORT"] = free_port()
-            seen = max(entry["id"] for entry in httpx.get(f"{stand_in}/stand-in/requests").json())
+            seen = last_id(stand_in)
         # Saved over the copy, with its outputs, as JupyterLab's autosave does.
         texts[copy.name] = outputs(execute(copy, copy, **parameters))
         if copy.name.startswith("05"):

@@ -18,6 +18,7 @@ from conftest import DOUBLES_PROJECT, GCP_PROJECT
 from notebook_runs import FAKE_SECRETS, NOTEBOOKS, SOLUTIONS, execute, learners_answers, outputs
 from test_iap import turn as iap_turn
 from test_infra_exercise import blocks_written
+from test_learner import last_id
 
 from hybridchat import learner
 from hybridchat.lab import gcp, terraform
@@ -186,7 +187,7 @@ def run_the_workshop(cloud: Path, workspace: Path, gemma: str, gemini: str, **pa
         if copy.name.startswith("07"):
             given["CONFIRM_DESTROY"] = True
         if copy.name.startswith("05"):
-            seen = {server: last_request(server) for server in (gemma, gemini)}
+            seen = {server: last_id(server) for server in (gemma, gemini)}
         texts[copy.name] = outputs(execute(copy, copy, **given))
         ran[copy.name] = cloud_doubles.commands(cloud, workspace)
         if copy.name.startswith("05"):
@@ -198,10 +199,6 @@ def run_the_workshop(cloud: Path, workspace: Path, gemma: str, gemini: str, **pa
     assert (left["configmaps"], left["gateway"]) == ({}, None)
     assert left["terraform"] == "initialized" and left["kube_context"] is None and left["cloud"] == {}
     return texts, ran
-
-
-def last_request(server: str) -> int:
-    return max((entry["id"] for entry in httpx.get(f"{server}/stand-in/requests").json()), default=0)
 
 
 @pytest.mark.slow

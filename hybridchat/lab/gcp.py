@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from contextlib import closing
 from getpass import getpass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import httpx
 
 from hybridchat.config import Settings
 from hybridchat.lab.local import free_port
-from hybridchat.lab.shell import Background, Command, command, run
+from hybridchat.lab.shell import Background, Command, ShownAlone, command, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -101,18 +102,16 @@ def delete_secret(name: str) -> Command:
     return command("kubectl", "delete", "secret", name, "--ignore-not-found")
 
 
-class RoomGemmaUnavailable(RuntimeError):
+class RoomGemmaUnavailable(ShownAlone, RuntimeError):
     """The room's Gemma does not answer this notebook; the message says why."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"❌ {self}"]
 
 
 def check_room_gemma(settings: Settings) -> str:
     """That the room's Gemma answers, with this attendee's key: what it serves, else why not."""
     from hybridchat.backends.vllm_client import VllmClient
 
-    health = VllmClient.from_settings(settings).health()
+    with closing(VllmClient.from_settings(settings)) as client:
+        health = client.health()
     if not health.ok:
         raise RoomGemmaUnavailable(health.detail)
     return health.detail

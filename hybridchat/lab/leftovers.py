@@ -35,6 +35,15 @@ def _in_zone_of(item: dict[str, Any], region: str) -> bool:
     return _last(item.get("zone", "")).startswith(f"{region}-")
 
 
+def _global_or_in(item: dict[str, Any], region: str) -> bool:
+    return not item.get("region") or _last(item["region"]) == region
+
+
+def _scope(item: dict[str, Any]) -> str:
+    """The flag that names where a global-or-regional resource is, for its delete command."""
+    return f"--region={_last(item['region'])}" if item.get("region") else "--global"
+
+
 KINDS = (
     Kind("GKE clusters", ("container", "clusters", "list"), False, lambda c: f"{c['name']} ({c['location']})",
          lambda c, p, r: f"gcloud container clusters delete {c['name']} --location={c['location']} --project={p}",
@@ -48,16 +57,16 @@ KINDS = (
          _in_zone_of),
     Kind("load balancers", ("compute", "forwarding-rules", "list"), False, lambda f: f["name"],
          lambda f, p, r: f"gcloud compute forwarding-rules delete {f['name']} "
-                         f"{'--region=' + _last(f['region']) if f.get('region') else '--global'} --project={p} "
+                         f"{_scope(f)} --project={p} "
                          "(then its proxy, URL map and backend service, on the console's Load balancing page)",
-         lambda f, region: not f.get("region") or _last(f["region"]) == region),
+         _global_or_in),
     Kind("IP addresses", ("compute", "addresses", "list"), False, lambda a: f"{a['name']} ({a.get('address', '')})",
          lambda a, p, r: f"gcloud compute addresses delete {a['name']} "
-                         f"{'--region=' + _last(a['region']) if a.get('region') else '--global'} --project={p}",
-         lambda a, region: not a.get("region") or _last(a["region"]) == region),
+                         f"{_scope(a)} --project={p}",
+         _global_or_in),
     Kind("certificates", ("compute", "ssl-certificates", "list"), False, lambda c: c["name"],
          lambda c, p, r: f"gcloud compute ssl-certificates delete {c['name']} --global --project={p}",
-         lambda c, region: not c.get("region") or _last(c["region"]) == region),
+         _global_or_in),
     Kind("buckets", ("storage", "buckets", "list"), False, lambda b: f"gs://{b['name']}",
          lambda b, p, r: f"gcloud storage rm --recursive gs://{b['name']} --project={p}"),
     Kind("Firestore databases", ("firestore", "databases", "list"), False, lambda d: _last(d["name"]),

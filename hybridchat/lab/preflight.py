@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from hybridchat.lab.gcp import DEPLOY, active_account
-from hybridchat.lab.shell import CommandFailed
+from hybridchat.lab.shell import CommandFailed, ShownAlone
 
 # Terraform enables the workshop's other APIs (infra/main.tf); these must be on before it runs:
 # Service Usage to enable anything, Compute Engine for the GPU quota and the cluster's nodes.
@@ -27,11 +27,8 @@ GPU_QUOTA = "NVIDIA_L4_GPUS"  # per region
 ALL_GPUS_QUOTA = "GPUS_ALL_REGIONS"  # per project
 
 
-class PreflightFailed(RuntimeError):
+class PreflightFailed(ShownAlone, RuntimeError):
     """Some checks failed; nothing was created. The message lists what to do."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"PreflightFailed: {self}"]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 
+class ShownAlone:
+    """Mixed into an exception whose message is the whole story: IPython shows ``Name: message``
+    in place of a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
 class CommandFailed(RuntimeError):
     """A command exited non-zero or ran past its timeout; the message ends with its last lines."""
 

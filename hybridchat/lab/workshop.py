@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hybridchat.lab.shell import ShownAlone
+
 FILE = "workshop.json"
 DEFAULTS = {
     "MODE": "local",
@@ -19,18 +21,12 @@ DEFAULTS = {
 NO_GEMMA = "none"  # GEMMA_URL for a workshop on Gemini alone
 
 
-class WorkshopFileInvalid(ValueError):
+class WorkshopFileInvalid(ShownAlone, ValueError):
     """``workshop.json`` cannot be read as the workshop's parameters."""
 
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"{type(self).__name__}: {self}"]
 
-
-class WrongMode(RuntimeError):
+class WrongMode(ShownAlone, RuntimeError):
     """The notebook's mode is not the one the workshop ran in, where that would mislead."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
 
 
 def load(folder: Path | None = None) -> dict[str, str]:

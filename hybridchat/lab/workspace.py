@@ -56,16 +56,16 @@ def prepare(workspace: Path = WORKSPACE, notebooks: Path = NOTEBOOKS) -> Prepare
     return prepared
 
 
-def reset(workspace: Path, name: str, notebooks: Path = NOTEBOOKS) -> Path:
+def reset(workspace: Path, name: str, notebooks: Path = NOTEBOOKS) -> Path | None:
     """Put notebook ``name`` ("05", or its file name) back as the workshop gives it; the learner's
-    copy is moved to a backup folder in the workspace, returned."""
+    copy is moved to a backup folder in the workspace, returned (None: there was no copy)."""
     given = {path.name: path for path in learner_notebooks(notebooks)}
     found = [file for file in given if file == name or file.split("_", 1)[0] == name]
     if len(found) != 1:
         raise ValueError(f"no notebook {name!r}: one of {', '.join(sorted(given))} (or its number)")
     target = workspace / found[0]
-    backup = workspace / f"backup-{time.strftime('%Y%m%d-%H%M%S')}"
-    if target.exists():
+    backup = workspace / f"backup-{time.strftime('%Y%m%d-%H%M%S')}" if target.exists() else None
+    if backup is not None:
         backup.mkdir(parents=True, exist_ok=True)
         shutil.move(target, backup / target.name)
     shutil.copyfile(given[found[0]], target)
