@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     gemma_model: str | None = Field(default=None, description=(
         "the served model's name; unset: asked from `/v1/models` (and again when the server answers that it does "
         "not serve it)"))
+    gemma_template: Literal["gemma", "gemma4", "codelab"] | None = Field(default=None, description=(
+        "the chat template of raw prompts (`legacy` protocol): `gemma` (Gemma 1 to 3), `gemma4` or `codelab`; "
+        "unset: `gemma4` when the served model's name says Gemma 4, else `gemma`"))
     gemma_context_tokens: int | None = Field(default=None, ge=64, description=(
         "Gemma's context length (prompt and reply); unset: vLLM's `max_model_len`"))
 

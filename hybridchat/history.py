@@ -16,26 +16,24 @@ Rules shared by every translator:
   user messages in a row, and Gemini and Gemma's chat template require alternation.
 * System messages found in the history and the ``system_prompt`` argument are combined, in
   that order, into one system instruction.
-* Text that contains a chat template's control markers (Gemma's ``<start_of_turn>``, any
-  ``<|…|>`` special token such as ChatML's ``<|im_start|>``, Gemma 4's ``<|turn>`` and
-  ``<turn|>`` shapes, the codelab's ``User's Turn:``) is
-  neutralised with a zero-width space, on every path (a server's tokenizer parses special-token
-  text inside a chat message's content too), so it cannot forge a turn.
+* Text that contains a shipped template's markers (``hybridchat.templates``: Gemma's
+  ``<start_of_turn>``, Gemma 4's ``<|turn>``, the codelab's ``User's Turn:``) or a special token
+  of the usual shapes (``<|x|>``, ``<|x>``, ``<x|>``) is neutralised with a zero-width space, on
+  every path (a server's tokenizer parses special-token text inside a chat message's content
+  too), so it cannot forge a turn.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from google.genai import types
 
+from hybridchat import templates
 from hybridchat.protocols import legacy
-
-Role = Literal["system", "user", "assistant"]
-Template = Literal["gemma", "codelab"]
+from hybridchat.templates import Role, TemplateName, neutralize
 
 _ROLE_ALIASES: dict[str, Role] = {
     "system": "system",
@@ -43,23 +41,6 @@ _ROLE_ALIASES: dict[str, Role] = {
     "assistant": "assistant",
     "model": "assistant",
 }
-_ZWSP = "\u200b"
-
-# Gemma's tokenizer turns these strings into control tokens wherever they appear in a prompt.
-_GEMMA_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
-# Other templates' special tokens: ChatML's <|im_start|>, Llama 3's <|eot_id|>, and Gemma 4's
-# openers and closers, one pipe each: <|turn>, <turn|>, <|channel>, <channel|>, <|tool_call>, …
-_SPECIAL_TOKEN = re.compile(r"<(?=\|[A-Za-z0-9_]+\|?>|[A-Za-z0-9_]+\|>)")
-_GEMMA_TURN = "<start_of_turn>{role}\n{text}<end_of_turn>\n"
-_GEMMA_OPEN = "<start_of_turn>model\n"
-
-_CODELAB_USER = "User's Turn:\n>>> {text}\n"
-_CODELAB_ASSISTANT = "Assistant's Turn:\n>>> {text}\n"
-_CODELAB_MARKER_LINE = re.compile(r"^(?=(?:user|assistant)'s turn:)", re.IGNORECASE | re.MULTILINE)
-_CODELAB_TURN_SPLIT = re.compile(r"^(User|Assistant)'s Turn:\n>>> ", re.MULTILINE)
-# Where a raw completion in each template stops, and where one runs on into a turn not its own.
-TEMPLATE_STOPS: dict[Template, tuple[str, ...]] = {"gemma": ("<end_of_turn>",), "codelab": ("User's Turn:",)}
-_NEXT_TURN = re.compile(r"<end_of_turn>|<start_of_turn>|user's turn:", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +83,12 @@ def process_message_gemma(
     message: Any,
     history: Iterable[Any] | None,
     system_prompt: str | None = None,
-    template: Template = "gemma",
+    template: TemplateName = "gemma",
 ) -> str:
     """Render history plus the new message as one raw prompt for a self-hosted Gemma.
 
-    ``template="gemma"`` is Gemma's own chat template (no ``<bos>``: the server adds it):
+    ``template="gemma"`` is the chat template of Gemma 1 to 3 (no ``<bos>``: the server adds it;
+    ``"gemma4"`` is Gemma 4's, see ``hybridchat.templates``):
 
     >>> process_message_gemma("How are you?", [["Hi", "Hello!"]])
     '<start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\nHello!<end_of_turn>\\n\
@@ -120,22 +102,13 @@ def process_message_gemma(
     return gemma_prompt(conversation(message, history), system_prompt, template)
 
 
-def gemma_prompt(messages: Sequence[Message], system_prompt: str | None = None, template: Template = "gemma") -> str:
+def gemma_prompt(
+    messages: Sequence[Message], system_prompt: str | None = None, template: TemplateName = "gemma"
+) -> str:
     """``process_message_gemma`` for typed messages (the new one last)."""
+    chosen = templates.template_named(template)
     system, turns = _prepared(messages, system_prompt)
-    if template == "gemma":
-        if system is not None:
-            # Gemma has no system role: the instruction opens the first user turn.
-            turns[0] = Message("user", f"{system}\n\n{turns[0].content}")
-        rendered = [_GEMMA_TURN.format(role="user" if t.role == "user" else "model", text=t.content) for t in turns]
-        return "".join(rendered) + _GEMMA_OPEN
-    if template == "codelab":
-        rendered = [f"{_neutralize_codelab(system)}\n"] if system is not None else []
-        for turn in turns:
-            fmt = _CODELAB_USER if turn.role == "user" else _CODELAB_ASSISTANT
-            rendered.append(fmt.format(text=_neutralize_codelab(turn.content)))
-        return "".join(rendered) + _CODELAB_ASSISTANT.format(text="")
-    raise ValueError(f"template must be 'gemma' or 'codelab', not {template!r}")
+    return templates.render(chosen, system, [(turn.role, turn.content) for turn in turns])
 
 
 def process_message_gemini(message: Any, history: Iterable[Any] | None) -> list[types.Content]:
@@ -204,50 +177,32 @@ def conversation(message: Any, history: Iterable[Any] | None = None) -> list[Mes
     return normalize_history([*(history or []), {"role": "user", "content": _text_of(message) or ""}])
 
 
-def parse_gemma_prompt(prompt: str, template: Template = "gemma") -> list[Message]:
+def parse_gemma_prompt(prompt: str, template: TemplateName = "gemma") -> list[Message]:
     """Turn a prompt made by ``process_message_gemma`` back into messages.
 
     The open model turn at the end is dropped, and a system prompt comes back as part of
-    the first user message (Gemma template) or as a system message (codelab template).
+    the first user message (Gemma's template) or as a system message (Gemma 4's, the codelab's).
     Used by the local stand-in server to re-render a raw prompt with its own chat template.
 
     >>> parse_gemma_prompt(process_message_gemma("Hi", [["a", "b"]]))
     [Message(role='user', content='a'), Message(role='assistant', content='b'), \
 Message(role='user', content='Hi')]
     """
-    if template == "gemma":
-        messages = []
-        for chunk in prompt.split("<start_of_turn>")[1:]:
-            role, _, rest = chunk.partition("\n")
-            text, closed, _ = rest.partition("<end_of_turn>")
-            if closed:
-                messages.append(Message("user" if role == "user" else "assistant", text))
-        return messages
-    if template == "codelab":
-        head, *pieces = _CODELAB_TURN_SPLIT.split(prompt)
-        messages = [Message("system", head[:-1])] if head.endswith("\n") and head != "\n" else []
-        for who, text in zip(pieces[0::2], pieces[1::2]):
-            messages.append(Message("user" if who == "User" else "assistant", text[:-1]))
-        if messages and messages[-1].role == "assistant" and not messages[-1].content:
-            messages.pop()
-        return messages
-    raise ValueError(f"template must be 'gemma' or 'codelab', not {template!r}")
+    return [Message(role, text) for role, text in templates.parse(templates.template_named(template), prompt)]
 
 
-def looks_like_gemma_prompt(prompt: str) -> Template | None:
-    """Which of ``process_message_gemma``'s templates made ``prompt``, if either."""
-    if prompt.endswith(_GEMMA_OPEN) and prompt.startswith("<start_of_turn>"):
-        return "gemma"
-    if prompt.endswith(_CODELAB_ASSISTANT.format(text="")) and _CODELAB_TURN_SPLIT.search(prompt):
-        return "codelab"
-    return None
+def looks_like_gemma_prompt(prompt: str) -> TemplateName | None:
+    """Which of ``process_message_gemma``'s templates made ``prompt``, if any."""
+    found = templates.made_by(prompt)
+    return found.name if found else None
 
 
 def clean_gemma_output(raw: str, prompt: str = "") -> str:
     """Only the model's new reply from a raw completion.
 
     Strips an echoed prompt (plain, or the container's ``Prompt:\\n…\\nOutput:\\n…``), an
-    ``Output:`` prefix and any turn the model went on to invent (the codelab's rules).
+    ``Output:`` prefix, a thought channel (Gemma 4's) and any turn the model went on to invent
+    (the codelab's rules).
 
     >>> clean_gemma_output("Prompt:\\nUser's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n"
     ...                    "Output:\\n Hello! User's Turn: more", "User's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n")
@@ -260,12 +215,13 @@ def clean_gemma_output(raw: str, prompt: str = "") -> str:
         text = raw[len(prompt) :]
     else:
         text = raw
-        for opener in ("<start_of_turn>model\n", "Assistant's Turn:\n>>>"):
+        for opener in (templates.GEMMA.opener, templates.GEMMA4.opener, "Assistant's Turn:\n>>>"):
             _, found, after = text.rpartition(opener)
             if found:
                 text = after
                 break
-    text = _NEXT_TURN.split(text, maxsplit=1)[0].lstrip()
+    _, text = templates.split_thought(text)
+    text = templates.cut_at_next_turn(text).lstrip()
     if text.lower().startswith("output:"):
         text = text[len("output:") :]
     return text.strip()
@@ -342,14 +298,3 @@ def _text_of(content: Any) -> str | None:
         texts = [text for text in map(_text_of, content) if text is not None]
         return "\n".join(texts) if texts else None
     return None
-
-
-def neutralize(text: str) -> str:
-    """``text`` with every model's control markers broken by a zero-width space."""
-    for marker in _GEMMA_MARKERS:
-        text = text.replace(marker, f"<{_ZWSP}{marker[1:]}")
-    return _SPECIAL_TOKEN.sub(f"<{_ZWSP}", text)
-
-
-def _neutralize_codelab(text: str) -> str:
-    return _CODELAB_MARKER_LINE.sub(_ZWSP, text)

@@ -13,7 +13,7 @@ message (a string), and ``history``, the conversation before it as Gradio 6 mess
 ``[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...]``: oldest
 first, user and assistant taking turns. Failed turns, and the oldest turns once the chat outgrows
 the model's context, are left out (the store keeps them). Chat-template markers in the text are
-already broken (``hybridchat.history.neutralize``), so a message cannot forge a turn whatever the
+already broken (``hybridchat.templates.neutralize``), so a message cannot forge a turn whatever the
 translator does. A module that defines ``SYSTEM_PROMPT`` (notebook 08) puts it at the start of the
 first user turn.
 """

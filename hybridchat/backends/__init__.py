@@ -71,7 +71,9 @@ def build_backends(settings: Settings) -> dict[str, ChatBackend]:
     for name in settings.backends:
         if name == "gemma":
             # The label names the model the server really serves, once it has said.
-            backends[name] = VllmBackend(VllmClient.from_settings(settings), label=f"Gemma{whose}")
+            backends[name] = VllmBackend(
+                VllmClient.from_settings(settings), label=f"Gemma{whose}", template=settings.gemma_template
+            )
         elif name == "gemini":
             where = "local stand-in" if settings.mode == "local" else (
                 "Gemini API" if settings.google_api_key is not None else "Vertex AI"

@@ -24,9 +24,10 @@ from hybridchat import learner
 from hybridchat.backends.base import BackendHealth, ChatBackend, ContextWindow, GenerationParams, ReplyStream
 from hybridchat.endpoints import Endpoints, serving
 from hybridchat.errors import LearnerCodeFailed
-from hybridchat.history import Message, neutralize
+from hybridchat.history import Message
 from hybridchat.lab import check
 from hybridchat.sanitize import safe_markdown
+from hybridchat.templates import neutralize
 
 log = logging.getLogger(__name__)
 

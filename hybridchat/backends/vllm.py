@@ -18,17 +18,25 @@ from hybridchat.backends.base import (
 from hybridchat.backends.vllm_client import VllmClient
 from hybridchat.config import Settings
 from hybridchat.errors import shorten
-from hybridchat.history import Message, Template, gemma_prompt, openai_messages
+from hybridchat.history import Message, gemma_prompt, openai_messages
+from hybridchat.templates import TemplateName, template_for_model
 
 
 class VllmBackend(ChatBackend):
     """Gemma on vLLM as a chat backend; its label names the model the server really serves."""
 
-    def __init__(self, client: VllmClient, *, name: str = "gemma", label: str = "Gemma", template: Template = "gemma"):
+    def __init__(
+        self, client: VllmClient, *, name: str = "gemma", label: str = "Gemma", template: TemplateName | None = None
+    ):
         self.client = client
         self.name = name
         self.label = label
-        self.template = template
+        self.chosen_template = template
+
+    @property
+    def template(self) -> TemplateName:
+        """The raw prompt's template: as configured, else the one the served model's name implies."""
+        return self.chosen_template or template_for_model(self.client.known_model).name
 
     @property
     def label(self) -> str:

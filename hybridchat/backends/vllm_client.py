@@ -24,6 +24,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
+from hybridchat import templates
 from hybridchat.backends.base import (
     BackendHealth,
     ContextWindow,
@@ -42,7 +43,7 @@ from hybridchat.errors import (
     BadResponse,
     ModelNotFound,
 )
-from hybridchat.history import TEMPLATE_STOPS, clean_gemma_output, looks_like_gemma_prompt
+from hybridchat.history import clean_gemma_output
 from hybridchat.protocols import legacy
 from hybridchat.protocols import openai as openai_wire
 from hybridchat.redact import redact_url
@@ -234,8 +235,8 @@ class VllmClient(VllmErrors):
     def complete_prompt(self, prompt: str, params: GenerationParams) -> tuple[str, str | None]:
         """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``): only the new
         reply, and the server's finish reason (``None``: not reported)."""
-        template = looks_like_gemma_prompt(prompt)
-        stop = params.stop or (TEMPLATE_STOPS[template] if template else ())
+        made = templates.made_by(prompt)
+        stop = params.stop or (made.stops if made else ())
         if self.api == "legacy":
             body = {"prompt": prompt, **_sampling(params, stop)}
             answer = self._retry.call(

@@ -19,6 +19,7 @@ import httpx
 from hybridchat import history as reference
 from hybridchat import learner
 from hybridchat.errors import BackendError, LearnerCodeFailed
+from hybridchat.templates import GEMMA
 
 # Gradio 6 chat histories, as the app hands them over.
 SAMPLES: list[tuple[str, list[dict[str, str]]]] = [
@@ -80,18 +81,18 @@ def _system_prompt(fn: Callable[..., Any]) -> str | None:
 
 
 def _gemma_hint(expected: str, got: str) -> str:
-    if "<start_of_turn>assistant" in got:
-        return (
-            "Gemma calls the assistant's turns `model`: write `<start_of_turn>model`, not `<start_of_turn>assistant`."
-        )
-    if "<start_of_turn>user\nrole" in got:
+    start, end, opener = GEMMA.turn_start, GEMMA.turn_end, GEMMA.opener
+    if f"{start}assistant" in got:
+        return f"Gemma calls the assistant's turns `model`: write `{start}model`, not `{start}assistant`."
+    if f"{start}user\nrole" in got:
         return ("each history item is a message, not a [user, assistant] pair: loop `for turn in history` and "
                 "read `turn['role']` and `turn['content']`")
-    if not got.endswith("<start_of_turn>model\n"):
-        return f"the prompt must end with `<start_of_turn>model\\n`, so that Gemma answers next; got …{got[-40:]!r}"
-    if got.count("<end_of_turn>") != expected.count("<end_of_turn>"):
-        return (f"every turn must end with `<end_of_turn>` and a newline: expected {expected.count('<end_of_turn>')} "
-                f"of them, got {got.count('<end_of_turn>')} in {got!r}")
+    if not got.endswith(opener):
+        shown = opener.replace("\n", "\\n")
+        return f"the prompt must end with `{shown}`, so that Gemma answers next; got …{got[-40:]!r}"
+    if got.count(end) != expected.count(end):
+        return (f"every turn must end with `{end}` and a newline: expected {expected.count(end)} "
+                f"of them, got {got.count(end)} in {got!r}")
     at = next(i for i, (a, b) in enumerate(zip(expected + "\0", got + "\0")) if a != b)
     around = slice(max(at - 20, 0), at + 20)
     return f"first difference at character {at}: expected …{expected[around]!r}, got …{got[around]!r}"
@@ -176,16 +177,16 @@ def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> str:
     prompt = reference.process_message_gemma("What is the capital of France?", [])
     before = _recorded(server_url)
     reply = _call(package, "call_gemma_model", prompt, *_ASKED.values(), seconds=_CALLER_SECONDS)
-    if "<start_of_turn>" in reply or reply.startswith(("Prompt:", "User's Turn")):
+    if GEMMA.turn_start in reply or reply.startswith(("Prompt:", "User's Turn")):
         raise CheckFailed(f"{at}: the reply still contains the prompt: keep only the new text; got {reply[:80]!r}")
-    if "<end_of_turn>" in reply:
-        raise CheckFailed(f"{at}: stop at `<end_of_turn>`: send it as a stop sequence, or cut the reply there")
+    if GEMMA.turn_end in reply:
+        raise CheckFailed(f"{at}: stop at `{GEMMA.turn_end}`: send it as a stop sequence, or cut the reply there")
     if before is not None:
         sent = _sent(server_url, before, at, lambda r: r.get("prompt") == prompt,
                      f"POST the prompt to {server_url}/v1/completions")
         _same_settings(at, sent, "max_tokens")
-        if "<end_of_turn>" not in sent["stop"]:
-            raise CheckFailed(f'{at}: send `"stop": ["<end_of_turn>"]`, so that Gemma stops at the end of its turn')
+        if GEMMA.turn_end not in sent["stop"]:
+            raise CheckFailed(f'{at}: send `"stop": ["{GEMMA.turn_end}"]`, so that Gemma stops at the end of its turn')
         _same_reply(at, reply, sent, "choices[0].text")
     print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
     return str(reply)
