@@ -79,7 +79,7 @@ class Conversation:
 class Progress:
     """The reply so far to ``message`` (as sent: cleaned) from the model ``label`` names;
     ``turn`` is set once it is finished and saved (or kept). ``context_note``: earlier turns
-    were left out of the context."""
+    were left out of the context. ``thought``: the model's reasoning so far, if it thinks."""
 
     message: str
     reply: str
@@ -87,6 +87,7 @@ class Progress:
     turn: Turn | None = None
     notice: str | None = None
     context_note: str | None = None
+    thought: str | None = None
 
 
 class ChatService:
@@ -149,7 +150,8 @@ class ChatService:
                     with closing(reply):  # on Stop too: the model's HTTP stream ends now
                         for piece in reply:
                             draft.add(piece)
-                            yield Progress(text, "".join(draft.pieces), backend.label, context_note=draft.notice)
+                            yield Progress(text, "".join(draft.pieces), backend.label, context_note=draft.notice,
+                                           thought=reply.thought or None)
                     break
                 except ContextOverflow as exc:
                     if refused or draft.pieces:
@@ -160,7 +162,7 @@ class ChatService:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
             draft.status = "interrupted"
-            self._save(conversation, draft.turn(backend.label))
+            self._save(conversation, draft.turn(backend.label, reply))
             raise
         turn = draft.turn(backend.label, reply)  # the label now names the model the server serves
         yield Progress(text, turn.reply, backend.label, turn, self._save(conversation, turn), turn.notice)
@@ -299,6 +301,7 @@ class _Draft:
             model=self.backend_name,
             model_label=label,
             reply="".join(self.pieces),
+            thought=(reply.thought or None) if reply else None,
             params=self.params.model_dump(exclude_none=True),
             started_at=self.started,
             finished_at=utcnow(),

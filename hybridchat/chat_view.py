@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from hybridchat.backends import ChatBackend
 from hybridchat.chat import Progress
@@ -36,21 +37,23 @@ _MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tok
 
 def to_messages(
     turns: list[Turn], pending: Progress | None = None, labels: Mapping[str, str] | None = None
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """The chat display of saved turns, plus a turn still streaming; each reply under the name
     of the model that wrote it (``labels``: by backend, for turns saved without one)."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     for turn in turns:
         label = turn.model_label or (labels or {}).get(turn.model, turn.model)
         messages += _shown(turn.user, label, turn.reply, turn.notice, _MARKS.get(turn.status), turn.error)
+        messages[-1:-1] = _thought(turn.thought, thinking=False)
     if pending is not None:
         messages += _shown(pending.message, pending.label, pending.reply, pending.context_note)
+        messages[-1:-1] = _thought(pending.thought, thinking=not pending.reply)
     return messages
 
 
 def _shown(
     message: str, label: str, reply: str, note: str | None = None, mark: str | None = None, error: str | None = None
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     # Every text shown goes through safe_markdown: replies, servers' error texts and the model
     # names servers report are not ours.
     parts = [model_line(label), f"ℹ️ *{note}*" if note else "", safe_markdown(reply), mark or "",
@@ -59,6 +62,18 @@ def _shown(
         {"role": "user", "content": safe_markdown(message)},
         {"role": "assistant", "content": "\n\n".join(p for p in parts if p)},
     ]
+
+
+THOUGHT_TITLE = "💭 Thought"
+
+
+def _thought(thought: str | None, thinking: bool) -> list[dict[str, Any]]:
+    """A thinking model's reasoning as Gradio's thought message, above the reply: open while the
+    model is still thinking, then collapsed."""
+    if not thought:
+        return []
+    metadata = {"title": THOUGHT_TITLE, "status": "pending" if thinking else "done"}
+    return [{"role": "assistant", "content": safe_markdown(thought), "metadata": metadata}]
 
 
 def model_line(label: str) -> str:

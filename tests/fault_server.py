@@ -5,7 +5,9 @@ Modes: ``ok``, ``loading`` (503), ``server_error`` (500), ``bad_request`` (400),
 that stops early, with no finish reason), ``lean`` (chunks with only their ``choices``), ``flaky`` (503 for the first ``failures`` generation requests, then ok); Gemini only:
 ``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``; vLLM chat only: ``html`` (a
 hostile reply: ``hostile``), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
-stopped). ``requests`` counts what came.
+stopped), ``thinking`` (``THOUGHT`` first, in the ``reasoning`` field vLLM's reasoning parser fills;
+``thinking_cut``: the token limit reached while thinking). ``requests`` counts what came, ``bodies``
+the chat requests' bodies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 REPLY = "fault server says hi"
+THOUGHT = "The visitor greets me. <img src=x onerror=alert(1)> I should greet back."
 ENGINE_DEAD = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
                          "type": "InternalServerError", "param": None, "code": 500}}
 # A reply that would run script if the chat rendered model output as live HTML.
@@ -35,10 +38,12 @@ class FaultServer:
     failures: int = 0
     hostile: str = HOSTILE_REPLY
     requests: list[str] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)
 
     def reset(self) -> None:
         self.mode, self.delay, self.failures, self.hostile = "ok", 0.0, 0, HOSTILE_REPLY
         self.requests.clear()
+        self.bodies.clear()
 
     def posts(self) -> int:
         return sum(1 for r in self.requests if r.startswith("POST"))
@@ -104,16 +109,25 @@ def create_fault_app(control: FaultServer) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body = await request.json()
+        control.bodies.append(body)
         if fault := status_fault(False, generating=True):
             return fault
-        text = control.hostile if control.mode == "html" else REPLY
+        text = control.hostile if control.mode == "html" else "" if control.mode == "thinking_cut" else REPLY
+        thought = {"reasoning": THOUGHT} if control.mode.startswith("thinking") else {}
+        ending = "length" if control.mode == "thinking_cut" else "stop"
         if body.get("stream") is not True:  # one answer, as vLLM gives without "stream"
+            message = {"role": "assistant", "content": text or None, **thought}
             return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                              "finish_reason": "stop"}],
+                                 "choices": [{"index": 0, "message": message, "finish_reason": ending}],
                                  "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m"),
                  "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        if thought:  # vLLM streams the reasoning first, in deltas of their own
+            halves = (THOUGHT[:20], THOUGHT[20:])
+            thinking = [{**chunk, "choices": [{"index": 0, "delta": {"reasoning": half}, "finish_reason": None}]}
+                        for half in halves]
+            finished = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": ending}]}
+            return sse([*map(json.dumps, [*thinking, *([chunk] if text else []), finished]), "[DONE]"])
         if control.mode == "malformed":
             return sse(["{not json"])
         if control.mode == "truncated":

@@ -17,6 +17,7 @@ from hybridchat.backends.base import (
     GenerationParams,
     ReplyStream,
     RetryPolicy,
+    Thought,
     Usage,
     estimate_tokens,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "LocalBackend",
     "ReplyStream",
     "RetryPolicy",
+    "Thought",
     "Usage",
     "VllmBackend",
     "VllmClient",

@@ -89,13 +89,25 @@ class Finish:
     reason: str
 
 
+@dataclass(frozen=True)
+class Thought:
+    """A piece of a thinking model's reasoning before its answer (Gemma 4's thought channel):
+    shown apart, saved apart, never part of the answer nor sent back as history."""
+
+    text: str
+
+
 class ReplyStream(Iterator[str]):
     """A reply's text pieces; once exhausted, ``usage`` holds the token counts the backend
     reported and ``finish_reason`` why it ended (each ``None`` when not reported). Wraps a
-    generator that yields the pieces and, at the end, a ``Usage`` and a ``Finish``."""
+    generator that yields the pieces and, at the end, a ``Usage`` and a ``Finish``.
 
-    def __init__(self, pieces: Iterator[str | Usage | Finish]):
+    A ``Thought`` it yields goes to ``thought`` and comes out as an empty piece, so that a
+    consumer can show the thought as it grows."""
+
+    def __init__(self, pieces: Iterator[str | Thought | Usage | Finish]):
         self._pieces = pieces
+        self._thought: list[str] = []
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
 
@@ -106,13 +118,24 @@ class ReplyStream(Iterator[str]):
                 self.usage = item
             elif isinstance(item, Finish):
                 self.finish_reason = item.reason
+            elif isinstance(item, Thought):
+                self._thought.append(item.text)
+                return ""
             else:
                 return item
 
+    @property
+    def thought(self) -> str:
+        """The reasoning so far; ``""`` when the model wrote none."""
+        return "".join(self._thought)
+
     @classmethod
-    def whole(cls, text: str, usage: Usage | None, finish_reason: str | None) -> ReplyStream:
-        """A reply that came in one answer, as a stream of one piece."""
-        return cls(iter([text, *([usage] if usage else []), *([Finish(finish_reason)] if finish_reason else [])]))
+    def whole(
+        cls, text: str, usage: Usage | None, finish_reason: str | None, thought: str | None = None
+    ) -> ReplyStream:
+        """A reply that came in one answer, as a stream of one piece (after its thought, if any)."""
+        return cls(iter([*([Thought(thought)] if thought else []), text, *([usage] if usage else []),
+                         *([Finish(finish_reason)] if finish_reason else [])]))
 
     def close(self) -> None:
         close = getattr(self._pieces, "close", None)
@@ -188,7 +211,7 @@ class ChatBackend(ABC):
         the codelab's design). Backends whose API answers whole override this gathered stream."""
         with closing(self.stream(messages, params)) as reply:
             text = "".join(reply)
-        return ReplyStream.whole(text, reply.usage, reply.finish_reason)
+        return ReplyStream.whole(text, reply.usage, reply.finish_reason, reply.thought)
 
     def complete(self, message: Any, history: Iterable[Any] = (), params: GenerationParams | None = None) -> str:
         """The whole reply to ``message`` after ``history`` (any shape a notebook has) at once."""

@@ -32,6 +32,7 @@ from hybridchat.backends.base import (
     GenerationParams,
     ReplyStream,
     RetryPolicy,
+    Thought,
     Usage,
 )
 from hybridchat.backends.vllm_errors import VllmErrors
@@ -181,7 +182,9 @@ class VllmClient(VllmErrors):
     # Chats go through the client's low-level post, not chat.completions.create: create() walks
     # every message of a request with type introspection, ~70 ms for a 200-turn chat on 2 cores
     # (bench/); post() sends the same body, with the same streaming, parsing and errors.
-    def stream_chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[str | Usage | Finish]:
+    def stream_chat(
+        self, messages: list[dict[str, str]], params: GenerationParams
+    ) -> Iterator[str | Thought | Usage | Finish]:
         """Stream a chat reply (OpenAI protocol only); the server's token counts and finish
         reason come last. A stream that ends without a finish reason was cut off."""
         stream = self._for_model(lambda model: self._openai.post(
@@ -197,6 +200,10 @@ class VllmClient(VllmErrors):
         with closing(stream), self._errors(mid_reply=True):
             for chunk in stream:
                 for choice in chunk.choices or []:
+                    thinking = _reasoning(choice.delta)
+                    if thinking:
+                        produced = True
+                        yield Thought(thinking)
                     if choice.delta and choice.delta.content:
                         produced = True
                         yield choice.delta.content
@@ -226,11 +233,12 @@ class VllmClient(VllmErrors):
         with self._errors():
             choice = completion.choices[0] if completion.choices else None
             text = choice.message.content if choice and choice.message else None
-            if not text:
+            thought = _reasoning(choice.message) if choice else None
+            if not (text or thought):
                 raise self._empty()
             counted = completion.usage
             usage = Usage(counted.prompt_tokens, counted.completion_tokens) if counted else None
-            return ReplyStream.whole(text, usage, choice.finish_reason if choice else None)
+            return ReplyStream.whole(text or "", usage, choice.finish_reason if choice else None, thought)
 
     def complete_prompt(self, prompt: str, params: GenerationParams) -> tuple[str, str | None]:
         """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``): only the new
@@ -314,3 +322,13 @@ def _sampling(params: GenerationParams, stop: Iterable[str]) -> dict[str, Any]:
         "max_tokens": params.max_tokens,
         "stop": list(stop) or None,
     }
+
+
+def _reasoning(message: object) -> str | None:
+    """A thinking model's reasoning in a chat message or delta: where vLLM's reasoning parser
+    puts it (``reasoning``; ``reasoning_content`` before vLLM 0.11), apart from the answer."""
+    for name in ("reasoning", "reasoning_content"):
+        found = getattr(message, name, None)
+        if isinstance(found, str) and found:
+            return found
+    return None

@@ -51,6 +51,8 @@ class Turn(BaseModel):
     reply: str
     # The model as the chat named it when it answered, e.g. "Gemma (google/gemma-3-12b-it)".
     model_label: str | None = None
+    # A thinking model's reasoning before the reply: shown collapsed above it, never sent back.
+    thought: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
