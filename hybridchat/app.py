@@ -20,7 +20,7 @@ from hybridchat.errors import HybridChatError
 from hybridchat.guard import HEALTH_PATH, Guard
 from hybridchat.iap import IapVerifier
 from hybridchat.limits import Limits
-from hybridchat.login import Logins
+from hybridchat.login import WAIT_NOTE, Logins, LoginThrottle
 from hybridchat.store import HistoryStore, open_store
 from hybridchat.visitors import VisitorIds, session_secret
 
@@ -91,8 +91,10 @@ def create_app(
     # gr.Warning, worded for visitors, still show); the traceback goes to the log.
     # run_history=False: Gradio would keep every message and reply in the browser's storage.
     mounted: FastAPI = gr.mount_gradio_app(
-        app, demo, path="/", auth=Logins(auth) if auth else None, root_path=root_path, css=_CSS,
-        show_error=False, run_history=False,
+        app, demo, path="/", auth=Logins(auth) if auth else None, auth_message=WAIT_NOTE if auth else None,
+        root_path=root_path, css=_CSS, show_error=False, run_history=False,
     )
+    if auth:
+        mounted.add_middleware(LoginThrottle)
     mounted.add_middleware(Guard, max_body_bytes=settings.max_request_bytes, sign_in=sign_in)
     return mounted

@@ -1,26 +1,51 @@
-"""Shared-password login (``--auth-file``, ``HYBRIDCHAT_AUTH``) that slows guessing down.
+"""Shared-password login (``--auth-file``, ``HYBRIDCHAT_AUTH``) that slows a guesser, not the user.
 
-After two failed logins for a user name, that name is refused without a check for a while:
-1 s after the third failure, doubling with each one after, up to a minute. A right password
-ends it. Guessing at the login route so goes at about one try a minute instead of hundreds a
-second; a visitor who mistypes twice waits a second. Passwords are compared in constant time.
+``Logins`` is Gradio's ``auth`` callable; passwords are compared in constant time. Gradio hands
+it no request, so ``LoginThrottle``, around Gradio's ``POST /login``, counts failed logins per
+client address: after two, that address's next try is taken 1 s later, then 2 s, doubling with
+each failure up to a minute, and a try before then is refused unchecked with when to try again
+(``Retry-After`` and the answer's ``detail``; Gradio's login page shows its own "incorrect
+credentials", and ``WAIT_NOTE`` above the form). A right password ends it. A guesser so goes at
+about one try a minute, and a visitor on another network is never held up, whatever user name
+the guesser tries. A classroom behind one NAT shares an address: a guesser there slows the
+room's logins too, and nobody else's.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hybridchat.guard import ASGIApp, Message, Receive, Scope, Send
+
 log = logging.getLogger(__name__)
 
 FREE_FAILURES = 2
 LONGEST_WAIT = 60.0
-_REMEMBERED = 10_000  # user names with failures kept (oldest forgotten first)
+_REMEMBERED = 10_000  # addresses with failures kept (oldest forgotten first)
+LOGIN_PATHS = ("/login", "/login/")
+WAIT_NOTE = ("After a few wrong passwords from one network, its next tries wait a little, up to a minute: "
+             "if your password is refused, wait a minute and try again.")
+
+
+class Logins:
+    """Gradio's ``auth`` callable: ``Logins([("alice", "pw")])("alice", "pw")`` is ``True``."""
+
+    def __init__(self, accounts: list[tuple[str, str]]):
+        self._passwords = dict(accounts)
+
+    def __call__(self, username: str, password: str) -> bool:
+        expected = self._passwords.get(username)
+        # Compared even for an unknown name, so the time taken does not tell names apart.
+        right = hmac.compare_digest(password.encode(), (expected or "\0" + password).encode())
+        return right and expected is not None
 
 
 @dataclass
@@ -29,36 +54,65 @@ class _Failures:
     refused_until: float = 0.0
 
 
-class Logins:
-    """Gradio's ``auth`` callable: ``Logins([("alice", "pw")])("alice", "pw")`` is ``True``."""
+class LoginThrottle:
+    """ASGI middleware: failed logins slow down the address they come from."""
 
-    def __init__(self, accounts: list[tuple[str, str]], clock: Callable[[], float] = time.monotonic):
-        self._passwords = dict(accounts)
+    def __init__(self, app: ASGIApp, clock: Callable[[], float] = time.monotonic):
+        self.app = app
         self._clock = clock
         self._lock = threading.Lock()
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
 
-    def __call__(self, username: str, password: str) -> bool:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in LOGIN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        address = (scope.get("client") or ("unknown",))[0]
+        wait = self._wait(address)
+        if wait > 0:
+            await _refuse(send, wait)
+            return
+        status = 0
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, noting_status)
+        if status == 200:
+            with self._lock:
+                self._failures.pop(address, None)
+        elif status == 400:  # Gradio's "Incorrect credentials."
+            self._failed(address)
+
+    def _wait(self, address: str) -> float:
         with self._lock:
-            now = self._clock()
-            failures = self._failures.get(username)
-            if failures is not None and now < failures.refused_until:
-                return False  # not checked: a guess now tells nothing
-            expected = self._passwords.get(username)
-            # Compared even for an unknown name, so the time taken does not tell names apart.
-            right = hmac.compare_digest(password.encode(), (expected or "\0" + password).encode())
-            if right and expected is not None:
-                self._failures.pop(username, None)
-                return True
-            failures = self._failures.pop(username, None) or _Failures()
+            failures = self._failures.get(address)
+            return failures.refused_until - self._clock() if failures else 0.0
+
+    def _failed(self, address: str) -> None:
+        with self._lock:
+            failures = self._failures.pop(address, None) or _Failures()
             failures.count += 1
             if failures.count > FREE_FAILURES:
                 wait = min(2.0 ** (failures.count - FREE_FAILURES - 1), LONGEST_WAIT)
-                failures.refused_until = now + wait
-                log.warning(
-                    "login: %d failed tries for one user name; the next is taken in %.0f s", failures.count, wait
-                )
-            self._failures[username] = failures
+                failures.refused_until = self._clock() + wait
+                log.warning("login: %d failed tries from one address; its next is taken in %.0f s",
+                            failures.count, wait)
+            self._failures[address] = failures
             while len(self._failures) > _REMEMBERED:
                 self._failures.popitem(last=False)
-            return False
+
+
+async def _refuse(send: Send, wait: float) -> None:
+    """Gradio's login page shows a 400 as a failed login (any other status, not at all)."""
+    seconds = math.ceil(wait)
+    detail = f"Too many wrong passwords from your network: try again in {seconds} s."
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 400, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(seconds).encode())]})
+    await send({"type": "http.response.body", "body": body})

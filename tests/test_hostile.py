@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import selectors
 import shutil
 import socket
@@ -242,25 +243,35 @@ def test_no_visitor_and_no_network_can_take_the_app_for_itself(tmp_path):
     assert any("3 messages in a minute" in w for w in seen["fourth"].warnings), seen["fourth"].warnings
 
 
-def test_guessing_a_login_password_is_slowed_down_and_the_password_is_not_in_argv(tmp_path):
+def test_a_burst_of_wrong_passwords_slows_the_guesser_not_the_user_and_no_password_is_in_argv(tmp_path):
     password = "correct-horse-FAKE"
     port = free_port()
-    env = {"HYBRIDCHAT_AUTH": f"alice:{password}\nbob:other-FAKE", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"}
+    env = {"HYBRIDCHAT_AUTH": f"alice:{password}\nbob:other-FAKE", "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db",
+           "HYBRIDCHAT_FORWARDED_ALLOW_IPS": "127.0.0.1"}  # as behind a load balancer: the address it saw
     argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
-    with serving(argv, f"http://127.0.0.1:{port}/healthz", env) as app:
+    guesser, user = "203.0.113.7", "198.51.100.2"
+    with serving(argv, f"http://127.0.0.1:{port}/healthz", env) as app, httpx.Client() as http:
         assert password not in Path(f"/proc/{app.pid}/cmdline").read_text(), "no password in the process list"
 
-        def login(user: str, word: str) -> bool:
-            return httpx.post(f"http://127.0.0.1:{port}/login", data={"username": user, "password": word}).status_code == 200
+        def login(name: str, word: str, address: str) -> httpx.Response:
+            return http.post(f"http://127.0.0.1:{port}/login", data={"username": name, "password": word},
+                             headers={"x-forwarded-for": address})
 
-        assert login("bob", "other-FAKE") and not login("alice", "wrong")
-        guesses = [login("alice", f"guess {n}") for n in range(4)]  # 5 failures: refused for 4 s now
-        assert not any(guesses)
-        assert not login("alice", password), "while slowed down even the right password is not checked"
-        assert login("bob", "other-FAKE"), "other users are not held up"
-        time.sleep(4.2)
-        assert login("alice", password), "after the wait, the right password works"
-        assert not login("alice", "wrong") and not login("alice", "wrong again"), "the count started again"
+        assert login("bob", "other-FAKE", guesser).status_code == 200
+        burst = [login("alice", f"guess {n}", guesser) for n in range(205)]
+        assert all(r.status_code == 400 for r in burst) and login("alice", password, user).status_code == 200, (
+            "the user, from another network, is not held up")
+        waiting = login("alice", password, guesser)
+        assert waiting.status_code == 400 and int(waiting.headers["retry-after"]) >= 1, "the guesser's tries are not checked"
+        assert re.fullmatch(r"Too many wrong passwords from your network: try again in \d+ s\.", waiting.json()["detail"])
+        checked = sum(r.json()["detail"] == "Incorrect credentials." for r in burst)
+        assert checked <= 6, f"{checked} of 205 guesses checked: the rest waited"
+        slips = [login("alice", "typo", user).status_code for _ in range(2)]
+        assert slips == [400, 400] and login("alice", password, user).status_code == 200, "two slips cost nothing"
+        time.sleep(float(waiting.headers["retry-after"]) + 0.2)
+        assert login("alice", password, guesser).status_code == 200, "after the wait, a right password works and ends it"
+        shown = httpx.get(f"http://127.0.0.1:{port}/config").json()  # signed out
+        assert "wait a minute and try again" in json.dumps(shown), "the login page says why a right password may wait"
     warned = subprocess.run([sys.executable, "-m", "hybridchat.cli", "app", "--auth", "a:b", "--port", "-1"],
                             capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     assert "--auth puts the password in the process list" in warned.stderr
