@@ -88,7 +88,8 @@ def app_server(
         "HYBRIDCHAT_CONCURRENCY": str(concurrency), "HYBRIDCHAT_STREAM": str(stream).lower(),
         "HYBRIDCHAT_LOG_LEVEL": "WARNING", "HYBRIDCHAT_SESSION_SECRET": BENCH_SECRET,
         # Every simulated visitor comes from 127.0.0.1, as fast as it can: no fair-share limits.
-        "HYBRIDCHAT_TURNS_PER_MINUTE": "0", "HYBRIDCHAT_STREAMS_PER_CLIENT": "0", **(env or {}),
+        "HYBRIDCHAT_TURNS_PER_MINUTE": "0", "HYBRIDCHAT_NEWCOMER_TURNS_PER_MINUTE": "0", "HYBRIDCHAT_STREAMS_PER_CLIENT": "0",
+        **(env or {}),
     }
     argv = [sys.executable, "-m", "hybridchat.cli", "app", "--port", str(port)]
     with serving(argv, f"http://127.0.0.1:{port}/healthz", env, output) as process:

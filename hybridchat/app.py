@@ -67,7 +67,8 @@ def create_app(
         auth_enabled=bool(auth),
         sign_in=sign_in,
         visitor_ids=visitor_ids,
-        limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client),
+        limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client,
+                      newcomer_turns_per_minute=settings.newcomer_turns_per_minute),
         stream_interval=settings.stream_interval,
     ).demo
     # Each streaming chat holds a worker thread; Gradio's pool (and its queue's slots) default

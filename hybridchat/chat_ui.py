@@ -31,6 +31,7 @@ from hybridchat.visitors import VisitorIds
 log = logging.getLogger(__name__)
 
 SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older chats" is pressed
+VISITOR = "visitor:"  # the owner prefix of an anonymous visitor, whose id the app issued
 
 
 Updates = dict[Block, Any]  # a handler's updates, by component; the others stay as they are
@@ -224,7 +225,7 @@ class ChatUI:
             try:
                 # A signed-in person is one person; behind the load balancer every address is its own.
                 client = owner if self.sign_in is not None else request.client.host if request.client else None
-                held.enter_context(self.limits.turn(owner, client))
+                held.enter_context(self.limits.turn(owner, client, anonymous=owner.startswith(VISITOR)))
                 progress = ask(conversation)
                 first = next(progress)
             except InputRefused as exc:
@@ -311,7 +312,7 @@ class ChatUI:
         if visitor is None:  # a new browser, or an id this server did not issue
             visitor = self.visitor_ids.new_id()
             browser = {"visitor": self.visitor_ids.token_for(visitor), "session": None}
-        return f"visitor:{visitor}", browser
+        return f"{VISITOR}{visitor}", browser
 
     def _sidebar(self, owner: str, selected: str | None, shown: int, *, older: bool = True) -> Updates:
         """The sidebar's newest ``shown`` entries, (title · date, session id), and (``older``)

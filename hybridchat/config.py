@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=64, ge=1, description=(
         "chats streaming at once (Gradio's queue; the app raises its worker threads to match)"))
     turns_per_minute: int = Field(default=20, ge=0, description="turns one visitor may send in a minute (0: no limit)")
+    # An anonymous visitor id is free to drop: without this, each fresh id would bring a new share.
+    newcomer_turns_per_minute: int = Field(default=20, ge=0, description=(
+        "turns anonymous visitors in their first minute may send in a minute from one client address, all "
+        "together (0: no limit); signed-in people and visitors back after a minute have only their own share"))
     # Per client address, however many visitors it claims to be: a classroom behind one NAT shares it.
     streams_per_client: int = Field(default=32, ge=0, description=(
         "replies streaming at once to one client address, or signed-in person (0: no limit)"))

@@ -294,5 +294,8 @@ def running_app(folder: Path, backends: dict[str, ChatBackend] | None = None, /,
     from hybridchat.config import Settings
 
     store_url = f"sqlite:///{folder}/history.db"
+    # The tests' many visitors all come from 127.0.0.1: as many people behind one address, whose
+    # shared newcomers' share tests/test_hostile.py tests on its own.
+    settings.setdefault("newcomer_turns_per_minute", 0)
     with BackgroundServer(create_app(Settings(store_url=store_url, **settings), backends=backends)) as url:
         yield RunningApp(url, store_url)
