@@ -4,7 +4,11 @@ uvicorn sets no deadline for a request to arrive: a client that sends half a req
 its connection, and a file descriptor, for ever, and a thousand of them leave none for
 ``/healthz`` or new visitors. Here each request must arrive whole within
 ``request_timeout`` seconds of its first byte (the response, streamed for minutes, has no
-limit), and the process may hold as many connections as its hard file limit allows.
+limit), and the process may hold as many connections as its hard file limit allows, less the
+descriptors kept for everything else it opens (``ConnectionBudget``). At that many, a new
+connection takes the place of the oldest one whose request is still arriving, or, if every
+connection is a request being answered, is closed at once: the app never runs out of
+descriptors, and says so once a minute, with counts, not a traceback per connection.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 import h11
 import uvicorn
@@ -25,14 +32,75 @@ log = logging.getLogger(__name__)
 _RECEIVING = (h11.IDLE, h11.SEND_BODY)  # a request not yet whole (or not yet begun)
 
 
-def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing a connection whose request is not whole in time."""
+class ConnectionBudget:
+    """The connections the app may hold at once (``most``), those it holds, and, oldest first,
+    those whose request is still arriving: the ones to give up first."""
+
+    def __init__(self, most: int, clock: Callable[[], float] = time.monotonic):
+        self.most = most
+        self.held = 0
+        self.arriving: OrderedDict[asyncio.Transport, None] = OrderedDict()
+        self._clock = clock
+        self._counts = {"refused": 0, "cut": 0, "failed": 0}
+        self._said_at = -_REPORT_EVERY  # the first time is told at once
+
+    def admit(self, transport: asyncio.Transport) -> None:
+        """Count a new connection; at the budget, close the oldest still arriving, or this one."""
+        self.held += 1
+        if self.held <= self.most:
+            return
+        if self.arriving:
+            oldest, _ = self.arriving.popitem(last=False)
+            oldest.close()
+            self.note("cut")
+        else:
+            transport.close()
+            self.note("refused")
+
+    def note(self, what: str) -> None:
+        self._counts[what] += 1
+        if self._clock() - self._said_at >= _REPORT_EVERY:
+            self.report()
+
+    def report(self) -> None:
+        """One line for all that happened since the last: never one per connection."""
+        if any(self._counts.values()):
+            log.warning(
+                "at its most connections (%d): in the last minute closed %d whose request was still arriving, "
+                "refused %d new ones (every connection was being answered) and could not accept %d (no file "
+                "descriptor left)", self.most, self._counts["cut"], self._counts["refused"], self._counts["failed"],
+            )
+        self._counts = dict.fromkeys(self._counts, 0)
+        self._said_at = self._clock()
+
+
+_REPORT_EVERY = 60.0
+
+
+class _AcceptFailures(logging.Filter):
+    """asyncio logs a traceback each time accept() finds no descriptor left: counted instead."""
+
+    def __init__(self, budget: ConnectionBudget):
+        super().__init__()
+        self.budget = budget
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("socket.accept() out of system resource"):
+            self.budget.note("failed")
+            return False
+        return True
+
+
+def deadline_protocol(request_timeout: float, budget: ConnectionBudget) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request is not whole in time, within
+    the ``budget`` of connections."""
 
     class DeadlineH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            budget.admit(transport)
             self._watch()
 
         def data_received(self, data: bytes) -> None:
@@ -41,17 +109,22 @@ def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            budget.held -= 1
             super().connection_lost(exc)
 
         def _watch(self) -> None:
             """Armed once while a request comes in (never pushed back by more bytes), disarmed
             once it is whole. An idle kept-alive connection is uvicorn's keep-alive timeout's."""
+            if self.transport.is_closing():
+                return
             if self.conn.their_state not in _RECEIVING:
                 self._disarm()
             elif self._deadline is None:
                 self._deadline = self.loop.call_later(request_timeout, self._expire)
+                budget.arriving[self.transport] = None
 
         def _disarm(self) -> None:
+            budget.arriving.pop(self.transport, None)
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
@@ -74,11 +147,24 @@ def raise_file_limit() -> int:
     return max(wanted, soft)
 
 
+def connection_budget(file_limit: int, settings: Settings) -> ConnectionBudget:
+    """The file limit less what the app opens besides its visitors' connections (a connection
+    to a model for each chat streaming, the history database, logs, Python's own files) and
+    less two accept batches: asyncio accepts up to the backlog at once before the app sees one,
+    and a connection the app closes frees its descriptor a moment later."""
+    return ConnectionBudget(max(file_limit - settings.concurrency - 2 * BACKLOG - _KEPT_FOR_THE_REST, 16))
+
+
+BACKLOG = 128  # connections waiting to be accepted (uvicorn's default, 2,048, is one accept batch too)
+_KEPT_FOR_THE_REST = 128
+
+
 def serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
-    raise_file_limit()
+    budget = connection_budget(raise_file_limit(), settings)
+    logging.getLogger("asyncio").addFilter(_AcceptFailures(budget))
     # X-Forwarded-For is believed from the proxies named only: anyone else could claim any address
     # (and the per-address limit). log_config=None: uvicorn logs through hybridchat's handlers.
     uvicorn.run(
-        app, host=host, port=port, http=deadline_protocol(settings.request_timeout), log_level="warning",
-        log_config=None, proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+        app, host=host, port=port, http=deadline_protocol(settings.request_timeout, budget), log_level="warning",
+        log_config=None, proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips, backlog=BACKLOG,
     )
