@@ -86,6 +86,10 @@ def test_legacy_backend_renders_the_configured_template(fault_server):
         ("Paris.\nuser's turn: and?", "", "Paris."),
         ("User's Turn:\n>>> Hi\nAssistant's Turn:\n>>> Paris.", "", "Paris."),
         ("<start_of_turn>model\nParis.<end_of_turn>\n<start_of_turn>user\nmore", "", "Paris."),
+        # Gemma 4's: its turn's end, and a thought channel, which is never the answer.
+        ("<|turn>model\nParis.<turn|>\n<|turn>user\nmore", "", "Paris."),
+        ("<|channel>thought\nThe capital is asked.<channel|>Paris.<turn|>", "", "Paris."),
+        ("P<|channel>thought\nStill thinking", "P", ""),
         # With the echo found, a marker inside the reply is the model's text, not the prompt's.
         (echoed("Assistant's Turn:\n>>> \n", "A\nAssistant's Turn:\n>>> B"),
          "Assistant's Turn:\n>>> \n", "A\nAssistant's Turn:\n>>> B"),
