@@ -13,8 +13,9 @@ import openai
 import pytest
 from conftest import wait_for
 
+from hybridchat.history import process_message_gemma
 from hybridchat.lab.local import free_port
-from hybridchat.serve_local import STAND_IN_PREFIX
+from hybridchat.serve_local import STAND_IN_PREFIX, _conversation_of
 
 
 @pytest.fixture
@@ -103,3 +104,15 @@ def test_serve_local_command_listens_once_loaded_then_serves_and_stops_on_ctrl_c
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0
     assert f"Local stand-in for Gemma and Gemini: http://127.0.0.1:{port}" in output
+
+
+@pytest.mark.parametrize(("template", "system"), [
+    ("gemma", [{"role": "user", "content": "Be brief.\n\nHi"}]),  # no system role: it opens the first turn
+    ("gemma4", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]),
+    ("codelab", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]),
+])
+def test_the_stand_in_reads_a_raw_prompt_of_each_template_as_the_conversation(template, system):
+    prompt = process_message_gemma("And Germany?", [["Hi", "Hello!"]], "Be brief.", template=template)
+    assert _conversation_of(prompt) == [*system, {"role": "assistant", "content": "Hello!"},
+                                        {"role": "user", "content": "And Germany?"}]
+
