@@ -120,8 +120,9 @@ def template_named(name: str) -> ChatTemplate:
 
 
 def template_for_model(served_name: str | None) -> ChatTemplate:
-    """The template a served model's name implies: Gemma 4's for a ``gemma-4`` name, else Gemma's."""
-    return GEMMA4 if served_name and re.search(r"gemma[-_ ]?4", served_name, re.IGNORECASE) else GEMMA
+    """The template a served model's name implies: Gemma 4's for a ``gemma-4-…`` name, else Gemma's
+    (``medgemma-4b``, a Gemma 3, is not a Gemma 4)."""
+    return GEMMA4 if served_name and re.search(r"gemma[-_]?4(?:[-_]|$)", served_name, re.IGNORECASE) else GEMMA
 
 
 def neutralize(text: str) -> str:

@@ -13,7 +13,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from hybridchat.history import Message, gemma_prompt
 from hybridchat.lab import check
-from hybridchat.templates import GEMMA, GEMMA4, neutralize, split_thought
+from hybridchat.templates import GEMMA, GEMMA4, neutralize, split_thought, template_for_model
 
 PUBLISHED = Path(__file__).parent / "data" / "templates"
 GEMMA3_JINJA = (PUBLISHED / "gemma-3-it.jinja").read_text()
@@ -92,3 +92,13 @@ def test_every_marker_of_every_template_is_broken():
     for template in (GEMMA, GEMMA4):
         for marker in template.markers:
             assert marker not in neutralize(f"x{marker}y"), marker
+
+
+@pytest.mark.parametrize(("served", "template"), [
+    ("google/gemma-4-E4B-it", GEMMA4), ("google/gemma-4-26B-A4B-it", GEMMA4), ("my-gemma4", GEMMA4),
+    ("google/gemma-3-12b-it", GEMMA), ("google/gemma-3-4b-it", GEMMA), ("google/medgemma-4b-it", GEMMA),
+    ("local-stand-in/SmolLM2", GEMMA), (None, GEMMA),
+])
+def test_the_template_follows_the_served_models_name(served, template):
+    assert template_for_model(served) is template
+
