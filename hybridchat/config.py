@@ -45,7 +45,8 @@ class Settings(BaseSettings):
         "not serve it)"))
     gemma_template: Literal["gemma", "gemma4", "codelab"] | None = Field(default=None, description=(
         "the chat template of raw prompts (`legacy` protocol): `gemma` (Gemma 1 to 3), `gemma4` or `codelab`; "
-        "unset: `gemma4` when the served model's name says Gemma 4, else `gemma`"))
+        "unset: `gemma4` when the served model's name says Gemma 4, else `gemma` (on the `legacy` protocol the name "
+        "is `HYBRIDCHAT_GEMMA_MODEL`'s: `/generate` tells none)"))
     gemma_context_tokens: int | None = Field(default=None, ge=64, description=(
         "Gemma's context length (prompt and reply); unset: vLLM's `max_model_len`"))
 

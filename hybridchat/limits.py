@@ -7,7 +7,9 @@
   client address who are in their first minute, all together: an anonymous id is free to drop,
   and a script that takes a new one before each turn would otherwise get a new share each time.
   Its cost: anonymous visitors behind one NAT who all arrive at once share it for their first
-  minute; a room signs in (IAP, or logins), where it does not apply, or raises it;
+  minute; a room signs in (IAP, or logins), where it does not apply, or raises it. Its limit: a
+  patient script can still gather ids a few a minute and keep each alive past its first minute;
+  what it then streams at once is bounded by ``streams_per_client``;
 * at most ``streams_per_client`` replies streaming at once from one client address, since a
   script can make itself as many anonymous visitors as it likes. A classroom behind one NAT
   shares an address: the default is half of what the app streams at once.
@@ -61,7 +63,9 @@ class Limits:
             self._streaming.add(visitor)
             if client:
                 self._per_client[client] += 1
-            self._turns[visitor].append(now)  # kept a minute: who is new is told by it too
+            recent = self._turns[visitor]  # kept a minute, limit or not: who is new is told by it too
+            _prune(recent, now)
+            recent.append(now)
             if anonymous:
                 self._first_seen.setdefault(visitor, now)
             if newcomer and client and self.newcomer_turns_per_minute:
@@ -118,6 +122,10 @@ class Limits:
 
 def _wait(recent: deque[float], most: int, now: float) -> float | None:
     """Seconds until one more turn fits ``most`` a minute, given the ``recent`` ones; ``None``: now."""
+    _prune(recent, now)
+    return _WINDOW - (now - recent[0]) if len(recent) >= most else None
+
+
+def _prune(recent: deque[float], now: float) -> None:
     while recent and now - recent[0] >= _WINDOW:
         recent.popleft()
-    return _WINDOW - (now - recent[0]) if len(recent) >= most else None

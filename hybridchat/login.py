@@ -5,7 +5,9 @@ it no request, so ``LoginThrottle``, around Gradio's ``POST /login``, counts fai
 client address: after two, that address's next try is taken 1 s later, then 2 s, doubling with
 each failure up to a minute, and a try before then is refused unchecked with when to try again
 (``Retry-After`` and the answer's ``detail``; Gradio's login page shows its own "incorrect
-credentials", and ``WAIT_NOTE`` above the form). A right password ends it. A guesser so goes at
+credentials", and ``WAIT_NOTE`` above the form). A try counts as failed from the moment it
+comes until its answer says otherwise, so tries sent all at once are not all checked. A right
+password ends it. A guesser so goes at
 about one try a minute, and a visitor on another network is never held up, whatever user name
 the guesser tries. A classroom behind one NAT shares an address: a guesser there slows the
 room's logins too, and nobody else's.
@@ -69,7 +71,7 @@ class LoginThrottle:
             await self.app(scope, receive, send)
             return
         address = (scope.get("client") or ("unknown",))[0]
-        wait = self._wait(address)
+        wait, before = self._begin(address)
         if wait > 0:
             await _refuse(send, wait)
             return
@@ -81,30 +83,40 @@ class LoginThrottle:
                 status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, noting_status)
-        if status == 200:
-            with self._lock:
-                self._failures.pop(address, None)
-        elif status == 400:  # Gradio's "Incorrect credentials."
-            self._failed(address)
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            self._end(address, status, before)
 
-    def _wait(self, address: str) -> float:
+    def _begin(self, address: str) -> tuple[float, _Failures]:
+        """The wait before ``address`` may try again; else its try, counted as failed until it is
+        not (so that tries sent all at once are not all checked), and what it counted before."""
         with self._lock:
-            failures = self._failures.get(address)
-            return failures.refused_until - self._clock() if failures else 0.0
-
-    def _failed(self, address: str) -> None:
-        with self._lock:
+            now = self._clock()
             failures = self._failures.pop(address, None) or _Failures()
+            self._failures[address] = failures  # the most recent last: the oldest is forgotten first
+            if now < failures.refused_until:
+                return failures.refused_until - now, failures
+            before = _Failures(failures.count, failures.refused_until)
             failures.count += 1
             if failures.count > FREE_FAILURES:
-                wait = min(2.0 ** (failures.count - FREE_FAILURES - 1), LONGEST_WAIT)
-                failures.refused_until = self._clock() + wait
-                log.warning("login: %d failed tries from one address; its next is taken in %.0f s",
-                            failures.count, wait)
-            self._failures[address] = failures
+                failures.refused_until = now + min(2.0 ** (failures.count - FREE_FAILURES - 1), LONGEST_WAIT)
             while len(self._failures) > _REMEMBERED:
                 self._failures.popitem(last=False)
+            return 0.0, before
+
+    def _end(self, address: str, status: int, before: _Failures) -> None:
+        """A right password ends the count; a wrong one keeps the try counted; anything else
+        (a malformed form, a crash) was not a guess."""
+        with self._lock:
+            failures = self._failures.get(address)
+            if status == 200:
+                self._failures.pop(address, None)
+            elif status == 400 and failures is not None and failures.count > FREE_FAILURES:
+                log.warning("login: %d failed tries from one address; its next is taken in %.0f s",
+                            failures.count, max(failures.refused_until - self._clock(), 0))
+            elif status != 400 and failures is not None:
+                failures.count, failures.refused_until = before.count, before.refused_until
 
 
 async def _refuse(send: Send, wait: float) -> None:

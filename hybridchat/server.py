@@ -6,9 +6,10 @@ its connection, and a file descriptor, for ever, and a thousand of them leave no
 ``request_timeout`` seconds of its first byte (the response, streamed for minutes, has no
 limit), and the process may hold as many connections as its hard file limit allows, less the
 descriptors kept for everything else it opens (``ConnectionBudget``). At that many, a new
-connection takes the place of the oldest one whose request is still arriving, or, if every
-connection is a request being answered, is closed at once: the app never runs out of
-descriptors, and says so once a minute, with counts, not a traceback per connection.
+connection takes the place of the oldest one whose request is still arriving (or that sits
+idle between two requests), or, if every connection is a request being answered, is closed at
+once: the app never runs out of descriptors, and says so once a minute, with counts, not a
+traceback per connection.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ConnectionBudget:
         self._clock = clock
         self._counts = {"refused": 0, "cut": 0, "failed": 0}
         self._said_at = -_REPORT_EVERY  # the first time is told at once
+        self._pending: asyncio.TimerHandle | None = None
 
     def admit(self, transport: asyncio.Transport) -> None:
         """Count a new connection; at the budget, close the oldest still arriving, or this one."""
@@ -58,17 +60,24 @@ class ConnectionBudget:
             self.note("refused")
 
     def note(self, what: str) -> None:
+        """Count one event (on the event loop); told at once if nothing was for a minute, else
+        with the others at the end of that minute."""
         self._counts[what] += 1
-        if self._clock() - self._said_at >= _REPORT_EVERY:
+        since = self._clock() - self._said_at
+        if since >= _REPORT_EVERY:
             self.report()
+        elif self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(_REPORT_EVERY - since, self.report)
 
     def report(self) -> None:
         """One line for all that happened since the last: never one per connection."""
+        self._pending = None
         if any(self._counts.values()):
             log.warning(
-                "at its most connections (%d): in the last minute closed %d whose request was still arriving, "
-                "refused %d new ones (every connection was being answered) and could not accept %d (no file "
-                "descriptor left)", self.most, self._counts["cut"], self._counts["refused"], self._counts["failed"],
+                "at its most connections (%d): in the last minute closed %d whose request was still arriving "
+                "or that sat idle, refused %d new ones (every connection was being answered) and could not "
+                "accept %d (no file descriptor left)",
+                self.most, self._counts["cut"], self._counts["refused"], self._counts["failed"],
             )
         self._counts = dict.fromkeys(self._counts, 0)
         self._said_at = self._clock()
@@ -106,6 +115,10 @@ def deadline_protocol(request_timeout: float, budget: ConnectionBudget) -> type[
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             self._watch()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch()  # kept alive and idle until its next request: as good as one still arriving
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -167,4 +180,5 @@ def serve(app: ASGIApp, host: str, port: int, settings: Settings) -> None:
     uvicorn.run(
         app, host=host, port=port, http=deadline_protocol(settings.request_timeout, budget), log_level="warning",
         log_config=None, proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips, backlog=BACKLOG,
+        ws="none",  # Gradio needs no WebSocket; an upgraded connection would leave the budget's count
     )

@@ -68,7 +68,8 @@ GEMMA = ChatTemplate(
     system="first_user",
     opener="<start_of_turn>model\n",
     stops=("<end_of_turn>",),
-    markers=("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>"),
+    markers=("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<unk>", "<mask>", "<start_of_image>",
+             "<end_of_image>", "<image_soft_token>"),
     trims=True,
 )
 GEMMA4 = ChatTemplate(
@@ -122,7 +123,7 @@ def template_named(name: str) -> ChatTemplate:
 def template_for_model(served_name: str | None) -> ChatTemplate:
     """The template a served model's name implies: Gemma 4's for a ``gemma-4-…`` name, else Gemma's
     (``medgemma-4b``, a Gemma 3, is not a Gemma 4)."""
-    return GEMMA4 if served_name and re.search(r"gemma[-_]?4(?:[-_]|$)", served_name, re.IGNORECASE) else GEMMA
+    return GEMMA4 if served_name and re.search(r"gemma[-_]?4(?:[-_:]|$)", served_name, re.IGNORECASE) else GEMMA
 
 
 def neutralize(text: str) -> str:
@@ -144,9 +145,10 @@ def render(template: ChatTemplate, system: str | None, turns: Sequence[tuple[Rol
             head = template.turn.format(role=template.roles["system"], text=system.strip())
         elif template.system == "head":
             head = f"{system}\n"
-        else:  # no system role: the instruction opens the first user turn, untrimmed
-            role, text = texts[0]
-            texts[0] = (role, f"{system}\n\n{text}")
+        elif texts[0][0] == "user":  # no system role: the instruction opens the first user turn, untrimmed
+            texts[0] = ("user", f"{system}\n\n{texts[0][1]}")
+        else:  # a chat that opens with the model's greeting: the instruction is a user turn before it
+            texts.insert(0, ("user", system))
     body = "".join(template.turn.format(role=template.roles[role], text=text) for role, text in texts)
     return head + body + template.opener
 

@@ -6,8 +6,8 @@ that stops early, with no finish reason), ``lean`` (chunks with only their ``cho
 ``safety_prompt``, ``safety_reply``, ``empty``, ``max_tokens``; vLLM chat only: ``html`` (a
 hostile reply: ``hostile``), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
 stopped), ``thinking`` (``THOUGHT`` first, in the ``reasoning`` field vLLM's reasoning parser fills;
-``thinking_cut``: the token limit reached while thinking). ``requests`` counts what came, ``bodies``
-the chat requests' bodies.
+a raw completion: in its thought channel; ``thinking_cut``: the token limit reached while thinking).
+``requests`` counts what came, ``bodies`` the chat and completion requests' bodies.
 """
 
 from __future__ import annotations
@@ -143,13 +143,16 @@ def create_fault_app(control: FaultServer) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        await request.json()
+        body = await request.json()
+        control.bodies.append(body)
         if fault := status_fault(False, generating=True):
             return fault
         if control.mode == "malformed":
             return Response("{not json", media_type="application/json")
+        # Thinking, as vLLM writes a Gemma 4 completion asked to keep its special tokens.
+        text = f"<|channel>thought\n{THOUGHT}<channel|>{REPLY}" if control.mode == "thinking" else REPLY
         return JSONResponse({"id": "c", "object": "text_completion", "created": 0, "model": "m",
-                             "choices": [{"index": 0, "text": REPLY, "finish_reason": "stop"}]})
+                             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
 
     @app.post("/generate")
     async def generate(request: Request) -> Response:

@@ -24,6 +24,7 @@ from hybridchat.backends.vllm_client import _reasoning
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.chat_view import THOUGHT_TITLE, to_messages
 from hybridchat.config import Settings
+from hybridchat.history import process_message_gemma
 from hybridchat.lab import workshop
 from hybridchat.lab.local import BackgroundServer
 from hybridchat.store import open_store
@@ -137,3 +138,14 @@ def test_in_the_browser_the_thought_is_collapsed_above_the_answer(fault_server, 
         bubbles = page.locator('#chat [data-testid="bot"]')
         assert THOUGHT_TITLE in bubbles.first.inner_text() and REPLY in bubbles.last.inner_text(), "above the answer"
         browser.close()
+
+
+@pytest.mark.parametrize(("template", "kept"), [("gemma4", True), ("gemma", False)])
+def test_a_raw_gemma_4_completion_keeps_its_thought_markers_and_its_thought_apart(fault_server, template, kept):
+    """vLLM leaves special tokens out of a completion's text unless asked: a thought channel's
+    markers with them, which would leave the thought in the reply (call_gemma_model's path)."""
+    fault_server.mode = "thinking"
+    prompt = process_message_gemma("Hi", [], template=template)
+    reply, finish, thought = VllmClient(fault_server.url, model="m").complete_prompt(prompt, GenerationParams())
+    assert (fault_server.bodies[-1].get("skip_special_tokens") is False) is kept
+    assert (reply, finish, thought) == (REPLY, "stop", THOUGHT), "the answer alone; the thought apart"

@@ -30,6 +30,7 @@ from hybridchat.backends import RetryPolicy, VllmBackend, VllmClient
 from hybridchat.chat_view import to_messages
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer, free_port
+from hybridchat.login import FREE_FAILURES, LoginThrottle
 from hybridchat.sanitize import safe_markdown
 from hybridchat.store import Turn, open_store
 from hybridchat.visitors import VisitorIds
@@ -323,3 +324,29 @@ def test_two_tabs_of_one_chat_each_send_the_whole_chat_to_the_model(stand_in, tm
         "first", "the password is swordfish", "what is the password?"], "tab B's model saw tab A's turn"
     shown = [text_of(m) for m in in_b.messages if m["role"] == "user"]
     assert shown == ["first", "the password is swordfish", "what is the password?"], "and tab B shows it"
+
+
+def test_guesses_sent_all_at_once_are_not_all_checked():
+    checked = []
+
+    async def gradio_login(scope, receive, send):  # Gradio's POST /login, slow to answer: always wrong
+        checked.append(scope["client"][0])
+        await asyncio.sleep(0.05)
+        body = b'{"detail": "Incorrect credentials."}'
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    throttle = LoginThrottle(gradio_login)
+
+    async def burst(address: str, tries: int) -> list[int]:
+        transport = httpx.ASGITransport(app=throttle, client=(address, 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            answers = await asyncio.gather(*(http.post("/login", data={"username": "alice", "password": f"guess {n}"})
+                                             for n in range(tries)))
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(burst("203.0.113.7", 500)) == [400] * 500
+    assert checked.count("203.0.113.7") == FREE_FAILURES + 1, "two free tries and the one that starts the wait"
+    asyncio.run(burst("198.51.100.2", 1))
+    assert checked.count("198.51.100.2") == 1, "another network is not held up"
+

@@ -65,6 +65,9 @@ def test_a_persona_is_gemma_4s_system_turn_and_opens_gemma_3s_first_user_turn():
     messages = [Message("user", "Hi")]
     assert gemma_prompt(messages, " Be brief. ", template="gemma4").startswith("<|turn>system\nBe brief.<turn|>\n")
     assert gemma_prompt(messages, " Be brief. ", template="gemma").startswith("<start_of_turn>user\n Be brief. \n\nHi")
+    greeted = [Message("assistant", "Hello! Ask me anything."), Message("user", "Hi")]
+    assert gemma_prompt(greeted, "Be brief.", template="gemma").startswith(
+        "<start_of_turn>user\nBe brief.<end_of_turn>\n<start_of_turn>model\nHello!"), "never inside the model's turn"
 
 
 def test_notebook_03s_checker_accepts_a_translator_that_renders_gemma_3s_published_template(capsys):
@@ -95,7 +98,7 @@ def test_every_marker_of_every_template_is_broken():
 
 
 @pytest.mark.parametrize(("served", "template"), [
-    ("google/gemma-4-E4B-it", GEMMA4), ("google/gemma-4-26B-A4B-it", GEMMA4), ("my-gemma4", GEMMA4),
+    ("google/gemma-4-E4B-it", GEMMA4), ("google/gemma-4-26B-A4B-it", GEMMA4), ("my-gemma4", GEMMA4), ("gemma4:e4b", GEMMA4),
     ("google/gemma-3-12b-it", GEMMA), ("google/gemma-3-4b-it", GEMMA), ("google/medgemma-4b-it", GEMMA),
     ("local-stand-in/SmolLM2", GEMMA), (None, GEMMA),
 ])

@@ -13,6 +13,7 @@ from hybridchat.backends.base import (
     Finish,
     GenerationParams,
     ReplyStream,
+    Thought,
     estimate_tokens,
 )
 from hybridchat.backends.vllm_client import VllmClient
@@ -52,8 +53,10 @@ class VllmBackend(ChatBackend):
         # /generate has no streaming: the whole reply comes as one piece.
         prompt = gemma_prompt(messages, params.system_prompt, self.template)
 
-        def whole_reply() -> Iterator[str | Finish]:
-            reply, finish = self.client.complete_prompt(prompt, params)
+        def whole_reply() -> Iterator[str | Thought | Finish]:
+            reply, finish, thought = self.client.complete_prompt(prompt, params)
+            if thought:
+                yield Thought(thought)
             yield reply
             if finish is not None:
                 yield Finish(finish)

@@ -240,11 +240,15 @@ class VllmClient(VllmErrors):
             usage = Usage(counted.prompt_tokens, counted.completion_tokens) if counted else None
             return ReplyStream.whole(text or "", usage, choice.finish_reason if choice else None, thought)
 
-    def complete_prompt(self, prompt: str, params: GenerationParams) -> tuple[str, str | None]:
+    def complete_prompt(self, prompt: str, params: GenerationParams) -> tuple[str, str | None, str]:
         """Complete a raw prompt (``/v1/completions`` or legacy ``/generate``): only the new
-        reply, and the server's finish reason (``None``: not reported)."""
+        reply, the server's finish reason (``None``: not reported), and the thought the model
+        wrote before it (``""``: none)."""
         made = templates.made_by(prompt)
         stop = params.stop or (made.stops if made else ())
+        # vLLM drops special tokens from a completion's text by default: a thought channel's
+        # markers with them, which would leave the thought inside the reply.
+        keep_markers = {"skip_special_tokens": False} if made is not None and made.thought else {}
         if self.api == "legacy":
             body = {"prompt": prompt, **_sampling(params, stop)}
             answer = self._retry.call(
@@ -256,16 +260,19 @@ class VllmClient(VllmErrors):
             raw, finish = predictions[0], None
         else:
             completion = self._for_model(
-                lambda model: self._openai.completions.create(model=model, prompt=prompt, **_sampling(params, stop))
+                lambda model: self._openai.completions.create(
+                    model=model, prompt=prompt, **_sampling(params, stop), extra_body=keep_markers or None
+                )
             )
             with self._errors():
                 if not completion.choices:
                     raise self._empty()
                 raw, finish = completion.choices[0].text or "", completion.choices[0].finish_reason
         reply = clean_gemma_output(raw, prompt)
-        if not reply:
+        thought, _ = templates.split_thought(raw.removeprefix(prompt))
+        if not (reply or thought):
             raise self._empty()
-        return reply, finish
+        return reply, finish, thought
 
     def health(self) -> BackendHealth:
         """Whether a turn would work now, without retrying; never raises. OpenAI protocol:
