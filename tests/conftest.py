@@ -45,6 +45,17 @@ def _local_session_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     os.environ.pop("HYBRIDCHAT_SECRET_FILE", None)
 
 
+def never_generated(tokenizer: Any) -> list[int]:
+    """The tokens a tiny random model is kept from writing, so that its replies run to max_tokens
+    and decode cleanly: the special ones, and lone bytes that are not printable ASCII (the
+    streamer would hold back half a UTF-8 character)."""
+    return [
+        token_id for token_id in range(len(tokenizer))
+        if token_id in tokenizer.all_special_ids
+        or not (text := tokenizer.decode([token_id])).isascii() or not text.isprintable()
+    ]
+
+
 def build_tiny_model(directory: Path) -> Path:
     """A random 2-layer Llama with a byte-level BPE tokenizer and a ChatML template."""
     import torch
@@ -73,13 +84,7 @@ def build_tiny_model(directory: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
     )
     model = LlamaForCausalLM(config)
-    # Replies run to max_tokens and decode cleanly: never a special token, nor a lone byte
-    # that is not printable ASCII (the streamer would hold back half a UTF-8 character).
-    model.generation_config.suppress_tokens = [
-        token_id for token_id in range(len(tokenizer))
-        if token_id in tokenizer.all_special_ids
-        or not (text := tokenizer.decode([token_id])).isascii() or not text.isprintable()
-    ]
+    model.generation_config.suppress_tokens = never_generated(tokenizer)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import never_generated
+
 from hybridchat.templates import GEMMA4
 
 TEMPLATE = Path(__file__).parent / "data" / "templates" / "gemma-4-31B-it.jinja"
@@ -32,6 +34,10 @@ def build(directory: Path) -> Path:
         hidden_size_per_layer_input=0, num_kv_shared_layers=0,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    Gemma4ForCausalLM(config).save_pretrained(directory)
+    model = Gemma4ForCausalLM(config)
+    # The stand-in's replies (transformers' generate) never empty; vLLM, which reads no such
+    # setting, writes what it samples.
+    model.generation_config.suppress_tokens = never_generated(tokenizer)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
