@@ -191,22 +191,16 @@ Message(role='user', content='Hi')]
     return [Message(role, text) for role, text in templates.parse(templates.template_named(template), prompt)]
 
 
-def looks_like_gemma_prompt(prompt: str) -> TemplateName | None:
-    """Which of ``process_message_gemma``'s templates made ``prompt``, if any."""
-    found = templates.made_by(prompt)
-    return found.name if found else None
-
-
-def clean_gemma_output(raw: str, prompt: str = "") -> str:
-    """Only the model's new reply from a raw completion.
+def gemma_output(raw: str, prompt: str = "") -> tuple[str, str]:
+    """A raw completion's thought (``""``: none) and its new reply.
 
     Strips an echoed prompt (plain, or the container's ``Prompt:\\n…\\nOutput:\\n…``), an
-    ``Output:`` prefix, a thought channel (Gemma 4's) and any turn the model went on to invent
-    (the codelab's rules).
+    ``Output:`` prefix, a thought channel (Gemma 4's, returned apart) and any turn the model went
+    on to invent (the codelab's rules).
 
-    >>> clean_gemma_output("Prompt:\\nUser's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n"
-    ...                    "Output:\\n Hello! User's Turn: more", "User's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n")
-    'Hello!'
+    >>> gemma_output("Prompt:\\nUser's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n"
+    ...              "Output:\\n Hello! User's Turn: more", "User's Turn:\\n>>> Hi\\nAssistant's Turn:\\n>>> \\n")
+    ('', 'Hello!')
     """
     wrapped = legacy.echoed(prompt, "")
     if prompt and raw.startswith(wrapped):
@@ -220,11 +214,11 @@ def clean_gemma_output(raw: str, prompt: str = "") -> str:
             if found:
                 text = after
                 break
-    _, text = templates.split_thought(text)
+    thought, text = templates.split_thought(text)
     text = templates.cut_at_next_turn(text).lstrip()
     if text.lower().startswith("output:"):
         text = text[len("output:") :]
-    return text.strip()
+    return thought, text.strip()
 
 
 def _prepared(messages: Sequence[Message], system_prompt: str | None) -> tuple[str | None, list[Message]]:

@@ -36,10 +36,11 @@ from google.genai import types
 from pydantic import ValidationError
 
 from hybridchat import serve_local_wire as wire
+from hybridchat import templates
 from hybridchat.backends.base import GenerationParams, ReplyStream
 from hybridchat.backends.local import LocalModel
 from hybridchat.errors import ContextOverflow
-from hybridchat.history import looks_like_gemma_prompt, normalize_history, parse_gemma_prompt
+from hybridchat.history import normalize_history
 from hybridchat.protocols import gemini as gemini_wire
 from hybridchat.protocols import legacy
 from hybridchat.protocols import openai as openai_wire
@@ -269,10 +270,10 @@ def _conversation_of(prompt: str) -> str | list[dict[str, str]]:
     """A raw prompt as the stand-in should see it: a Gemma-template prompt becomes chat
     messages for the stand-in's own template, so a model that does not know Gemma's
     control tokens still answers the conversation; any other prompt is continued as is."""
-    template = looks_like_gemma_prompt(prompt)
+    template = templates.made_by(prompt)
     if template is None:
         return prompt
-    return [{"role": m.role, "content": m.content} for m in parse_gemma_prompt(prompt, template)]
+    return [{"role": role, "content": text} for role, text in templates.parse(template, prompt)]
 
 
 def _gemini_messages(body: gemini_wire.GenerateContentRequest) -> list[dict[str, str]]:

@@ -304,3 +304,20 @@ def running_app(folder: Path, backends: dict[str, ChatBackend] | None = None, /,
     settings.setdefault("newcomer_turns_per_minute", 0)
     with BackgroundServer(create_app(Settings(store_url=store_url, **settings), backends=backends)) as url:
         yield RunningApp(url, store_url)
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, driven by Playwright (never a browser of Playwright's own)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import time
 
 import pytest
 from conftest import api_key_client, running_app, wait_for
 from iap_double import KEYS_PATH, IapKeys, proxy_app
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from hybridchat.app import create_app
 from hybridchat.backends import VllmBackend, VllmClient
@@ -31,20 +30,6 @@ def app_url(stand_in, tmp_path_factory):
     }
     with running_app(tmp_path_factory.mktemp("browser"), backends) as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield launched
-        launched.close()
 
 
 def bot_texts(page: Page) -> list[str]:

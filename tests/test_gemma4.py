@@ -15,7 +15,6 @@ from fault_server import REPLY, THOUGHT
 from notebook_runs import NOTEBOOKS, execute, outputs
 from openai.types.chat import ChatCompletionMessage
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
-from playwright.sync_api import sync_playwright
 from test_notebooks_gcp import ROOT, WAIT_FOR_GEMMA
 
 from hybridchat.app import create_app
@@ -116,15 +115,11 @@ def test_vllms_reasoning_parser_fills_the_field_the_client_reads():
 
 
 @pytest.mark.slow
-def test_in_the_browser_the_thought_is_collapsed_above_the_answer(fault_server, tmp_path):
+def test_in_the_browser_the_thought_is_collapsed_above_the_answer(fault_server, browser, tmp_path):
     fault_server.mode = "thinking"
     backends = {"gemma": VllmBackend(VllmClient(fault_server.url, model="google/gemma-4-E4B-it"), label="Gemma")}
     web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)
-    with BackgroundServer(web) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with BackgroundServer(web) as url:
         page = browser.new_page()
         page.goto(url)
         page.fill("#message textarea", "Hi")
@@ -137,7 +132,7 @@ def test_in_the_browser_the_thought_is_collapsed_above_the_answer(fault_server, 
         page.get_by_text("I should greet back").wait_for(state="visible", timeout=5000)
         bubbles = page.locator('#chat [data-testid="bot"]')
         assert THOUGHT_TITLE in bubbles.first.inner_text() and REPLY in bubbles.last.inner_text(), "above the answer"
-        browser.close()
+        page.close()
 
 
 @pytest.mark.parametrize(("template", "kept"), [("gemma4", True), ("gemma", False)])

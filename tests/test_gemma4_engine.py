@@ -5,6 +5,7 @@ visitor types or puts in a persona reaches the engine as one of Gemma 4's marker
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import httpx
@@ -44,6 +45,7 @@ def gemma4(request, tmp_path_factory) -> ModelServer:
     server.stop()
 
 
+@functools.cache  # one server's tokenizer, asked once
 def marker_ids(server: ModelServer) -> dict[str, int]:
     """Each of Gemma 4's markers and its single special token, as the server tokenizes it."""
     ids = {}

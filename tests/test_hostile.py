@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import running_app
+from conftest import CHROMIUM_ARGS, running_app
 from fastapi import FastAPI
 from playwright.sync_api import sync_playwright
 from test_reliability import visitor
@@ -36,8 +36,6 @@ from hybridchat.store import Turn, open_store
 from hybridchat.visitors import VisitorIds
 
 pytestmark = pytest.mark.slow  # attacks on a running app, some timed
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def test_deleting_a_chat_while_its_reply_streams_breaks_nobody_elses(tmp_path):

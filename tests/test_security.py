@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -17,7 +16,6 @@ from conftest import running_app
 from gradio_client import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from playwright.sync_api import sync_playwright
 
 from bench.servers import serving
 from hybridchat.app import create_app
@@ -29,16 +27,12 @@ from hybridchat.store import Turn, open_store
 
 
 @pytest.mark.slow
-def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, tmp_path):
+def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, browser, tmp_path):
     fault_server.mode = "html"
     backends = {"gemma": VllmBackend(VllmClient(fault_server.url, model="m"), label="Gemma")}
     web = create_app(Settings(store_url=f"sqlite:///{tmp_path}/h.db"), backends=backends)
     dialogs: list[str] = []
-    with BackgroundServer(web) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with BackgroundServer(web) as url:
         page = browser.new_page()
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.goto(url)
@@ -52,7 +46,7 @@ def test_a_hostile_reply_renders_inert_in_the_browser(fault_server, tmp_path):
         assert reply.locator("script").count() == 0
         assert reply.locator("img[onerror]").count() == 0
         assert not reply.locator('a[href^="javascript:"]').count()
-        browser.close()
+        page.close()
     assert dialogs == []
 
 

@@ -20,7 +20,7 @@ from hybridchat.errors import (
     ModelNotFound,
     QuotaExceeded,
 )
-from hybridchat.history import clean_gemma_output, conversation, process_message_gemma, process_message_openai
+from hybridchat.history import conversation, gemma_output, process_message_gemma, process_message_openai
 from hybridchat.protocols.legacy import echoed
 from hybridchat.serve_local import STAND_IN_PREFIX
 
@@ -95,8 +95,8 @@ def test_legacy_backend_renders_the_configured_template(fault_server):
          "Assistant's Turn:\n>>> \n", "A\nAssistant's Turn:\n>>> B"),
     ],
 )
-def test_clean_gemma_output_follows_the_codelab_rules(raw, prompt, expected):
-    assert clean_gemma_output(raw, prompt) == expected
+def test_the_reply_of_a_raw_completion_follows_the_codelab_rules(raw, prompt, expected):
+    assert gemma_output(raw, prompt)[1] == expected
 
 
 # --- faults -------------------------------------------------------------------------------

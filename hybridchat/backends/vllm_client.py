@@ -44,7 +44,7 @@ from hybridchat.errors import (
     BadResponse,
     ModelNotFound,
 )
-from hybridchat.history import clean_gemma_output
+from hybridchat.history import gemma_output
 from hybridchat.protocols import legacy
 from hybridchat.protocols import openai as openai_wire
 from hybridchat.redact import redact_url
@@ -246,9 +246,6 @@ class VllmClient(VllmErrors):
         wrote before it (``""``: none)."""
         made = templates.made_by(prompt)
         stop = params.stop or (made.stops if made else ())
-        # vLLM drops special tokens from a completion's text by default: a thought channel's
-        # markers with them, which would leave the thought inside the reply.
-        keep_markers = {"skip_special_tokens": False} if made is not None and made.thought else {}
         if self.api == "legacy":
             body = {"prompt": prompt, **_sampling(params, stop)}
             answer = self._retry.call(
@@ -261,15 +258,17 @@ class VllmClient(VllmErrors):
         else:
             completion = self._for_model(
                 lambda model: self._openai.completions.create(
-                    model=model, prompt=prompt, **_sampling(params, stop), extra_body=keep_markers or None
+                    model=model, prompt=prompt, **_sampling(params, stop),
+                    # vLLM drops special tokens from a completion's text by default: a thought
+                    # channel's markers with them, which would leave the thought inside the reply.
+                    extra_body={"skip_special_tokens": False} if made is not None and made.thought else None,
                 )
             )
             with self._errors():
                 if not completion.choices:
                     raise self._empty()
                 raw, finish = completion.choices[0].text or "", completion.choices[0].finish_reason
-        reply = clean_gemma_output(raw, prompt)
-        thought, _ = templates.split_thought(raw.removeprefix(prompt))
+        thought, reply = gemma_output(raw, prompt)
         if not (reply or thought):
             raise self._empty()
         return reply, finish, thought
