@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older chats" is pressed
 VISITOR = "visitor:"  # the owner prefix of an anonymous visitor, whose id the app issued
+# The message box opens once the page has loaded, which loses the focus autofocus gave it: this
+# gives it back. A page script, not an event's js=: Gradio evaluates that, which the CSP refuses.
+FOCUS_THE_BOX_WHEN_OPEN = """<script>
+new MutationObserver((_, watching) => {
+  const box = document.querySelector("#message textarea");
+  if (box && !box.disabled) { box.focus(); watching.disconnect(); }
+}).observe(document.documentElement, {subtree: true, childList: true, attributes: true, attributeFilter: ["disabled"]});
+</script>"""
 
 
 Updates = dict[Block, Any]  # a handler's updates, by component; the others stay as they are
@@ -93,8 +101,12 @@ class ChatUI:
         self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
         self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
         with gr.Row():
-            self.box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True)
-            self.send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            # Closed until the page has loaded: loading ends by setting the chat and the visitor as
+            # they were, which hid a turn sent meanwhile (loading takes seconds while a model is down).
+            self.box = gr.Textbox(
+                placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True, interactive=False
+            )
+            self.send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send", interactive=False)
             self.stop_button = gr.Button("Stop", scale=1, elem_id="stop")
 
     def _render_settings(self) -> None:
@@ -113,7 +125,7 @@ class ChatUI:
         self.demo.load(
             self.start, [self.browser, self.shown],
             [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
-             self.signed_in, self.max_tokens, self.recheck, self.learner_note],
+             self.signed_in, self.max_tokens, self.recheck, self.learner_note, self.box, self.send_button],
             api_visibility="private",
         )
         self.recheck.tick(self.recheck_models, None, [self.model, self.recheck], api_visibility="private",
@@ -150,7 +162,10 @@ class ChatUI:
 
     def start(self, browser: dict[str, Any] | None, shown: int, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
-        updates: Updates = {self.browser: browser, **self.recheck_models()}
+        updates: Updates = {
+            self.browser: browser, **self.recheck_models(),
+            self.box: gr.Textbox(interactive=True), self.send_button: gr.Button(interactive=True),
+        }
         if self.sign_in is not None:
             updates[self.signed_in] = gr.Markdown(
                 f"Signed in as **{safe_markdown(owner)}** · [Sign out]({SIGN_OUT_PATH})", visible=True

@@ -12,7 +12,7 @@ from iap_double import KEYS_PATH, IapKeys, proxy_app
 from playwright.sync_api import Page, expect
 
 from hybridchat.app import create_app
-from hybridchat.backends import VllmBackend, VllmClient
+from hybridchat.backends import BackendHealth, VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer
@@ -172,3 +172,28 @@ def test_a_learners_mistake_shows_where_the_learner_looks_and_the_next_turn_answ
         page.get_by_role("option", name=re.compile("Gemma · hybridchat")).click()
         replies = send_and_watch(page, "And of Germany?", 1)
         assert "Gemma · hybridchat" in replies[-1] and "⚠️" not in replies[-1], "the next turn, on hybridchat's path"
+
+
+class SlowToCheck(VllmBackend):
+    """A model whose health check takes seconds, as a model server that is down makes it."""
+
+    def health(self) -> BackendHealth:
+        time.sleep(3)
+        return super().health()
+
+
+def test_a_message_typed_as_soon_as_the_page_opens_is_not_hidden_when_loading_ends(browser, stand_in, tmp_path):
+    backends = {"gemma": SlowToCheck(VllmClient(stand_in), label="Gemma")}
+    with running_app(tmp_path, backends) as (url, _):
+        page = browser.new_context().new_page()
+        page.goto(url)
+        # The box opens, focused, once the page has loaded (before, a quick typist's turn was sent
+        # while it loaded, and loading then showed the chat as it had been: empty).
+        expect(page.locator("#message textarea")).to_be_focused(timeout=30000)
+        page.keyboard.type("What is the capital of France?")
+        page.keyboard.press("Enter")
+        expect(page.locator('#chat [data-testid="bot"]')).to_have_count(1, timeout=30000)
+        page.wait_for_timeout(4000)  # past the page's own loading
+        expect(page.locator('#chat [data-testid="user"]')).to_have_text(["What is the capital of France?"])
+        expect(page.locator("#sessions label")).to_have_count(1)
+        page.context.close()
