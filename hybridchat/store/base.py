@@ -10,8 +10,12 @@ store guarantees:
   while the database was down can be created later under the id the user already has;
 * ``list_sessions`` returns a user's sessions (all, for ``None``), most recently updated first,
   the newest ``limit`` of them when it is given;
+* a turn's text never changes; ``mark`` sets only what a person says of it afterwards, its
+  ``picked`` and ``vote``;
 * a store that cannot be reached raises ``StoreUnavailable``; an unknown id raises
   ``SessionNotFound``.
+
+Every field added to ``Turn`` has a default: turns saved before it load unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def new_id() -> str:
 
 # ok; cut_off: stopped at max_tokens; interrupted: broken off mid-reply; error: no reply
 TurnStatus = Literal["ok", "cut_off", "interrupted", "error"]
+Vote = Literal["up", "down"]
 
 
 class Turn(BaseModel):
@@ -70,6 +75,17 @@ class Turn(BaseModel):
     # Retry: the turn this one asks again for. That one stays saved, but no model sees it again
     # and the chat no longer shows it.
     replaces: str | None = None
+    # Side by side: the id both replies to one message share, and this one's column (0 left, 1 right).
+    pair: str | None = None
+    pair_column: int | None = None
+    # Whether the chat continued with this reply of its pair (None: not picked, or no pair);
+    # a person's thumbs up or down. Both are set later, by ``HistoryStore.mark``.
+    picked: bool | None = None
+    vote: Vote | None = None
+    # What the reply cost in US dollars (an estimate for a self-hosted model: hybridchat.costs),
+    # and whether its token counts were estimated because the server reported none.
+    cost_usd: float | None = None
+    tokens_estimated: bool = False
 
 
 class SessionSummary(BaseModel):
@@ -103,6 +119,10 @@ class HistoryStore(ABC):
     @abstractmethod
     def load(self, session_id: str) -> list[Turn]:
         """The session's turns in order."""
+
+    @abstractmethod
+    def mark(self, session_id: str, turn_id: str, *, picked: bool | None, vote: Vote | None) -> None:
+        """Set the saved turn's ``picked`` and ``vote`` (``SessionNotFound`` for an unknown turn)."""
 
     @abstractmethod
     def get_session(self, session_id: str) -> SessionSummary:

@@ -28,7 +28,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 
 from hybridchat.errors import SessionNotFound, StoreUnavailable
-from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of, utcnow
+from hybridchat.store.base import HistoryStore, SessionSummary, Turn, Vote, new_id, title_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,14 @@ class FirestoreStore(HistoryStore):
                 except api_exceptions.FailedPrecondition:
                     continue  # another writer appended first: take the next seq
         raise StoreUnavailable("Firestore is too busy to save the turn now; it will be retried.")
+
+    def mark(self, session_id: str, turn_id: str, *, picked: bool | None, vote: Vote | None) -> None:
+        stored = self._sessions.document(session_id).collection("turns").document(turn_id)
+        with self._reachable():
+            try:
+                stored.update({"picked": picked, "vote": vote}, **self._bounded)
+            except api_exceptions.NotFound:
+                raise SessionNotFound(f"No turn {turn_id!r} in session {session_id!r}.") from None
 
     def load(self, session_id: str) -> list[Turn]:
         with self._reachable():

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import tenacity
 
 from hybridchat.errors import SessionNotFound, StoreError, StoreUnavailable
-from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of
+from hybridchat.store.base import HistoryStore, SessionSummary, Turn, Vote, new_id, title_of
 
 T = TypeVar("T")
+Marks = dict[str, Any]  # a turn's picked and vote, as HistoryStore.mark takes them
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class ResilientStore(HistoryStore):
         self._writers: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._unsaved_sessions: dict[str, str] = {}  # session id -> owner
         self._unsaved_turns: defaultdict[str, list[Turn]] = defaultdict(list)
+        # Picks and votes of turns already saved, by session then turn: written after its turns.
+        self._unsaved_marks: defaultdict[str, dict[str, Marks]] = defaultdict(dict)
         self._deleted: set[str] = set()  # sessions deleted while this process runs
         self._down_until = 0.0  # monotonic time before which the database is not tried again
         self._last_error = ""
@@ -72,11 +75,23 @@ class ResilientStore(HistoryStore):
             self._unsaved_turns[session_id].append(turn)
         self._flush_unless_down(session_id)
 
+    def mark(self, session_id: str, turn_id: str, *, picked: bool | None, vote: Vote | None) -> None:
+        with self._lock:
+            waiting = self._unsaved_turns.get(session_id, [])
+            for index, turn in enumerate(waiting):
+                if turn.turn_id == turn_id:  # not written yet: it will be, marked
+                    waiting[index] = turn.model_copy(update={"picked": picked, "vote": vote})
+                    return
+            self._unsaved_marks[session_id][turn_id] = {"picked": picked, "vote": vote}
+        self._flush_unless_down(session_id)
+
     def flush(self, session_id: str | None = None) -> None:
         """Write what is waiting (for one session, or all); ``StoreUnavailable`` if still down,
         ``SessionNotFound`` if ``session_id`` was deleted meanwhile (its waiting turns dropped)."""
         with self._lock:
-            sids = [session_id] if session_id else list({*self._unsaved_sessions, *self._unsaved_turns})
+            sids = [session_id] if session_id else list(
+                {*self._unsaved_sessions, *self._unsaved_turns, *self._unsaved_marks}
+            )
         try:
             for sid in sids:
                 with self._writer(sid):
@@ -103,11 +118,22 @@ class ResilientStore(HistoryStore):
                 waiting = self._unsaved_turns.get(sid)
                 if not waiting:
                     self._unsaved_turns.pop(sid, None)
-                    return
+                    break
                 turn = waiting[0]
             self._retry(self.inner.append, sid, turn)
             with self._lock:
                 waiting.pop(0)
+        while True:
+            with self._lock:
+                marks = self._unsaved_marks.get(sid)
+                if not marks:
+                    self._unsaved_marks.pop(sid, None)
+                    return
+                turn_id, marked = next(iter(marks.items()))
+            self._retry(lambda: self.inner.mark(sid, turn_id, **marked))
+            with self._lock:
+                if marks.get(turn_id) is marked:  # not marked again meanwhile
+                    del marks[turn_id]
 
     def load(self, session_id: str) -> list[Turn]:
         self._try_flush(session_id)
@@ -117,6 +143,9 @@ class ResilientStore(HistoryStore):
                 return waiting
         self._raise_if_down()
         saved = self.inner.load(session_id)
+        with self._lock:
+            marks = dict(self._unsaved_marks.get(session_id, {}))
+        saved = [turn.model_copy(update=marks[turn.turn_id]) if turn.turn_id in marks else turn for turn in saved]
         stored_ids = {turn.turn_id for turn in saved}
         return saved + [turn for turn in waiting if turn.turn_id not in stored_ids]
 
@@ -147,6 +176,7 @@ class ResilientStore(HistoryStore):
             with self._lock:
                 only_in_memory = self._unsaved_sessions.pop(session_id, None) is not None
                 waiting = self._unsaved_turns.pop(session_id, [])
+                marks = self._unsaved_marks.pop(session_id, {})
                 self._deleted.add(session_id)
             if only_in_memory:
                 return
@@ -157,6 +187,7 @@ class ResilientStore(HistoryStore):
                 with self._lock:  # not deleted after all: its turns wait again
                     self._deleted.discard(session_id)
                     self._unsaved_turns[session_id][:0] = waiting
+                    self._unsaved_marks[session_id] = marks | self._unsaved_marks[session_id]
                 raise
 
     def close(self) -> None:
@@ -180,6 +211,7 @@ class ResilientStore(HistoryStore):
             self._deleted.add(session_id)
             self._unsaved_sessions.pop(session_id, None)
             dropped = len(self._unsaved_turns.pop(session_id, []))
+            self._unsaved_marks.pop(session_id, None)
         if dropped:
             log.warning("session %s was deleted: %d turn(s) waiting for it are dropped", session_id, dropped)
 
@@ -210,7 +242,7 @@ class ResilientStore(HistoryStore):
                 log.debug("history store retry failed: %s", exc)
                 continue
             with self._lock:
-                if not self._unsaved_sessions and not self._unsaved_turns:
+                if not self._unsaved_sessions and not self._unsaved_turns and not self._unsaved_marks:
                     log.info("history store back: the waiting turns are saved")
                     self._retrier = None
                     return

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridchat.errors import SessionNotFound, StoreUnavailable
-from hybridchat.store.base import HistoryStore, SessionSummary, Turn, new_id, title_of, utcnow
+from hybridchat.store.base import HistoryStore, SessionSummary, Turn, Vote, new_id, title_of, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -94,6 +94,16 @@ class SqliteStore(HistoryStore):
                     "UPDATE sessions SET turn_count = turn_count + 1, updated_at = ?, title = ? WHERE session_id = ?",
                     (utcnow().isoformat(), row[1] or title_of(turn.user), session_id),
                 )
+
+    def mark(self, session_id: str, turn_id: str, *, picked: bool | None, vote: Vote | None) -> None:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT turn FROM turns WHERE session_id = ? AND turn_id = ?", (session_id, turn_id)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(f"No turn {turn_id!r} in session {session_id!r}.")
+            marked = Turn.model_validate_json(row[0]).model_copy(update={"picked": picked, "vote": vote})
+            db.execute("UPDATE turns SET turn = ? WHERE turn_id = ?", (marked.model_dump_json(), turn_id))
 
     def load(self, session_id: str) -> list[Turn]:
         self.get_session(session_id)
