@@ -62,48 +62,48 @@ def test_sqlite_rows_written_before_load_unchanged(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO turns (session_id, seq, turn_id, turn) VALUES ('s1', 0, ?, ?)",
                    (old.turn_id, json.dumps(as_written_before(old))))
-    store = SqliteStore(path)
-    [loaded] = store.load("s1")
+    opened = SqliteStore(path)
+    [loaded] = opened.load("s1")
     assert loaded == old  # every earlier field as it was, the new ones at their defaults
     assert (loaded.pair, loaded.picked, loaded.vote, loaded.cost_usd, loaded.tokens_estimated) == (
         None, None, None, None, False)
-    store.mark("s1", old.turn_id, picked=None, vote="up")  # and an old turn takes a vote
-    assert store.load("s1")[0].vote == "up"
+    opened.mark("s1", old.turn_id, picked=None, vote="up")  # and an old turn takes a vote
+    assert opened.load("s1")[0].vote == "up"
 
 
 def test_firestore_documents_written_before_load_unchanged(firestore_emulator):
     firestore_emulator.reset()
     from hybridchat.store.firestore import FirestoreStore
 
-    store = FirestoreStore(project=EMULATOR_PROJECT)
-    session = store.create_session("alice")
+    opened = FirestoreStore(project=EMULATOR_PROJECT)
+    session = opened.create_session("alice")
     old = turn(0, latency_ms=12.5, prompt_tokens=9, completion_tokens=3)
     client = firestore.Client(project=EMULATOR_PROJECT, database="chat-app-db")
     stored = old.model_dump()
     client.collection("chat_sessions").document(session).collection("turns").document(old.turn_id).set(
         {"seq": 0, **{key: value for key, value in stored.items() if key not in LATER_FIELDS}}
     )
-    [loaded] = store.load(session)
+    [loaded] = opened.load(session)
     assert loaded == old
-    store.mark(session, old.turn_id, picked=None, vote="down")
-    assert store.load(session)[0].vote == "down"
+    opened.mark(session, old.turn_id, picked=None, vote="down")
+    assert opened.load(session)[0].vote == "down"
     client.close()
-    store.close()
+    opened.close()
 
 
 def test_a_vote_while_the_database_is_down_is_kept_and_written_after(tmp_path):
     path = tmp_path / "history.db"
-    store = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=3600)
-    session = store.create_session("alice")
+    opened = ResilientStore(SqliteStore(path, busy_timeout=0.05), attempts=1, retry_every=3600)
+    session = opened.create_session("alice")
     saved, waiting = turn(0), turn(1)
-    store.append(session, saved)
+    opened.append(session, saved)
     with locked(path):
         with pytest.raises(StoreUnavailable):
-            store.append(session, waiting)
+            opened.append(session, waiting)
         with pytest.raises(StoreUnavailable, match="kept"):
-            store.mark(session, saved.turn_id, picked=None, vote="up")
-        store.mark(session, waiting.turn_id, picked=None, vote="down")  # the waiting turn itself takes it
-    store.flush()
-    assert [t.vote for t in store.load(session)] == ["up", "down"]
+            opened.mark(session, saved.turn_id, picked=None, vote="up")
+        opened.mark(session, waiting.turn_id, picked=None, vote="down")  # the waiting turn itself takes it
+    opened.flush()
+    assert [t.vote for t in opened.load(session)] == ["up", "down"]
     assert [t.vote for t in SqliteStore(path).load(session)] == ["up", "down"]
-    store.close()
+    opened.close()

@@ -130,7 +130,7 @@ class ResilientStore(HistoryStore):
                     self._unsaved_marks.pop(sid, None)
                     return
                 turn_id, marked = next(iter(marks.items()))
-            self._retry(lambda: self.inner.mark(sid, turn_id, **marked))
+            self._retry(self.inner.mark, sid, turn_id, **marked)
             with self._lock:
                 if marks.get(turn_id) is marked:  # not marked again meanwhile
                     del marks[turn_id]
@@ -253,5 +253,5 @@ class ResilientStore(HistoryStore):
         except StoreUnavailable:
             pass  # reads still work from the database and the waiting turns
 
-    def _retry(self, call: Callable[..., T], *args: Any) -> T:
-        return self._retrying.copy()(call, *args)
+    def _retry(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._retrying.copy()(call, *args, **kwargs)
