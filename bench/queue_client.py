@@ -19,6 +19,7 @@ import httpx
 from gradio_client.utils import apply_diff
 
 _MODEL_LINE = re.compile(r"<sub>(.*?)</sub>\n\n")
+_FIGURES_LINE = re.compile(r"\n\n<sub>([^<]*)</sub>$")  # chat_view.figures, under the reply
 
 
 @dataclass
@@ -59,10 +60,18 @@ def text_of(message: dict[str, Any]) -> str:
 
 def model_and_text(message: dict[str, Any]) -> tuple[str | None, str]:
     """A reply's model, as the line the app puts over it names it (``chat_view.model_line``), and
-    its text; ``None`` for a message without that line."""
+    its text without the figures line under it; ``None`` for a message without the model's line."""
     text = text_of(message)
     found = _MODEL_LINE.match(text)
-    return (found.group(1), text[found.end():]) if found else (None, text)
+    if not found:
+        return None, text
+    return found.group(1), _FIGURES_LINE.sub("", text[found.end():])
+
+
+def figures_of(message: dict[str, Any]) -> str | None:
+    """The figures line under a reply (``chat_view.figures``), if it has one."""
+    found = _FIGURES_LINE.search(text_of(message))
+    return found.group(1) if found else None
 
 
 class QueueClient:

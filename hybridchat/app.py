@@ -16,6 +16,7 @@ from hybridchat.backends import ChatBackend, LearnerBackend, build_backends
 from hybridchat.chat import ChatService
 from hybridchat.chat_ui import FOCUS_THE_BOX_WHEN_OPEN, ChatUI
 from hybridchat.config import Settings
+from hybridchat.costs import Pricing
 from hybridchat.errors import HybridChatError
 from hybridchat.guard import HEALTH_PATH, Guard
 from hybridchat.iap import IapVerifier
@@ -59,6 +60,7 @@ def create_app(
         max_message_bytes=settings.max_message_bytes,
         max_persona_bytes=settings.max_persona_bytes,
         stream=settings.stream,
+        pricing=Pricing.from_settings(settings),
     )
     learner = next((b.code for b in service.backends.values() if isinstance(b, LearnerBackend)), None)
     demo = ChatUI(

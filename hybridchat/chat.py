@@ -19,9 +19,11 @@ from datetime import datetime
 
 from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
 from hybridchat.context import KEEP, Fitted, fit_context
+from hybridchat.costs import Pricing
 from hybridchat.errors import BackendError, ContextOverflow, InputRefused, SessionNotFound, StoreError
+from hybridchat.history import Message
 from hybridchat.store import HistoryStore, SessionSummary, Turn
-from hybridchat.store.base import TurnStatus, utcnow
+from hybridchat.store.base import TurnStatus, Vote, utcnow
 
 log = logging.getLogger("hybridchat.turns")
 
@@ -100,6 +102,7 @@ class ChatService:
         max_persona_bytes: int = DEFAULT_MAX_PERSONA_BYTES,
         keep: float = KEEP,
         stream: bool = True,
+        pricing: Pricing | None = None,
     ):
         if not backends:
             raise ValueError("no backend is configured: set HYBRIDCHAT_BACKENDS")
@@ -109,6 +112,7 @@ class ChatService:
         self.max_persona_bytes = max_persona_bytes
         self.keep = keep
         self.stream = stream  # False: one blocking call per reply, the codelab's design
+        self.pricing = pricing  # None: no reply is priced
 
     def respond(
         self,
@@ -137,6 +141,7 @@ class ChatService:
         previous = start = self._context_start(conversation, backend_name)
         draft = _Draft(text, backend_name, params, replaces=replaces)
         reply: ReplyStream | None = None
+        fitted: Fitted | None = None
         refused, overcount = False, 1.0
         try:
             for _ in range(2):
@@ -162,9 +167,10 @@ class ChatService:
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
             draft.status = "interrupted"
-            self._save(conversation, draft.turn(backend.label, reply))
+            self._save(conversation, self._figured(backend, None, draft.turn(backend.label, reply)))
             raise
-        turn = draft.turn(backend.label, reply)  # the label now names the model the server serves
+        # The label now names the model the server serves.
+        turn = self._figured(backend, fitted, draft.turn(backend.label, reply))
         yield Progress(text, turn.reply, backend.label, turn, self._save(conversation, turn), turn.notice)
 
     def retry(self, conversation: Conversation, backend_name: str, params: GenerationParams) -> Iterator[Progress]:
@@ -180,6 +186,26 @@ class ChatService:
             conversation.turns.append(last)
             conversation.replaced.discard(last.turn_id)
             raise
+
+    def _figured(self, backend: ChatBackend, fitted: Fitted | None, turn: Turn) -> Turn:
+        """The turn with its tokens (counted with the model's tokenizer where its server reported
+        none, and marked so) and its cost."""
+        figures: dict[str, object] = {}
+        if turn.prompt_tokens is None and turn.reply and fitted is not None:
+            try:
+                prompt = backend.count_tokens(fitted.messages, fitted.params)
+                whole = backend.count_tokens([*fitted.messages, Message("assistant", turn.reply)], fitted.params)
+                figures = {"prompt_tokens": prompt, "completion_tokens": max(whole - prompt, 1),
+                           "tokens_estimated": True}
+            except BackendError as exc:
+                log.debug("tokens not counted: %s", exc)
+        if self.pricing is not None and turn.status != "error":
+            figures["cost_usd"] = self.pricing.cost(
+                turn.model, figures.get("prompt_tokens", turn.prompt_tokens),  # type: ignore[arg-type]
+                figures.get("completion_tokens", turn.completion_tokens),  # type: ignore[arg-type]
+                (turn.latency_ms or 0) / 1000,
+            )
+        return turn.model_copy(update=figures) if figures else turn
 
     @staticmethod
     def _context_start(conversation: Conversation, backend_name: str) -> int:
@@ -206,6 +232,16 @@ class ChatService:
         unsaved = [turn for turn in conversation.turns if turn.turn_id not in saved_ids]
         now = Conversation.of(conversation.owner, conversation.session_id, saved + unsaved, conversation.replaced)
         conversation.turns, conversation.replaced = now.turns, now.replaced
+
+    def vote(self, conversation: Conversation, turn_id: str, vote: Vote | None) -> None:
+        """A thumbs up or down (or neither) for a reply of the conversation, saved with its turn;
+        ``StoreError`` when it could not be saved yet (ResilientStore keeps it)."""
+        for index, turn in enumerate(conversation.turns):
+            if turn.turn_id == turn_id:
+                conversation.turns[index] = turn.model_copy(update={"vote": vote})
+                if conversation.session_id is not None:
+                    self.store.mark(conversation.session_id, turn_id, picked=turn.picked, vote=vote)
+                return
 
     def open(self, owner: str, session_id: str) -> Conversation:
         """A saved session of ``owner``'s; ``SessionNotFound`` for anyone else's."""
@@ -244,6 +280,7 @@ class ChatService:
             "first_token_ms": turn.first_token_ms,
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": turn.completion_tokens,
+            "cost_usd": turn.cost_usd,
             "context_start": turn.context_start,
             "message_chars": len(turn.user),
             "reply_chars": len(turn.reply),

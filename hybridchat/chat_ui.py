@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
+from hybridchat import chat_view
 from hybridchat.backends import GenerationParams, LearnerCode
 from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, model_choices, to_messages
@@ -99,15 +100,18 @@ class ChatUI:
         labels = [(backend.label, name) for name, backend in self.service.backends.items()]
         self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
         self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
-        self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat")
+        self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat",
+                                  feedback_options=("Like", "Dislike"))
         with gr.Row():
             # Closed until the page has loaded: loading ends by setting the chat and the visitor as
             # they were, which hid a turn sent meanwhile (loading takes seconds while a model is down).
+            # The box takes the width; Send and Stop only what their words need, as in a chat app.
             self.box = gr.Textbox(
-                placeholder="Message", show_label=False, scale=8, elem_id="message", autofocus=True, interactive=False
+                placeholder="Message", show_label=False, scale=1, elem_id="message", autofocus=True, interactive=False
             )
-            self.send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send", interactive=False)
-            self.stop_button = gr.Button("Stop", scale=1, elem_id="stop")
+            self.send_button = gr.Button("Send", variant="primary", scale=0, min_width=72, elem_id="send",
+                                         interactive=False)
+            self.stop_button = gr.Button("Stop", scale=0, min_width=72, elem_id="stop")
 
     def _render_settings(self) -> None:
         with gr.Accordion("Settings", open=False):
@@ -138,6 +142,7 @@ class ChatUI:
             self.chatbot.retry(self.retry, [self.conversation, *settings], chat_view, api_visibility="private"),
         ]
         self.stop_button.click(None, cancels=sent)
+        self.chatbot.like(self.vote, [self.conversation, self.browser], [self.conversation], api_visibility="private")
         self.sessions.input(
             self.open_session, [self.sessions, self.browser],
             [self.conversation, self.chatbot, self.browser, self.model], api_visibility="private",
@@ -274,6 +279,24 @@ class ChatUI:
                         self.sessions, gr.skip()
                     ),
                 }
+
+    def vote(
+        self, conversation: Conversation | None, browser: dict[str, Any] | None, liked: gr.LikeData,
+        request: gr.Request,
+    ) -> Updates:
+        """A thumbs up or down on a reply (pressed again: taken back), saved with its turn."""
+        owner, _ = self._owner_of(browser, request)
+        turn_id = chat_view.voted_turn(conversation.turns, liked.index) if conversation else None
+        if conversation is None or conversation.owner != owner or turn_id is None:
+            return self._unchanged()
+        try:
+            self.service.vote(conversation, turn_id, "up" if liked.liked is True else "down" if liked.liked is False
+                              else None)
+        except SessionNotFound:
+            gr.Warning("This chat was deleted, so the vote was not saved.")
+        except StoreError as exc:
+            gr.Warning(f"Your vote is not saved yet: {exc}")
+        return {self.conversation: conversation}
 
     def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)

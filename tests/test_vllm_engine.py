@@ -33,7 +33,9 @@ from bench.model_servers import CONTEXT, ModelServer
 from bench.queue_client import QueueClient, Reply, text_of
 from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, build_backends
 from hybridchat.chat import ChatService, Conversation
+from hybridchat.chat_view import figures
 from hybridchat.config import Settings
+from hybridchat.costs import GPU_PRICES
 from hybridchat.history import conversation
 from hybridchat.lab.reach import Reached
 from hybridchat.store import open_store
@@ -119,6 +121,11 @@ def test_a_three_turn_chat_streams_carries_its_context_logs_usage_and_saves_ever
     assert [(line["prompt_tokens"], line["completion_tokens"]) for line in logged] == [
         (t.prompt_tokens, t.completion_tokens) for t in turns
     ]
+    # Priced from those counts: Gemma by its two L4s' hours for the time each reply took, shown under it.
+    for t in turns:
+        assert not t.tokens_estimated
+        assert t.cost_usd == pytest.approx(2 * GPU_PRICES["nvidia-l4"] * t.latency_ms / 1000 / 3600)
+        assert f"{t.prompt_tokens:,} → {t.completion_tokens:,} tokens · $" in figures(t) and "est." in figures(t)
 
 
 def test_a_chat_longer_than_the_context_goes_on_says_so_and_keeps_every_turn(app):
