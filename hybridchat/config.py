@@ -66,7 +66,8 @@ class Settings(BaseSettings):
         description="the Gemini API with this key (Google AI Studio) instead of Vertex AI")
 
     gemini_prices: dict[str, tuple[float, float]] = Field(default={}, description=(
-        "Gemini's prices in US dollars per million tokens, input and output, by model, over the table below, as JSON: `{\"gemini-2.5-flash\": [0.30, 2.50]}`"))
+        "Gemini's prices in US dollars per million tokens, input and output, by model, over the table below, "
+        "as JSON: `{\"gemini-2.5-flash\": [0.30, 2.50]}`"))
     gpu_prices: dict[str, float] = Field(default={}, description=(
         "a GPU's price in US dollars per hour, by kind, over the table below, as JSON: "
         "`{\"nvidia-l4\": 0.56}`"))

@@ -11,7 +11,6 @@ from test_browser import GEMINI, bot_texts, send_and_watch
 
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
-
 from hybridchat.chat_view import figures
 from hybridchat.store import open_store
 
