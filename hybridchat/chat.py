@@ -69,6 +69,17 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     replaced: set[str] = field(default_factory=set)
 
+    def context(self) -> list[Turn]:
+        """The turns a model sees again: of each side-by-side pair, only the reply the chat went
+        on with (the picked one; before a pick, the left one)."""
+        pairs: dict[str, list[Turn]] = {}
+        for turn in self.turns:
+            if turn.pair is not None:
+                pairs.setdefault(turn.pair, []).append(turn)
+        chosen = {pair: min(replies, key=lambda t: (not t.picked, t.pair_column or 0))
+                  for pair, replies in pairs.items()}
+        return [turn for turn in self.turns if turn.pair is None or chosen[turn.pair] is turn]
+
     @classmethod
     def of(cls, owner: str, session_id: str, saved: list[Turn], replaced: set[str] | None = None) -> Conversation:
         """The conversation as the saved turns leave it: those asked again (by a later turn, or
@@ -122,9 +133,11 @@ class ChatService:
         params: GenerationParams,
         *,
         replaces: str | None = None,
+        pair: Pairing | None = None,
     ) -> Iterator[Progress]:
         """Stream the reply to ``message``; the last ``Progress`` carries the saved turn
-        (which ``replaces`` the turn of that id, asked again).
+        (which ``replaces`` the turn of that id, asked again; ``pair``: one of two replies to
+        the same message, side by side, from the context given there).
 
         ``InputRefused`` (before the reply starts) for a bad message or model, or a message
         too long for the model's context. Backend failures do not raise: they end the turn,
@@ -137,16 +150,18 @@ class ChatService:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
         persona = clean_persona(params.system_prompt, self.max_persona_bytes) if backend.takes_system_prompt else None
         params = params.model_copy(update={"system_prompt": persona})
-        self.catch_up(conversation)
-        previous = start = self._context_start(conversation, backend_name)
-        draft = _Draft(text, backend_name, params, replaces=replaces)
+        if pair is None:
+            self.catch_up(conversation)
+        context = pair.context if pair is not None else conversation.context()
+        previous = start = self._context_start(context, backend_name)
+        draft = _Draft(text, backend_name, params, replaces=replaces, pair=pair)
         reply: ReplyStream | None = None
         fitted: Fitted | None = None
         refused, overcount = False, 1.0
         try:
             for _ in range(2):
                 fitted = fit_context(
-                    backend, conversation.turns, text, params, start=start, keep=self.keep,
+                    backend, context, text, params, start=start, keep=self.keep,
                     shrink=refused, overcount=overcount,
                 )
                 draft.fitted(fitted, previous, backend.label)
@@ -208,9 +223,9 @@ class ChatService:
         return turn.model_copy(update=figures) if figures else turn
 
     @staticmethod
-    def _context_start(conversation: Conversation, backend_name: str) -> int:
+    def _context_start(context: list[Turn], backend_name: str) -> int:
         """Where this model's last answered context began: its prompt keeps that beginning."""
-        for turn in reversed(conversation.turns):
+        for turn in reversed(context):
             if turn.model == backend_name and turn.context_start is not None and turn.status != "error":
                 return turn.context_start
         return 0
@@ -296,6 +311,16 @@ def _overcount(refused: ContextOverflow, fitted: Fitted) -> float:
     return 1.0
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """A reply's place side by side: the pair's id, its column (0 left, 1 right), and the context
+    both replies are given (taken once, before either is saved)."""
+
+    pair: str
+    column: int
+    context: list[Turn]
+
+
 @dataclass
 class _Draft:
     """A turn while its reply streams."""
@@ -304,6 +329,7 @@ class _Draft:
     backend_name: str
     params: GenerationParams
     replaces: str | None = None
+    pair: Pairing | None = None
     pieces: list[str] = field(default_factory=list)
     status: TurnStatus = "ok"
     error: str | None = None
@@ -351,6 +377,8 @@ class _Draft:
             context_start=self.context_start,
             notice=self.notice,
             replaces=self.replaces,
+            pair=self.pair.pair if self.pair else None,
+            pair_column=self.pair.column if self.pair else None,
         )
 
 
