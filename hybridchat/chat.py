@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,7 +134,7 @@ class ChatService:
         *,
         replaces: str | None = None,
         pair: Pairing | None = None,
-    ) -> Iterator[Progress]:
+    ) -> Generator[Progress, None, None]:
         """Stream the reply to ``message``; the last ``Progress`` carries the saved turn
         (which ``replaces`` the turn of that id, asked again; ``pair``: one of two replies to
         the same message, side by side, from the context given there).

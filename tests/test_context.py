@@ -197,8 +197,8 @@ def test_the_next_turn_starts_where_the_last_answered_one_did():
         Turn(user="c", model="gemma", reply="", status="error", context_start=1),
         Turn(user="d", model="gemini", reply="e", context_start=2),
     ])
-    assert ChatService._context_start(conversation, "gemma") == 0
-    assert ChatService._context_start(conversation, "gemini") == 2
+    assert ChatService._context_start(conversation.context(), "gemma") == 0
+    assert ChatService._context_start(conversation.context(), "gemini") == 2
 
 
 def test_the_stand_in_counts_with_its_tokenizer_over_http(stand_in, tiny_model):
