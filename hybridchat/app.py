@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from hybridchat.backends import ChatBackend, LearnerBackend, build_backends
 from hybridchat.chat import ChatService
-from hybridchat.chat_ui import FOCUS_THE_BOX_WHEN_OPEN, ChatUI
+from hybridchat.chat_ui import ChatUI
+from hybridchat.chat_view import FOCUS_THE_BOX_WHEN_OPEN
 from hybridchat.config import Settings
 from hybridchat.costs import Pricing
 from hybridchat.errors import HybridChatError
@@ -72,6 +73,7 @@ def create_app(
         limits=Limits(turns_per_minute=settings.turns_per_minute, streams_per_client=settings.streams_per_client,
                       newcomer_turns_per_minute=settings.newcomer_turns_per_minute),
         stream_interval=settings.stream_interval,
+        same_model=settings.mode == "local" and not backends,
     ).demo
     # Each streaming chat holds a worker thread; Gradio's pool (and its queue's slots) default
     # to 40, below the concurrency asked for, and only launch() can raise it: set it here.

@@ -18,36 +18,30 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
-from hybridchat import chat_view
 from hybridchat.backends import GenerationParams, LearnerCode
 from hybridchat.chat import ChatService, Conversation, Progress
+from hybridchat.chat_feedback import FeedbackHandlers
+from hybridchat.chat_pair import CHOSE_LEFT, PairView, side_by_side_choice
 from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, model_choices, to_messages
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
 from hybridchat.guard import SIGNED_IN
 from hybridchat.iap import SIGN_OUT_PATH, IapVerifier
 from hybridchat.limits import Limits
 from hybridchat.sanitize import safe_markdown
+from hybridchat.side_by_side import SIDE_BY_SIDE, PairProgress, open_pair, respond_pair, retry_pair
 from hybridchat.visitors import VisitorIds
 
 log = logging.getLogger(__name__)
 
 SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older chats" is pressed
 VISITOR = "visitor:"  # the owner prefix of an anonymous visitor, whose id the app issued
-# The message box opens once the page has loaded, which loses the focus autofocus gave it: this
-# gives it back. A page script, not an event's js=: Gradio evaluates that, which the CSP refuses.
-FOCUS_THE_BOX_WHEN_OPEN = """<script>
-new MutationObserver((_, watching) => {
-  const box = document.querySelector("#message textarea");
-  if (box && !box.disabled) { box.focus(); watching.disconnect(); }
-}).observe(document.documentElement, {subtree: true, childList: true, attributes: true, attributeFilter: ["disabled"]});
-</script>"""
 
 
 Updates = dict[Block, Any]  # a handler's updates, by component; the others stay as they are
-Ask = Callable[[Conversation], Iterator[Progress]]  # a turn's reply, its settings already checked
+Ask = Callable[[Conversation], Iterator[Progress | PairProgress]]  # a turn's replies, its settings checked
 
 
-class ChatUI:
+class ChatUI(FeedbackHandlers):
     """The chat page, laid out and wired the way Gradio's own ``ChatInterface`` is: the
     ``_render_*`` methods place the components, ``_setup_events`` connects them to the handlers,
     and each handler returns its updates by component."""
@@ -62,6 +56,7 @@ class ChatUI:
         limits: Limits,
         stream_interval: float,
         learner: LearnerCode | None = None,
+        same_model: bool = False,
     ):
         self.service = service
         self.learner = learner  # a learner's package, answering the models marked "your code"
@@ -70,6 +65,7 @@ class ChatUI:
         self.visitor_ids = visitor_ids
         self.limits = limits
         self.stream_interval = stream_interval
+        self.pair = PairView(service.backends, same_model=same_model)  # both models side by side
         with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as self.demo:
             self._render_state()
             self._render_sidebar()
@@ -98,10 +94,12 @@ class ChatUI:
         self.signed_in = gr.Markdown(visible=False, elem_id="signed-in")
         self.learner_note = gr.Markdown(visible=False, elem_id="learner-code")
         labels = [(backend.label, name) for name, backend in self.service.backends.items()]
+        labels += side_by_side_choice(self.service.backends)
         self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
         self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
         self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat",
                                   feedback_options=("Like", "Dislike"))
+        self.pair.render_columns()
         with gr.Row():
             # Closed until the page has loaded: loading ends by setting the chat and the visitor as
             # they were, which hid a turn sent meanwhile (loading takes seconds while a model is down).
@@ -123,24 +121,30 @@ class ChatUI:
                 label="Persona (system prompt)", placeholder="e.g. You are a patient tutor.", lines=2,
                 info=PERSONA_ON_YOUR_PATH if self.learner else None,
             )
+            self.pair.render_settings()
 
     def _setup_events(self) -> None:
-        chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions]
+        chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions, *self.pair.outputs]
         self.demo.load(
             self.start, [self.browser, self.shown],
             [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
-             self.signed_in, self.max_tokens, self.recheck, self.learner_note, self.box, self.send_button],
+             self.signed_in, self.max_tokens, self.recheck, self.learner_note, self.box, self.send_button,
+             *self.pair.outputs],
             api_visibility="private",
         )
         self.recheck.tick(self.recheck_models, None, [self.model, self.recheck], api_visibility="private",
                           show_progress="hidden")
         settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
-        inputs = [self.box, self.conversation, *settings]
+        inputs = [self.box, self.conversation, *settings, self.pair.setup]  # a State: not in the API
         sent: list[dict[str, Any]] = [  # Gradio's Dependency is a dict
             self.box.submit(self.chat, inputs, chat_view, api_name="chat"),
             self.send_button.click(self.chat, inputs, chat_view, api_visibility="private"),
-            self.chatbot.retry(self.retry, [self.conversation, *settings], chat_view, api_visibility="private"),
+            self.chatbot.retry(self.retry, [self.conversation, *settings, self.pair.setup], chat_view,
+                               api_visibility="private"),
         ]
+        for column, button in enumerate(self.pair.buttons):
+            button.click(self._picker(column), [self.conversation, self.browser, self.pair.setup],
+                         [self.conversation, self.chatbot, *self.pair.outputs], api_visibility="private")
         self.stop_button.click(None, cancels=sent)
         self.chatbot.like(self.vote, [self.conversation, self.browser], [self.conversation], api_visibility="private")
         self.sessions.input(
@@ -188,46 +192,59 @@ class ChatUI:
             self.conversation: conversation,
             self.chatbot: self._messages(conversation),
             self.model: gr.Dropdown(choices=updates[self.model].choices, value=model),
-            self.max_tokens: self.service.backends[model].default_max_tokens,
+            self.max_tokens: next(iter(self.service.backends.values())).default_max_tokens
+            if model == SIDE_BY_SIDE else self.service.backends[model].default_max_tokens,
+            **self.pair.shown(conversation, None),
             **self._sidebar(owner, conversation.session_id, shown),
         }
 
     def recheck_models(self) -> Updates:
         """The selector's entries as the models are now; rechecked while one is unavailable."""
-        models = model_choices(self.service.backends)
+        models = model_choices(self.service.backends) + side_by_side_choice(self.service.backends)
         waiting = any(UNAVAILABLE in label for label, _ in models)
         return {self.model: gr.Dropdown(choices=models), self.recheck: gr.Timer(active=waiting)}
 
     def chat(
         self, message: str, conversation: Conversation | None, model: str, temperature: float, top_p: float,
-        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+        max_tokens: int, persona: str, browser: dict[str, Any] | None, shown: int, setup: dict[str, Any] | None,
+        request: gr.Request,
     ) -> Iterator[Updates]:
         params = _params(temperature, top_p, max_tokens, persona)
         if params is None:
             yield {self.box: message}
             return
+        if conversation is not None and open_pair(conversation):
+            gr.Info(CHOSE_LEFT.format(label=self.pair.label_of(open_pair(conversation)[0], setup)))
+        if model == SIDE_BY_SIDE and setup:
+            names = (setup["left"], setup["right"])
+            yield from self._turn(lambda chat: respond_pair(self.service, chat, message, names, params),
+                                  message, conversation, browser, shown, request, setup)
+            return
         yield from self._turn(
             lambda conversation: self.service.respond(conversation, message, model, params),
-            message, conversation, browser, shown, request,
+            message, conversation, browser, shown, request, setup,
         )
 
     def retry(
         self, conversation: Conversation | None, model: str, temperature: float, top_p: float, max_tokens: int,
-        persona: str, browser: dict[str, Any] | None, shown: int, request: gr.Request,
+        persona: str, browser: dict[str, Any] | None, shown: int, setup: dict[str, Any] | None,
+        request: gr.Request,
     ) -> Iterator[Updates]:
-        """Ask again for the last reply (the earlier attempt stays in the saved history)."""
+        """Ask again for the last reply, or both of a pair (the earlier ones stay in the saved history)."""
         params = _params(temperature, top_p, max_tokens, persona)
         if params is None or conversation is None or not conversation.turns:
             yield self._unchanged()
             return
+        paired = conversation.turns[-1].pair is not None
         yield from self._turn(
-            lambda conversation: self.service.retry(conversation, model, params), None, conversation, browser, shown,
-            request,
+            (lambda chat: retry_pair(self.service, chat, params)) if paired
+            else (lambda chat: self.service.retry(chat, model, params)), None, conversation, browser, shown,
+            request, setup,
         )
 
     def _turn(
         self, ask: Ask, message: str | None, conversation: Conversation | None, browser: dict[str, Any] | None,
-        shown: int, request: gr.Request,
+        shown: int, request: gr.Request, setup: dict[str, Any] | None = None,
     ) -> Iterator[Updates]:
         """Stream the reply ``ask`` gives. ``message``: what goes back in the box when the turn
         cannot go (``None``: the box is left as it is)."""
@@ -255,7 +272,7 @@ class ChatUI:
                 return
             shown_at = None
             for update in itertools.chain([first], progress):
-                if update.turn is None:
+                if not (update.finished if isinstance(update, PairProgress) else update.turn is not None):
                     # The first piece at once, then at most one update per interval: Gradio re-sends
                     # the whole chat each time. Only the chat changes; the rest is sent at the end.
                     # The browser state and sidebar are given as they are, not left out: Gradio
@@ -265,9 +282,10 @@ class ChatUI:
                         continue
                     shown_at = now
                     yield {self.chatbot: self._messages(conversation, update), self.box: "",
-                           self.browser: browser, self.sessions: conversation.session_id}
+                           self.browser: browser, self.sessions: conversation.session_id,
+                           **(self.pair.shown(conversation, setup, update) if isinstance(update, PairProgress) else {})}
                     continue
-                if update.notice:
+                if isinstance(update, Progress) and update.notice:
                     gr.Warning(update.notice)
                 browser["session"] = conversation.session_id
                 yield {
@@ -278,25 +296,8 @@ class ChatUI:
                     self.sessions: self._sidebar(owner, conversation.session_id, shown, older=False).get(
                         self.sessions, gr.skip()
                     ),
+                    **self.pair.shown(conversation, setup),
                 }
-
-    def vote(
-        self, conversation: Conversation | None, browser: dict[str, Any] | None, liked: gr.LikeData,
-        request: gr.Request,
-    ) -> Updates:
-        """A thumbs up or down on a reply (pressed again: taken back), saved with its turn."""
-        owner, _ = self._owner_of(browser, request)
-        turn_id = chat_view.voted_turn(conversation.turns, liked.index) if conversation else None
-        if conversation is None or conversation.owner != owner or turn_id is None:
-            return self._unchanged()
-        try:
-            self.service.vote(conversation, turn_id, "up" if liked.liked is True else "down" if liked.liked is False
-                              else None)
-        except SessionNotFound:
-            gr.Warning("This chat was deleted, so the vote was not saved.")
-        except StoreError as exc:
-            gr.Warning(f"Your vote is not saved yet: {exc}")
-        return {self.conversation: conversation}
 
     def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
         owner, browser = self._owner_of(browser, request)
@@ -379,15 +380,21 @@ class ChatUI:
     def _last_model(self, conversation: Conversation, available: list[str] | None = None) -> str:
         """The model of the chat's last turn, where it is still offered; else the first one
         ``available`` (a learner's code that does not load leaves hybridchat's path), else the first."""
-        last = conversation.turns[-1].model if conversation.turns else None
-        return last if last in self.service.backends else next(iter(available or self.service.backends))
+        last = conversation.turns[-1] if conversation.turns else None
+        if last is not None and last.pair is not None and SIDE_BY_SIDE in (available or [SIDE_BY_SIDE]):
+            return SIDE_BY_SIDE
+        model = last.model if last else None
+        return model if model in self.service.backends else next(iter(available or self.service.backends))
 
     def _unchanged(self) -> Updates:
         # One output left as it is (Gradio leaves the others so too; an empty dict is an error).
         return {self.conversation: gr.skip()}
 
-    def _messages(self, conversation: Conversation, pending: Progress | None = None) -> list[dict[str, str]]:
+    def _messages(self, conversation: Conversation, pending: Progress | PairProgress | None = None) -> list[Any]:
         labels = {name: backend.label for name, backend in self.service.backends.items()}
+        if isinstance(pending, PairProgress):  # its replies stream in the columns
+            turns = [turn for turn in conversation.turns if turn.pair != pending.pair]
+            return [*to_messages(turns, None, labels), {"role": "user", "content": safe_markdown(pending.message)}]
         return to_messages(conversation.turns, pending, labels)
 
 

@@ -24,6 +24,15 @@ def model_choices(backends: dict[str, ChatBackend]) -> list[tuple[str, str]]:
     ]
 
 
+# The message box opens once the page has loaded, which loses the focus autofocus gave it: this
+# gives it back. A page script, not an event's js=: Gradio evaluates that, which the CSP refuses.
+FOCUS_THE_BOX_WHEN_OPEN = """<script>
+new MutationObserver((_, watching) => {
+  const box = document.querySelector("#message textarea");
+  if (box && !box.disabled) { box.focus(); watching.disconnect(); }
+}).observe(document.documentElement, {subtree: true, childList: true, attributes: true, attributeFilter: ["disabled"]});
+</script>"""
+
 UNAVAILABLE = " — unavailable: "
 # While a model is unavailable the selector asks again this often, so that a model that has
 # finished loading is shown as such without a reload.
@@ -36,21 +45,60 @@ PERSONA_ON_YOUR_PATH = (
 _MARKS = {"interrupted": "*(interrupted)*", "cut_off": "*(stopped at the max-tokens limit)*"}
 
 
+ALTERNATIVE = "↔ The other reply, not picked: "  # a side-by-side reply the chat did not go on with
+
+
 def to_messages(
     turns: list[Turn], pending: Progress | None = None, labels: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """The chat display of saved turns, plus a turn still streaming; each reply under the name
-    of the model that wrote it (``labels``: by backend, for turns saved without one)."""
-    messages: list[dict[str, Any]] = []
+    of the model that wrote it (``labels``: by backend, for turns saved without one). Of a
+    side-by-side pair, the reply the chat went on with, and the other collapsed under it; of a
+    pair still open (no pick, nothing after it), the message alone: its replies are in columns."""
+    return [message for message, _ in _rendered(turns, pending, labels)]
+
+
+def voted_turn(turns: list[Turn], index: int | tuple[int, int]) -> str | None:
+    """The id of the turn whose reply is message ``index`` of ``to_messages(turns)`` (Gradio names
+    a voted reply by its first message: a thought, where there is one); ``None`` for a visitor's."""
+    ids = [turn_id for _, turn_id in _rendered(turns)]
+    at = index if isinstance(index, int) else index[0]
+    return ids[at] if 0 <= at < len(ids) else None
+
+
+def _rendered(
+    turns: list[Turn], pending: Progress | None = None, labels: Mapping[str, str] | None = None
+) -> list[tuple[dict[str, Any], str | None]]:
+    """Each message shown, with the turn whose reply it shows (``None``: the visitor's)."""
+    shown: list[tuple[dict[str, Any], str | None]] = []
+    pairs: dict[str, list[Turn]] = {}
     for turn in turns:
-        label = turn.model_label or (labels or {}).get(turn.model, turn.model)
-        messages += _shown(turn.user, label, turn.reply, turn.notice, _MARKS.get(turn.status), turn.error,
-                           figures(turn))
-        messages[-1:-1] = _thought(turn.thought, thinking=False)
+        if turn.pair is not None:
+            pairs.setdefault(turn.pair, []).append(turn)
+    for index, turn in enumerate(turns):
+        pair = pairs.get(turn.pair or "")
+        if pair is not None and turn is not pair[0]:
+            continue  # shown with the first of its pair
+        if pair is not None and index + len(pair) == len(turns) and all(t.picked is None for t in pair):
+            shown.append(({"role": "user", "content": safe_markdown(turn.user)}, None))  # open: in columns
+            continue
+        chosen = min(pair, key=lambda t: (not t.picked, t.pair_column or 0)) if pair else turn
+        label = chosen.model_label or (labels or {}).get(chosen.model, chosen.model)
+        user, reply = _shown(chosen.user, label, chosen.reply, chosen.notice, _MARKS.get(chosen.status),
+                             chosen.error, figures(chosen))
+        shown += [(user, None), *((m, chosen.turn_id) for m in _thought(chosen.thought, thinking=False)),
+                  (reply, chosen.turn_id)]
+        for other in (t for t in pair or [] if t is not chosen):
+            other_label = other.model_label or (labels or {}).get(other.model, other.model)
+            text = "\n\n".join(p for p in (safe_markdown(other.reply), f"⚠️ {safe_markdown(other.error)}"
+                                              if other.error else "", f"<sub>{figures(other)}</sub>") if p)
+            shown.append(({"role": "assistant", "content": text,
+                           "metadata": {"title": f"{ALTERNATIVE}{other_label}", "status": "done"}}, other.turn_id))
     if pending is not None:
-        messages += _shown(pending.message, pending.label, pending.reply, pending.context_note)
-        messages[-1:-1] = _thought(pending.thought, thinking=not pending.reply)
-    return messages
+        user, reply = _shown(pending.message, pending.label, pending.reply, pending.context_note)
+        shown += [(user, None), *((m, None) for m in _thought(pending.thought, thinking=not pending.reply)),
+                  (reply, None)]
+    return shown
 
 
 def figures(turn: Turn) -> str:
@@ -68,16 +116,6 @@ def figures(turn: Turn) -> str:
     if turn.cost_usd is not None:
         parts.append(f"{shown(turn.cost_usd)}{' est.' if is_estimate(turn.model) else ''}")
     return " · ".join(parts)
-
-
-def voted_turn(turns: list[Turn], index: int | tuple[int, int]) -> str | None:
-    """The id of the turn whose reply is message ``index`` of ``to_messages(turns)`` (Gradio names
-    a voted reply by its first message: a thought, where there is one); ``None`` for a visitor's."""
-    ids: list[str | None] = []
-    for turn in turns:
-        ids += [None, *([turn.turn_id] if turn.thought else []), turn.turn_id]
-    at = index if isinstance(index, int) else index[0]
-    return ids[at] if 0 <= at < len(ids) else None
 
 
 def _shown(

@@ -34,8 +34,15 @@ class PairProgress:
     reason it could not be asked."""
 
     message: str
+    pair: str
     columns: tuple[Progress | None, Progress | None]
     refused: tuple[str | None, str | None] = (None, None)
+
+    @property
+    def finished(self) -> bool:
+        """Both columns ended: saved, or refused."""
+        return all(bool(r) or (p is not None and p.turn is not None)
+                   for p, r in zip(self.columns, self.refused, strict=True))
 
 
 def open_pair(conversation: Conversation) -> list[Turn]:
@@ -101,11 +108,31 @@ def respond_pair(
                 columns[column] = update
             else:
                 refused[column] = str(update) if isinstance(update, InputRefused) else "This model failed to answer."
-            yield PairProgress(text, (columns[0], columns[1]), (refused[0], refused[1]))
+            yield PairProgress(text, pair, (columns[0], columns[1]), (refused[0], refused[1]))
     finally:
         stop.set()
         for worker in workers:
             worker.join(timeout=10)
+
+
+def retry_pair(
+    service: ChatService, conversation: Conversation, params: GenerationParams
+) -> Iterator[PairProgress]:
+    """Ask both models of the newest pair again: the new pair takes its place, in the chat and in
+    what any model sees next; the store keeps both (each new reply names the one it replaces)."""
+    last = conversation.turns[-1].pair if conversation.turns else None
+    members = sorted((t for t in conversation.turns if t.pair == last), key=lambda t: t.pair_column or 0)
+    if last is None or len(members) != 2 or {t.pair for t in conversation.turns[-2:]} != {last}:
+        raise InputRefused("There is no side-by-side reply to ask again for.")
+    del conversation.turns[-2:]
+    conversation.replaced |= {t.turn_id for t in members}
+    try:
+        yield from respond_pair(service, conversation, members[0].user, (members[0].model, members[1].model), params,
+                                replaces=(members[0].turn_id, members[1].turn_id))
+    except InputRefused:  # refused before it began: the pair stands
+        conversation.turns += members
+        conversation.replaced -= {t.turn_id for t in members}
+        raise
 
 
 def pick(service: ChatService, conversation: Conversation, turn_id: str) -> Turn:

@@ -60,7 +60,7 @@ def client(app_server):
 
 def say(client, message, model, browser, persona=""):
     """One turn through the /chat endpoint: (messages, textbox, browser state, sessions)."""
-    return client.predict(message, model, 0.1, 0.95, TOKENS, persona, browser, api_name="/chat")
+    return client.predict(message, model, 0.1, 0.95, TOKENS, persona, browser, api_name="/chat")[:4]
 
 
 def texts(messages):
@@ -101,7 +101,7 @@ def test_switching_model_keeps_the_whole_history(client, app_server):
 
 def test_a_max_tokens_gradio_lets_through_but_no_model_takes_keeps_the_message_and_asks_none(client, app_server):
     asked, sessions = len(app_server[2].histories), len(open_store(app_server[1]).list_sessions(None))
-    _, box, _, _ = client.predict("Hi", "gemini", 0.1, 0.95, 12.5, "", {"visitor": "out-of-range"}, api_name="/chat")
+    _, box, _, _ = client.predict("Hi", "gemini", 0.1, 0.95, 12.5, "", {"visitor": "out-of-range"}, api_name="/chat")[:4]
     assert box == "Hi", "the message waits in the box"
     assert len(app_server[2].histories) == asked
     assert len(open_store(app_server[1]).list_sessions(None)) == sessions, "nothing saved"

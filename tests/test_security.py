@@ -171,7 +171,7 @@ def test_any_message_is_refused_or_saved_clean_and_never_forges_a_turn(down_app,
     browser = {"visitor": None, "session": None}
     sent = message.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # JSON cannot carry lone surrogates
     try:
-        messages, box, browser, _ = client.predict(sent, "gemma", 0.5, 0.9, 8, "", browser, api_name="/chat")
+        messages, box, browser, _ = client.predict(sent, "gemma", 0.5, 0.9, 8, "", browser, api_name="/chat")[:4]
     except httpx.HTTPStatusError as exc:
         # Refused before it is read: over the request limit (the page's box cannot hold so much).
         assert exc.response.status_code == 413 and len(json.dumps(sent)) > Settings().max_request_bytes

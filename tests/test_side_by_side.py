@@ -90,3 +90,12 @@ def test_stop_stops_both_and_keeps_what_came(tmp_path):
     saved = service.store.load(chat.session_id)
     assert sorted(t.pair_column for t in saved) == [0, 1]
     assert all(t.status == "interrupted" and t.reply for t in saved)
+
+
+def test_a_pair_after_a_pick_is_given_the_picked_reply(service):
+    chat = Conversation("visitor:alice")
+    _, right = list(respond_pair(service, chat, "Name a colour.", ("gemma", "gemini"), PARAMS))[-1].columns
+    pick(service, chat, right.turn.turn_id)
+    list(respond_pair(service, chat, "Why that one?", ("gemma", "gemini"), PARAMS))
+    for backend in service.backends.values():
+        assert backend.histories[-1] == [Message("user", "Name a colour."), Message("assistant", right.turn.reply)]
