@@ -3,6 +3,10 @@ continues the chat, a failing model ends only its own column, Stop stops both.""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -99,3 +103,20 @@ def test_a_pair_after_a_pick_is_given_the_picked_reply(service):
     list(respond_pair(service, chat, "Why that one?", ("gemma", "gemini"), PARAMS))
     for backend in service.backends.values():
         assert backend.histories[-1] == [Message("user", "Name a colour."), Message("assistant", right.turn.reply)]
+
+
+def test_export_keeps_both_replies_the_pick_the_votes_and_the_figures(service, tmp_path):
+    chat = Conversation("visitor:alice")
+    _, right = list(respond_pair(service, chat, "Name a colour.", ("gemma", "gemini"), PARAMS))[-1].columns
+    pick(service, chat, right.turn.turn_id)
+    service.vote(chat, right.turn.turn_id, "up")
+    env = {**os.environ, "HYBRIDCHAT_STORE_URL": f"sqlite:///{tmp_path}/h.db"}
+    export = [sys.executable, "-m", "hybridchat.cli", "sessions", "export", chat.session_id]
+    data = json.loads(subprocess.run(export, env=env, capture_output=True, text=True, check=True).stdout)
+    saved = {t["pair_column"]: t for t in data["turns"]}
+    assert (saved[0]["picked"], saved[1]["picked"], saved[1]["vote"]) == (False, True, "up")
+    assert saved[0]["pair"] == saved[1]["pair"] and saved[1]["prompt_tokens"] and saved[1]["latency_ms"]
+    markdown = subprocess.run([*export, "--format", "md"], env=env, capture_output=True, text=True, check=True).stdout
+    assert markdown.count("**You**") == 1  # asked once, answered twice
+    assert "side by side, picked; 👍" in markdown and "side by side, not picked" in markdown
+    assert f"{saved[1]['prompt_tokens']} → {saved[1]['completion_tokens']} tokens" in markdown
