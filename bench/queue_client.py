@@ -97,7 +97,7 @@ class QueueClient:
     ) -> Reply:
         """Send ``message``; ``session_hash`` is one browser tab (a new one by default), and
         ``on_update`` sees the outputs at each streamed update."""
-        data = [message, None, model, temperature, 0.9, max_tokens, "", browser, None]
+        data = [message, None, model, temperature, 0.9, max_tokens, "", browser, None, None]
         return await self.call("chat", data, session_hash=session_hash, on_update=on_update)
 
     async def call(

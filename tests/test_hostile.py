@@ -161,7 +161,7 @@ def test_the_persona_is_cleaned_capped_and_neutralised_as_messages_are(stand_in,
                 client = QueueClient(url, http)
 
                 async def say(message: str, persona: str):
-                    data = [message, None, "gemma", 0.5, 0.9, 4, persona, visitor(), None]
+                    data = [message, None, "gemma", 0.5, 0.9, 4, persona, visitor(), None, None]
                     return await client.call("chat", data)
 
                 before = httpx.get(f"{stand_in}/stand-in/requests").json()
@@ -188,11 +188,11 @@ def test_bad_values_from_a_client_get_a_clear_message_not_an_exception(tmp_path)
         async def turns() -> tuple:
             async with httpx.AsyncClient(timeout=60) as http:
                 client = QueueClient(url, http)
-                nan = await client.call("chat", ["hi", None, "gemma", float("nan"), 0.9, 8, "", visitor(), None])
-                odd_browser = await client.call("chat", ["hi", None, "gemma", 0.5, 0.9, 8, "", ["not", "a", "dict"], None])
+                nan = await client.call("chat", ["hi", None, "gemma", float("nan"), 0.9, 8, "", visitor(), None, None])
+                odd_browser = await client.call("chat", ["hi", None, "gemma", 0.5, 0.9, 8, "", ["not", "a", "dict"], None, None])
                 # Events with nothing to do: the sidebar cleared, Retry on an empty chat.
                 idle = [await client.call("open_session", [None, visitor()]),
-                        await client.call("retry", [None, "gemma", 0.5, 0.9, 8, "", visitor(), None])]
+                        await client.call("retry", [None, "gemma", 0.5, 0.9, 8, "", visitor(), None, None])]
                 assert all(reply.ok and not reply.warnings for reply in idle), [r.warnings for r in idle]
                 return nan, odd_browser
 
