@@ -19,7 +19,7 @@ from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.errors import InputRefused
 from hybridchat.history import Message
-from hybridchat.side_by_side import open_pair, pick, respond_pair
+from hybridchat.side_by_side import open_pair, pick, respond_pair, retry_pair
 from hybridchat.store import open_store
 
 PARAMS = GenerationParams(max_tokens=8, temperature=0.1)
@@ -120,3 +120,14 @@ def test_export_keeps_both_replies_the_pick_the_votes_and_the_figures(service, t
     assert markdown.count("**You**") == 1  # asked once, answered twice
     assert "side by side, picked; 👍" in markdown and "side by side, not picked" in markdown
     assert f"{saved[1]['prompt_tokens']} → {saved[1]['completion_tokens']} tokens" in markdown
+
+
+def test_retry_asks_both_again_and_the_new_pair_takes_the_old_ones_place(service):
+    chat = Conversation("visitor:alice")
+    old = list(respond_pair(service, chat, "Name a colour.", ("gemma", "gemini"), PARAMS))[-1].columns
+    new = list(retry_pair(service, chat, PARAMS))[-1].columns
+    assert [c.turn.replaces for c in new] == [c.turn.turn_id for c in old]
+    assert {t.turn_id for t in chat.turns} == {c.turn.turn_id for c in new}  # the old pair no longer shown
+    assert len(service.store.load(chat.session_id)) == 4  # and still saved
+    reopened = service.open("visitor:alice", chat.session_id)
+    assert {t.turn_id for t in reopened.turns} == {c.turn.turn_id for c in new} and len(open_pair(reopened)) == 2
