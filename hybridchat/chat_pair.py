@@ -13,7 +13,7 @@ from gradio.blocks import Block
 
 from hybridchat.backends import ChatBackend
 from hybridchat.chat import Conversation, Progress
-from hybridchat.chat_view import _MARKS, figures
+from hybridchat.chat_view import reply_body
 from hybridchat.sanitize import safe_markdown
 from hybridchat.side_by_side import SIDE_BY_SIDE, PairProgress, open_pair
 
@@ -106,9 +106,7 @@ class PairView:
         if turn is None:
             reply = (part.turn.reply if part and part.turn else part.reply if part else "") or "…"
             return f"{head}\n\n{safe_markdown(reply)}", gr.Button(f"Continue with {label}", visible=pickable)
-        body = [head, safe_markdown(turn.reply), _MARKS.get(turn.status) or "",
-                f"⚠️ {safe_markdown(turn.error)}" if turn.error else "", f"<sub>{figures(turn)}</sub>"]
-        return "\n\n".join(p for p in body if p), gr.Button(f"Continue with {label}", visible=True)
+        return f"{head}\n\n{reply_body(turn)}", gr.Button(f"Continue with {label}", visible=True)
 
     def label_of(self, turn: Any, setup: dict[str, Any] | None) -> str:
         """How the page names a reply of the pair (blind: by its column)."""

@@ -90,15 +90,20 @@ def _rendered(
                   (reply, chosen.turn_id)]
         for other in (t for t in pair or [] if t is not chosen):
             other_label = other.model_label or (labels or {}).get(other.model, other.model)
-            text = "\n\n".join(p for p in (safe_markdown(other.reply), f"⚠️ {safe_markdown(other.error)}"
-                                              if other.error else "", f"<sub>{figures(other)}</sub>") if p)
-            shown.append(({"role": "assistant", "content": text,
+            shown.append(({"role": "assistant", "content": reply_body(other),
                            "metadata": {"title": f"{ALTERNATIVE}{other_label}", "status": "done"}}, other.turn_id))
     if pending is not None:
         user, reply = _shown(pending.message, pending.label, pending.reply, pending.context_note)
         shown += [(user, None), *((m, None) for m in _thought(pending.thought, thinking=not pending.reply)),
                   (reply, None)]
     return shown
+
+
+def reply_body(turn: Turn) -> str:
+    """A saved reply as shown without its model's line: its text, how it ended, its error, its figures."""
+    parts = [safe_markdown(turn.reply), _MARKS.get(turn.status) or "",
+             f"⚠️ {safe_markdown(turn.error)}" if turn.error else "", f"<sub>{figures(turn)}</sub>"]
+    return "\n\n".join(p for p in parts if p)
 
 
 def figures(turn: Turn) -> str:
