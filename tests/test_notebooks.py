@@ -20,11 +20,12 @@ from playwright.sync_api import expect, sync_playwright
 from test_infra_exercise import blocks_written
 from test_learner import last_id
 
-from hybridchat import learner
+from hybridchat import comparison, learner
 from hybridchat.lab import check, workshop
 from hybridchat.lab.local import free_port, load_stage, stop_process
 from hybridchat.lab.make_exercises import solutions
 from hybridchat.lab.workspace import learner_infra, prepare
+from hybridchat.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,8 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     for copy in copies:
         learners_answers(copy)
         parameters = {"MODE": "local"}
+        if copy.name.startswith("08"):
+            parameters["PICK_FOR_ME"] = "shorter"  # the blind test's buttons, clicked by the notebook
         if copy.name.startswith("05"):
             parameters["APP_PORT"] = free_port()
             seen = last_id(stand_in)
@@ -70,6 +73,12 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert load_stage((Path(lab_env["HYBRIDCHAT_LAB_DIR"]) / "serve-local.log").read_text()) == "starting to listen"
     assert "the phone's browser lists it:  False" in texts["08_next_steps.ipynb"]
     assert "signed in, on any device:     True" in texts["08_next_steps.ipynb"]
+    assert "picks: 1, won by the left reply: 1" in texts["06_chat_history.ipynb"], "06's pick, through the app's"
+    assert re.search(r"gemma was picked in \d+ of 10 \(", texts["08_next_steps.ipynb"]), "08's verdict"
+    store = open_store(lab_env["HYBRIDCHAT_STORE_URL"])
+    picks = comparison.duels(comparison.read_turns(store))
+    assert len(picks) == 11 and set(picks.winner) | set(picks.loser) == {"gemma", "gemini"}, "saved, as the app saves"
+    store.close()
     saved = [copy.read_text() for copy in copies]
     logs = [path.read_text(errors="replace") for path in Path(lab_env["HYBRIDCHAT_LAB_DIR"]).glob("*.log")]
     assert len(saved) == len(SOLUTIONS) and logs, "every executed notebook and the stand-in's log are read"

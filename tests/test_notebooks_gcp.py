@@ -186,6 +186,8 @@ def run_the_workshop(cloud: Path, workspace: Path, gemma: str, gemini: str, **pa
         given = {"MODE": "gcp", "PROJECT_ID": GCP_PROJECT, **parameters}
         if copy.name.startswith("07"):
             given["CONFIRM_DESTROY"] = True
+        if copy.name.startswith("08"):
+            given["PICK_FOR_ME"] = "longer"
         if copy.name.startswith("05"):
             seen = {server: last_id(server) for server in (gemma, gemini)}
         texts[copy.name] = outputs(execute(copy, copy, **given))
@@ -215,6 +217,8 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     assert "not checked here" not in texts["04_model_callers.ipynb"], "what was sent was checked"
     assert "sent to Google -> https://accounts.google.com/" in texts["05_launch_app.ipynb"], "IAP is on"
     assert re.search(r"gemini: ['\"]", texts["06_chat_history.ipynb"]), "Gemini's reply printed (its repr)"
+    assert "picks: 1, won by the left reply: 1" in texts["06_chat_history.ipynb"]
+    assert re.search(r"gemma was picked in \d+ of 10 \(", texts["08_next_steps.ipynb"]), "the blind test, through Gemma"
     assert f"Nothing of the workshop's kinds bills in {P} (us-central1)." in texts["07_cleanup.ipynb"]
     saved = [path.read_text() for path in workspace.glob("*.ipynb")]
     assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (

@@ -77,6 +77,8 @@ def test_with_gemma_never_ready_04_06_and_08_run_their_gemini_parts_and_say_what
     assert "✅ call_gemini_model answered" in texts["04"]
     assert "⏭ the gemma turn: skipped" in texts["06"] and re.search(r"gemini: ['\"]", texts["06"])
     assert "signed in, on any device:     True" in texts["08"], "08 ran to its end on Gemini"
+    assert "⏭ the side-by-side turn: skipped" in texts["06"] and "⏭ the blind test: skipped" in texts["08"]
+    assert "No picks between gemma and gemini yet." in texts["08"]
     # 07 without CONFIRM_DESTROY deletes nothing, and its check says what still bills.
     assert "would run: kubectl delete" in texts["07"]
     assert "❌ GKE clusters: gradio-chat-cluster (us-central1) is left. Delete it: gcloud container clusters delete" in (

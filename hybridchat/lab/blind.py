@@ -140,3 +140,10 @@ class BlindTest:
         open_ = sum(duel.can_pick(0) or duel.can_pick(1) for duel in self.duels)
         done = sum(duel.picked is not None for duel in self.duels)
         self._count.value = f"{done} picked, {open_} to pick" + (" (then run the next cell)" if open_ else "")
+
+
+# Rules for ``pick_by``: the shorter or the longer reply wins (a stand-in for a person's judgement).
+BY_LENGTH: dict[str, Callable[[str, str], int]] = {
+    "shorter": lambda a, b: int(len(b) < len(a)),
+    "longer": lambda a, b: int(len(b) > len(a)),
+}
