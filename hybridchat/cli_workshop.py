@@ -43,6 +43,58 @@ def leftovers(
     raise typer.Exit(1 if unclean else 0)
 
 
+@room_app.command("results")
+def results(
+    projects: Annotated[Path | None, typer.Option(help="A file with one project id per line (# comments): each "
+                                                       "attendee's Firestore, chat-app-db.", exists=True,
+                                                       dir_okay=False)] = None,
+    store: Annotated[list[str] | None, typer.Option(help="A history store's URL (sqlite:///PATH, firestore://DB?"
+                                                         "project=P), instead of or beside --projects.")] = None,
+    sessions: Annotated[int, typer.Option(help="The newest sessions read from each store.")] = 1000,
+) -> None:
+    """Which model the room's chats favour: each model's speed, cost and thumbs, and the side-by-side
+    picks' win rates with their 95% interval (notebook 06's analysis). Reads numbers only, never a
+    prompt or a reply; exit 1 if a store could not be read."""
+    import pandas as pd
+    from google.api_core.exceptions import GoogleAPICallError
+
+    from hybridchat import comparison
+    from hybridchat.errors import StoreError
+    from hybridchat.store import open_store
+
+    urls = [f"firestore://chat-app-db?project={project}" for project in read_projects(projects)] if projects else []
+    urls += store or []
+    if not urls:
+        typer.echo("Name the room's stores: --projects FILE (one project id per line) or --store URL.", err=True)
+        raise typer.Exit(2)
+    frames, unread = [], []
+    for url in urls:
+        try:
+            opened = open_store(url, resilient=False)
+            try:
+                frame = comparison.read_turns(opened, sessions)
+            finally:
+                opened.close()
+        except (StoreError, GoogleAPICallError, ValueError) as failed:
+            typer.echo(f"== {url}: could not read it: {failed}")
+            unread.append(url)
+            continue
+        typer.echo(f"== {url}: {len(frame)} turns, {len(comparison.duels(frame))} picks")
+        frames.append(frame)
+    room = pd.concat(frames, ignore_index=True) if frames else comparison.turns_frame([])
+    picks = comparison.duels(room)
+    typer.echo(f"\nOver {len(frames)} of {len(urls)} stores: {len(room)} turns, {len(picks)} picks.\n")
+    with pd.option_context("display.width", 120, "display.max_columns", None):
+        typer.echo(f"Per model (whole replies; medians; cost of 1,000 turns in USD):\n{comparison.per_model(room)}\n")
+        if not picks.empty:
+            typer.echo(f"Side-by-side picks (win rate of model against the other, 95% interval):\n"
+                       f"{comparison.win_rates(picks)}\n")
+            if len({*picks.winner, *picks.loser}) > 2:
+                typer.echo(f"All models on one scale (Bradley-Terry):\n{comparison.strengths(picks)}\n")
+    typer.echo(comparison.verdict(comparison.win_rates(picks), "gemma", "gemini"))
+    raise typer.Exit(1 if unread else 0)
+
+
 def lab(
     workspace: Annotated[
         Path | None, typer.Option(help="Where the learner's copies live (default: workspace/, git-ignored).")
