@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from hybridchat.backends import ChatBackend, LearnerBackend, build_backends
 from hybridchat.chat import ChatService
+from hybridchat.chat_export import SAVE_THE_DOWNLOAD
 from hybridchat.chat_ui import ChatUI
 from hybridchat.chat_view import FOCUS_THE_BOX_WHEN_OPEN
 from hybridchat.config import Settings
@@ -97,7 +98,8 @@ def create_app(
     # run_history=False: Gradio would keep every message and reply in the browser's storage.
     mounted: FastAPI = gr.mount_gradio_app(
         app, demo, path="/", auth=Logins(auth) if auth else None, auth_message=WAIT_NOTE if auth else None,
-        root_path=root_path, css=_CSS, head=FOCUS_THE_BOX_WHEN_OPEN, show_error=False, run_history=False,
+        root_path=root_path, css=_CSS, head=FOCUS_THE_BOX_WHEN_OPEN + SAVE_THE_DOWNLOAD, show_error=False,
+        run_history=False,
     )
     if auth:
         mounted.add_middleware(LoginThrottle)

@@ -20,6 +20,7 @@ from gradio.blocks import Block
 
 from hybridchat.backends import GenerationParams, LearnerCode
 from hybridchat.chat import ChatService, Conversation, Progress
+from hybridchat.chat_export import DOWNLOAD_FILE_ID, ExportHandlers
 from hybridchat.chat_feedback import FeedbackHandlers
 from hybridchat.chat_pair import CHOSE_LEFT, PairView, side_by_side_choice
 from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, model_choices, to_messages
@@ -41,7 +42,7 @@ Updates = dict[Block, Any]  # a handler's updates, by component; the others stay
 Ask = Callable[[Conversation], Iterator[Progress | PairProgress]]  # a turn's replies, its settings checked
 
 
-class ChatUI(FeedbackHandlers):
+class ChatUI(FeedbackHandlers, ExportHandlers):
     """The chat page, laid out and wired the way Gradio's own ``ChatInterface`` is: the
     ``_render_*`` methods place the components, ``_setup_events`` connects them to the handlers,
     and each handler returns its updates by component."""
@@ -87,6 +88,8 @@ class ChatUI(FeedbackHandlers):
             self.new_button = gr.Button("New chat", variant="primary")
             self.sessions = gr.Radio(label="Your chats", choices=[], elem_id="sessions")
             self.older_button = gr.Button("Older chats", size="sm", visible=False, elem_id="older")
+            self.download_button = gr.Button("Download this chat", size="sm", elem_id="download")
+            self.download_file = gr.DownloadButton(visible="hidden", elem_id=DOWNLOAD_FILE_ID)
             self.delete_button = gr.Button("Delete this chat", variant="stop", size="sm")
 
     def _render_chat(self) -> None:
@@ -162,6 +165,8 @@ class ChatUI(FeedbackHandlers):
             [self.conversation, self.chatbot, self.browser, self.sessions, self.older_button],
             cancels=sent, api_visibility="private",
         )
+        self.download_button.click(self.download_chat, [self.conversation, self.browser], [self.download_file],
+                                   api_visibility="private")
         self.older_button.click(
             self.show_older, [self.conversation, self.browser, self.shown],
             [self.shown, self.sessions, self.older_button], api_visibility="private",

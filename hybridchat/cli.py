@@ -323,29 +323,11 @@ def sessions_export(
 
 
 def _markdown(session_id: str) -> str:
-    from hybridchat.chat_view import figures
+    from hybridchat.transcript import markdown
 
     store = _store()
-    summary = store.get_session(session_id)
-    lines = [f"# {summary.title or session_id}", ""]
-    turns = store.load(session_id)
-    replaced = {turn.replaces for turn in turns}
-    asked: set[str] = set()  # a side-by-side message is written once, before its two replies
-    for turn in turns:
-        if (turn.pair or turn.turn_id) not in asked:
-            asked.add(turn.pair or turn.turn_id)
-            lines += [f"**You** ({turn.started_at:%Y-%m-%d %H:%M}):", "", turn.user, ""]
-        notes = [
-            "asked again: the next reply replaces this one" if turn.turn_id in replaced else "",
-            {True: "side by side, picked", False: "side by side, not picked", None: "side by side, no pick"}[
-                turn.picked] if turn.pair else "",
-            {"up": "👍", "down": "👎", None: ""}[turn.vote],
-        ]
-        said = "; ".join(note for note in notes if note)
-        lines += [f"**{turn.model}**{f' _({said})_' if said else ''}:", "", turn.reply or f"_({turn.error})_", ""]
-        if figures(turn):
-            lines += [f"_{figures(turn)}_", ""]
-    return "\n".join(lines)
+    return markdown(store.get_session(session_id), store.load(session_id))
+
 
 def main() -> None:
     """The ``hybridchat`` command: hybridchat's own errors end it with their message, not a traceback."""

@@ -1,5 +1,6 @@
 """Side by side in Chromium: both replies stream at once, a pick continues the chat, one model
-failing leaves the other to pick, and blind mode names the models only after the pick."""
+failing leaves the other to pick (and the chat downloads with both), and blind mode names the
+models only after the pick."""
 
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def test_one_model_failing_shows_in_its_column_and_the_other_can_be_picked(brows
     fault_server.mode = "server_error"
     with running_app(tmp_path, backends(stand_in, fault_server.url), retry_backoff=0.01) as (url, store_url):
         page = opened(browser, url)
+        page.click("#download")
+        expect(page.get_by_text("Nothing to download yet")).to_be_visible(timeout=15000)
         send(page, "Hi")
         wait_for(lambda: page.locator("#pick-0").is_visible(), 90)
         wait_for(lambda: "⚠️" in columns(page)[1], 30)
@@ -97,8 +100,17 @@ def test_one_model_failing_shows_in_its_column_and_the_other_can_be_picked(brows
         expect(page.locator("#pair")).to_be_hidden(timeout=15000)
         store = open_store(store_url, resilient=False)
         [session] = store.list_sessions(None)
-        assert {t.pair_column: t.picked for t in store.load(session.session_id)} == {0: True, 1: False}
+        turns = {t.pair_column: t for t in store.load(session.session_id)}
+        assert {column: t.picked for column, t in turns.items()} == {0: True, 1: False}
         store.close()
+        # Downloaded in one click: both replies, which one was picked, the error, the figures.
+        with page.expect_download(timeout=30000) as download:
+            page.click("#download")
+        assert download.value.suggested_filename.startswith("chat-hi-")
+        saved = download.value.path().read_text()
+        assert "**gemma** _(side by side, picked)_:" in saved and turns[0].reply in saved
+        assert "**gemini** _(side by side, not picked)_:" in saved and f"_({turns[1].error})_" in saved
+        assert "tok/s" in saved, "the picked reply's figures"
 
 
 def test_blind_mode_names_the_models_only_after_the_pick(browser, stand_in, tmp_path):
