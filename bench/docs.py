@@ -27,7 +27,9 @@ time minus the backend's. In the same run, with the same driver and backend:
 
 - **the floor**: a bare Gradio 6 streaming chat (`bench/bare_gradio.py`: a generator that streams
   the paced backend's tokens into a `gr.Chatbot` through the `openai` client, nothing of
-  hybridchat), which the app's figures are divided by. The app and the floor take turns, one turn
+  hybridchat), which the app's figures are divided by. A **side-by-side turn** (both models at
+  once, Gemini paced alike by the same server) is measured in the same round against it: it should
+  cost no more than two of the app's own streams. The app and the floor take turns, one turn
   each in turn, so that the machine's drift falls on both alike;
 - **the codelab design**: the app configured as the codelab built it, one blocking call per turn
   (`HYBRIDCHAT_STREAM=false`) through Gradio's default queue of one (`HYBRIDCHAT_CONCURRENCY=1`);

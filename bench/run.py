@@ -81,6 +81,7 @@ class Target:
     base: str
     pid: int
     browser: dict
+    model: str = "gemma"  # or "side_by_side": both models at once
 
 
 async def overhead(targets: dict[str, Target], pace: Pace, turns: int) -> dict:
@@ -94,12 +95,14 @@ async def overhead(targets: dict[str, Target], pace: Pace, turns: int) -> dict:
         for name, target in targets.items():
             http = await held.enter_async_context(httpx.AsyncClient(timeout=60))
             clients[name], tabs[name] = QueueClient(target.base, http), uuid.uuid4().hex[:12]
-            assert (await clients[name].turn("warm up", dict(NEW_VISITOR), session_hash=tabs[name])).ok
+            assert (await clients[name].turn("warm up", dict(NEW_VISITOR), model=target.model,
+                                             session_hash=tabs[name])).ok
             samples[name] = {"firsts": [], "totals": [], "cpu": 0.0}
         for n in range(turns):
             for name, target in targets.items():
                 cpu = cpu_seconds(target.pid)
-                reply = await clients[name].turn(f"message {n}", dict(target.browser), session_hash=tabs[name])
+                reply = await clients[name].turn(f"message {n}", dict(target.browser), model=target.model,
+                                                 session_hash=tabs[name])
                 samples[name]["cpu"] += cpu_seconds(target.pid) - cpu
                 assert reply.ok, f"{name}: turn {n} failed"
                 samples[name]["firsts"].append((reply.first_s - pace.ttft) * 1000)
@@ -234,11 +237,17 @@ def run(quick: bool, firestore: bool) -> dict:
     store_url = f"sqlite:///{scratch}/latency.db"
     long_owner = VisitorIds(BENCH_SECRET.encode()).token_for(LONG_VISITOR)
     long_chat = {"visitor": long_owner, "session": seed_long_session(store_url, 200)}
-    with paced_server(LATENCY_PACE) as (vllm, _), app_server(vllm, store_url) as app, bare_gradio_server(vllm) as bare:
+    # Gemini too, paced alike by the same server: a side-by-side turn streams from both at once.
+    both = {"HYBRIDCHAT_BACKENDS": "gemma,gemini", "HYBRIDCHAT_GEMINI_URL": "{vllm}"}
+    with paced_server(LATENCY_PACE) as (vllm, _), \
+            app_server(vllm, store_url, env={k: v.format(vllm=vllm) for k, v in both.items()}) as app, \
+            bare_gradio_server(vllm) as bare:
         # The long chat after the short one: between its turns, it slowed them (1.21-1.23× against 1.07-1.17×).
-        short = {"short history": Target(*app, NEW_VISITOR), "floor": Target(*bare, NEW_VISITOR)}
+        short = {"short history": Target(*app, NEW_VISITOR), "floor": Target(*bare, NEW_VISITOR),
+                 "side by side": Target(*app, NEW_VISITOR, model="side_by_side")}
         results["overhead"] = asyncio.run(overhead(short, LATENCY_PACE, turns))
         results["floor"] = {"short history": results["overhead"].pop("floor")}
+        results["side_by_side"] = {"short history": results["overhead"].pop("side by side")}
         results["overhead"] |= asyncio.run(overhead({"200-turn history": Target(*app, long_chat)}, LATENCY_PACE, turns))
 
     with paced_server(LOAD_PACE) as (vllm, _):
@@ -297,6 +306,12 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"app ÷ floor, {what} (short history)", f"{ratio:.2f}×", "≤ 1.2×", "yes" if ratio <= 1.2 else "no"))
     rows.append(("app ÷ floor, CPU per turn (short history)",
                  f"{app['cpu_ms_per_turn'] / floor['cpu_ms_per_turn']:.2f}× ({app['cpu_ms_per_turn']:.1f} ms)", "", ""))
+    if "side_by_side" in results:  # both models at once: no more than the app's two streams
+        pair, one = results["side_by_side"]["short history"]["overhead_ms"]["p50"], app["overhead_ms"]["p50"]
+        ratio, twice = pair / floor["overhead_ms"]["p50"], 2 * one / floor["overhead_ms"]["p50"]
+        rows.append(("side-by-side turn ÷ floor, overhead per turn (short history)",
+                     f"{ratio:.2f}× ({pair:.1f} ms; one model {one / floor['overhead_ms']['p50']:.2f}×)",
+                     f"≤ {twice:.2f}× (two of the app's streams)", "yes" if ratio <= twice else "no"))
     single = results["concurrency"][min(results["concurrency"], key=int)]["p95_latency_s"]
     for level, ours in results["concurrency"].items():
         base = results["baseline"][level]

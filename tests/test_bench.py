@@ -34,6 +34,8 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     floor = json.loads((tmp_path / "floor.json").read_text())
     assert set(floor) == {"short history"} and floor["short history"]["overhead_ms"]["n"] == 5
     assert "app ÷ floor, overhead per turn" in result.stdout
+    pair = json.loads((tmp_path / "side_by_side.json").read_text())["short history"]
+    assert pair["overhead_ms"]["n"] == 5 and "side-by-side turn ÷ floor, overhead per turn" in result.stdout
     assert all(level["cpu_ms_per_turn"] > 0 for level in [*load.values(), *baseline.values()]), "the app's own CPU"
     assert json.loads((tmp_path / "shown_once.json").read_text())["1"]["cpu_ms_per_turn"] > 0
     assert json.loads((tmp_path / "idle_cpu.json").read_text())["share_of_a_core"] > 0
