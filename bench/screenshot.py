@@ -2,7 +2,8 @@
 
 Runs what ``make run`` runs (the stand-in on the embedded model, the app), has one chat in
 Debian's Chromium through Playwright, as the browser tests do (a question to Gemma, then one to
-Gemini about the first), and saves the page as ``docs/images/chat.png``.
+Gemini about the first, then one to both side by side), and saves the page as
+``docs/images/chat.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hybridchat.lab.local import BackgroundServer, free_port, stop_process, wait
 IMAGE = Path(__file__).resolve().parents[1] / "docs" / "images" / "chat.png"
 TURNS = [("Gemma", "What is the capital of France? Answer in one sentence."),
          ("Gemini", "And what did I just ask you about?")]
+SIDE_BY_SIDE = ("side by side", "Name one famous building in that city.")
 
 
 def answered(page, replies: int, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
@@ -52,15 +54,20 @@ def main() -> None:
                 executable_path=shutil.which("chromium"),
                 args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page = browser.new_page(viewport={"width": 1100, "height": 1300})
             page.goto(url)
             page.wait_for_selector("#message textarea")
             for number, (model, message) in enumerate(TURNS, 1):
                 page.click("#model input")
-                page.get_by_role("option", name=re.compile(model)).click()
+                page.get_by_role("option", name=re.compile(model)).first.click()  # not the side-by-side entry
                 page.fill("#message textarea", message)
                 page.press("#message textarea", "Enter")
                 answered(page, number)
+            page.click("#model input")
+            page.get_by_role("option", name=re.compile(SIDE_BY_SIDE[0])).click()
+            page.fill("#message textarea", SIDE_BY_SIDE[1])
+            page.press("#message textarea", "Enter")
+            page.locator("#pick-1").wait_for(state="visible", timeout=300_000)  # both replies are done
             IMAGE.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(IMAGE))
             browser.close()
