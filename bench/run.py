@@ -237,11 +237,11 @@ def run(quick: bool, firestore: bool) -> dict:
     store_url = f"sqlite:///{scratch}/latency.db"
     long_owner = VisitorIds(BENCH_SECRET.encode()).token_for(LONG_VISITOR)
     long_chat = {"visitor": long_owner, "session": seed_long_session(store_url, 200)}
-    # Gemini too, paced alike by the same server: a side-by-side turn streams from both at once.
-    both = {"HYBRIDCHAT_BACKENDS": "gemma,gemini", "HYBRIDCHAT_GEMINI_URL": "{vllm}"}
-    with paced_server(LATENCY_PACE) as (vllm, _), \
-            app_server(vllm, store_url, env={k: v.format(vllm=vllm) for k, v in both.items()}) as app, \
-            bare_gradio_server(vllm) as bare:
+    with paced_server(LATENCY_PACE) as (vllm, _), ExitStack() as held:
+        # Gemini too, paced alike by the same server: a side-by-side turn streams from both at once.
+        both = {"HYBRIDCHAT_BACKENDS": "gemma,gemini", "HYBRIDCHAT_GEMINI_URL": vllm}
+        app = held.enter_context(app_server(vllm, store_url, env=both))
+        bare = held.enter_context(bare_gradio_server(vllm))
         # The long chat after the short one: between its turns, it slowed them (1.21-1.23× against 1.07-1.17×).
         short = {"short history": Target(*app, NEW_VISITOR), "floor": Target(*bare, NEW_VISITOR),
                  "side by side": Target(*app, NEW_VISITOR, model="side_by_side")}

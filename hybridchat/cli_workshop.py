@@ -83,15 +83,16 @@ def results(
         frames.append(frame)
     room = pd.concat(frames, ignore_index=True) if frames else comparison.turns_frame([])
     picks = comparison.duels(room)
+    rates = comparison.win_rates(picks)
     typer.echo(f"\nOver {len(frames)} of {len(urls)} stores: {len(room)} turns, {len(picks)} picks.\n")
     with pd.option_context("display.width", 120, "display.max_columns", None):
         typer.echo(f"Per model (whole replies; medians; cost of 1,000 turns in USD):\n{comparison.per_model(room)}\n")
         if not picks.empty:
             typer.echo(f"Side-by-side picks (win rate of model against the other, 95% interval):\n"
-                       f"{comparison.win_rates(picks)}\n")
+                       f"{rates}\n")
             if len({*picks.winner, *picks.loser}) > 2:
                 typer.echo(f"All models on one scale (Bradley-Terry):\n{comparison.strengths(picks)}\n")
-    typer.echo(comparison.verdict(comparison.win_rates(picks), "gemma", "gemini"))
+    typer.echo(comparison.verdict(rates, "gemma", "gemini"))
     raise typer.Exit(1 if unread else 0)
 
 
