@@ -36,6 +36,16 @@ def chats(stand_in: str, url: str, picks: list[int]) -> list[str]:
     return won
 
 
+def saved(url: str) -> list[list[tuple]]:
+    """Each saved session's turns, as model, status, pair column and pick: what a failure shows."""
+    store = open_store(url, resilient=False)
+    try:
+        return [[(t.model, t.status, t.pair_column, t.picked, t.turn_id) for t in store.load(s.session_id)]
+                for s in store.list_sessions(None)]
+    finally:
+        store.close()
+
+
 def test_room_results_counts_every_attendees_picks_and_says_which_store_it_could_not_read(
         stand_in, firestore_emulator, tmp_path):
     firestore_emulator.reset()
@@ -50,8 +60,9 @@ def test_room_results_counts_every_attendees_picks_and_says_which_store_it_could
         capture_output=True, text=True, timeout=120)
     said = done.stdout
     assert done.returncode == 1, "a store could not be read: said in the exit status"
-    assert "== firestore://chat-app-db?project=attendee-one: 6 turns, 3 picks" in said, said
-    assert "== firestore://chat-app-db?project=attendee-two: 2 turns, 1 picks" in said
+    one, two = "firestore://chat-app-db?project=attendee-one", "firestore://chat-app-db?project=attendee-two"
+    assert f"== {one}: 6 turns, 3 picks" in said, (said, saved(one))
+    assert f"== {two}: 2 turns, 1 picks" in said, (said, saved(two))
     assert f"== sqlite:///{tmp_path}: could not read it: The history file" in said
     assert "Over 3 of 4 stores: 10 turns, 5 picks." in said
     gemma = won.count("gemma")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 
 import pytest
 from conftest import EMULATOR_PROJECT
@@ -106,4 +107,34 @@ def test_a_vote_while_the_database_is_down_is_kept_and_written_after(tmp_path):
     opened.flush()
     assert [t.vote for t in opened.load(session)] == ["up", "down"]
     assert [t.vote for t in SqliteStore(path).load(session)] == ["up", "down"]
+    opened.close()
+
+
+class _SlowAppend(SqliteStore):
+    """Appends that take a while, as Firestore's do: a pick may come while one is under way."""
+
+    def __init__(self, path, writing: threading.Event, go_on: threading.Event):
+        super().__init__(path)
+        self.writing, self.go_on = writing, go_on
+
+    def append(self, session_id: str, t: Turn) -> None:
+        self.writing.set()
+        self.go_on.wait(10)
+        super().append(session_id, t)
+
+
+def test_a_pick_while_its_turn_is_being_written_is_written_after_it(tmp_path):
+    writing, go_on = threading.Event(), threading.Event()
+    opened = ResilientStore(_SlowAppend(tmp_path / "history.db", writing, go_on))
+    session = opened.create_session("alice")
+    slow = turn(0)
+    writer = threading.Thread(target=opened.append, args=(session, slow))
+    writer.start()
+    assert writing.wait(10)
+    opened.mark(session, slow.turn_id, picked=True, vote="up")  # the turn still waits: it takes the mark
+    go_on.set()
+    writer.join(10)
+    opened.flush()
+    saved = SqliteStore(tmp_path / "history.db").load(session)
+    assert [(t.picked, t.vote) for t in saved] == [(True, "up")], "the mark is not lost with the copy written"
     opened.close()

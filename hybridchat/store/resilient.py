@@ -122,7 +122,9 @@ class ResilientStore(HistoryStore):
                 turn = waiting[0]
             self._retry(self.inner.append, sid, turn)
             with self._lock:
-                waiting.pop(0)
+                written = waiting.pop(0)
+                if written is not turn:  # marked while it was being written: the mark goes next
+                    self._unsaved_marks[sid][turn.turn_id] = {"picked": written.picked, "vote": written.vote}
         while True:
             with self._lock:
                 marks = self._unsaved_marks.get(sid)
