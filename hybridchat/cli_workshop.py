@@ -152,4 +152,6 @@ def lab(
                    "asks for its token: the part after token= in the URL it prints below.")
     argv = jupyter_lab_argv(workspace, ip=ip, port=port, open_browser=browser and not cloud_shell,
                             behind_proxy=cloud_shell)
+    # JupyterLab's terminals open in its working directory ("" resolves there before root_dir).
+    os.chdir(workspace)
     os.execv(argv[0], argv)  # JupyterLab takes this process over: Ctrl-C stops it

@@ -100,6 +100,46 @@ def test_each_mistake_gets_its_own_hint(written, checker, old, new, hint):
     assert failed.value._render_traceback_() == [f"❌ {failed.value}"], "one line, no traceback"
 
 
+@pytest.mark.parametrize(
+    "checker, old, new",
+    [
+        (check_infra.document, "database    = google_firestore_database.chat.name", 'database    = "chat-app-db"'),
+        (check_infra.workload_identity, 'role    = "roles/aiplatform.user"', 'role    = "roles/editor"'),
+        (check_infra.database, 'type        = "FIRESTORE_NATIVE"', 'type        = "DATASTORE_MODE"'),
+        (check_infra.cluster, "deletion_protection = false", "deletion_protection = true"),
+    ],
+    ids=["document-first", "editor", "datastore-mode", "protected"],
+)
+def test_a_hint_names_the_line_of_the_setting_to_mend_not_its_blocks(written, checker, old, new):
+    main = written / "main.tf"
+    mended = main.read_text().replace(old, new, 1)
+    main.write_text(mended)
+    line = mended[: mended.index(new)].count("\n") + 1
+    with pytest.raises(CheckFailed) as failed:
+        checker(written)
+    assert str(failed.value).startswith(f"infra/main.tf, line {line}: "), str(failed.value)
+
+
+def test_a_setting_written_twice_gets_one_whole_message_at_the_second(written):
+    main = written / "main.tf"
+    text = main.read_text()
+    first_at = text.index('role    = "roles/aiplatform.user"')
+    end = text.index("\n", first_at) + 1
+    main.write_text(f'{text[:end]}  role    = "roles/editor"\n{text[end:]}')
+    first = text[:first_at].count("\n") + 1
+    said = []
+    for checker in (check_infra.files, check_infra.workload_identity):
+        with pytest.raises(CheckFailed) as failed:
+            checker(written)
+        said.append(str(failed.value))
+    if shutil.which("terraform"):  # Terraform's own words, whole, its file reference said as a line
+        assert said[0].startswith(f"infra/main.tf, line {first + 1}: Terraform cannot read this (Attribute redefined)")
+        assert f'The argument "role" was already set at line {first}. Each argument may be set only once.' in said[0]
+    assert said[1] == (f"infra/main.tf, line {first + 1}: `role` is set twice in this block, here and on line {first}; "
+                       "Terraform takes each setting once (Attribute redefined). Keep the one you mean and delete "
+                       "the other."), "python-hcl2 would read the last one: said as Terraform would refuse it"
+
+
 def test_a_block_still_to_write_is_named_with_its_todo(tmp_path):
     infra = learner_infra(tmp_path / "infra")
     expected = {

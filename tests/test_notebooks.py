@@ -3,6 +3,7 @@ nbval), the workspace and `make lab` around them, and the notebooks as saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from notebook_runs import FAKE_SECRETS, NOTEBOOKS, SOLUTIONS, execute, learners_
 from playwright.sync_api import expect, sync_playwright
 from test_infra_exercise import blocks_written
 from test_learner import last_id
+from websockets.sync.client import connect
 
 from hybridchat import comparison, learner
 from hybridchat.lab import check, workshop
@@ -183,6 +185,17 @@ def test_the_stand_ins_start_is_shown_stage_by_stage():
     assert load_stage(log) == "reading its weights"
 
 
+def working_directory(terminal: str) -> str:
+    """What a JupyterLab terminal's shell says its working directory is."""
+    with connect(terminal, open_timeout=10) as shell:
+        shell.send('["stdin", "echo CWD=$PWD\\r"]')
+        said = ""
+        while not (found := re.search(r"CWD=(/\S+)", said)):
+            kind, *text = json.loads(shell.recv(timeout=20))
+            said += "".join(text) if kind == "stdout" else ""
+    return found[1]
+
+
 @pytest.mark.slow
 def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_path):
     workspace, port, token = tmp_path / "workspace", free_port(), "workspace-test-token"
@@ -203,6 +216,12 @@ def test_make_lab_opens_the_workspace_in_jupyterlab_without_the_news_prompt(tmp_
         listed = wait_for(listing, 60, every=0.25)
         assert listed.status_code == 200
         assert {entry["name"] for entry in listed.json()["content"]} >= {path.name for path in SOLUTIONS}
+        # A terminal, as JupyterLab's launcher opens one (at the file browser's top, ""), or with no cwd:
+        # in the workspace, where `terraform fmt infra` mends the learner's files, not the repository's.
+        for asked in ({"cwd": ""}, {}):
+            terminal = httpx.post(f"{url}/api/terminals", headers=headers, json=asked, timeout=10).json()["name"]
+            assert working_directory(f"ws://127.0.0.1:{port}/terminals/websocket/{terminal}?token={token}") == str(
+                workspace.resolve()), asked
         notification = httpx.get(
             f"{url}/lab/api/settings/@jupyterlab/apputils-extension:notification", headers=headers, timeout=10
         ).json()

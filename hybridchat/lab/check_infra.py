@@ -43,12 +43,22 @@ _IAM_KINDS = ("google_project_iam_member", "google_project_iam_binding", "google
 
 @dataclass(frozen=True)
 class Block:
-    """One ``resource`` block as python-hcl2 reads it, and where it is."""
+    """One ``resource`` block as python-hcl2 reads it, and where it and its settings are."""
 
     kind: str
     label: str
     body: dict[str, Any]
-    at: str  # "infra/main.tf, line 35"
+    file: str  # "infra/main.tf"
+    line: int  # its `resource` line
+    lines: dict[str, int]  # each setting's line (`name = …` or `name {`)
+
+    @property
+    def at(self) -> str:
+        return f"{self.file}, line {self.line}"
+
+    def at_setting(self, setting: str) -> str:
+        """Where ``setting`` is written, to mend it there; the block's line when it is missing."""
+        return f"{self.file}, line {self.lines.get(setting, self.line)}"
 
     def has(self, setting: str, value: Any) -> bool:
         return bool(self.body.get(setting) == value)
@@ -113,12 +123,34 @@ def read(infra: str | Path = "infra") -> Config:
                 for label, body in named.items():
                     line = next((n for n, text in enumerate(lines, 1)
                                  if re.match(rf'\s*resource\s+"{kind}"\s+"{label}"', text)), 0)
-                    blocks.append(Block(kind, label, body, f"{shown}, line {line}"))
+                    blocks.append(Block(kind, label, body, shown, line, _settings(shown, lines, line)))
         for entry in parsed.get("locals", []):
             local_values.update(entry)
         for entry in parsed.get("variable", []):
             defaults.update({name: body.get("default") for name, body in entry.items()})
     return Config(folder, blocks, local_values, defaults)
+
+
+def _settings(shown: str, lines: list[str], header: int) -> dict[str, int]:
+    """The line of each setting of the block whose ``resource`` line is ``header``: its own
+    settings only, not those of the blocks inside it. ``CheckFailed`` for one set twice, which
+    python-hcl2 reads as the last and Terraform refuses."""
+    found: dict[str, int] = {}
+    depth = 0
+    for number in range(header, len(lines) + 1 if header else 0):
+        code = re.sub(r'"(?:[^"\\]|\\.)*"', '""', lines[number - 1]).split("#")[0].split("//")[0]
+        setting = re.match(r"\s*(\w+)\s*(=|\{)", code)
+        if depth == 1 and setting:
+            name = setting[1]
+            if name in found and setting[2] == "=":
+                raise CheckFailed(f"{shown}, line {number}: `{name}` is set twice in this block, here and on line "
+                                  f"{found[name]}; Terraform takes each setting once (Attribute redefined). Keep the "
+                                  "one you mean and delete the other.")
+            found.setdefault(name, number)
+        depth += code.count("{") - code.count("}")
+        if depth <= 0 and number > header:
+            break
+    return found
 
 
 def files(infra: str | Path = "infra") -> None:
@@ -141,15 +173,18 @@ def files(infra: str | Path = "infra") -> None:
 
 
 def _unreadable(folder: str, said: str) -> str:
-    """Terraform's own parse error, as one line: the file and line, what, and why."""
-    text = re.sub(r"[│╷╵]", "", said)
+    """Terraform's first parse error, as one line: the file and line, what, and its whole detail
+    (which Terraform wraps over lines), its own file references said as lines."""
+    text = re.sub(r"^[│╷╵] ?", "", said, flags=re.MULTILINE)
     title = re.search(r"Error: (.+)", text)
     where = re.search(r"on (\S+) line (\d+)", text)
-    detail = re.search(r"\n\s*\d+:.*\n\s*\n\s*(\S.*)", text)
+    detail = re.search(r"\n\s*\d+:.*\n\s*\n((?:.*\S.*\n?)+)", text)
     at = f"{folder}/{Path(where[1]).name}, line {where[2]}" if where else folder
     what = title[1].strip() if title else "a syntax error"
-    return (f"{at}: Terraform cannot read this ({what}){': ' + detail[1].strip().rstrip('.') if detail else ''}. "
-            "Check that line for a missing value, brace or quote.")
+    if detail is None:
+        return f"{at}: Terraform cannot read this ({what}). Check that line for a missing value, brace or quote."
+    why = re.sub(r"\S+\.tf:(\d+),\d+(-\d+)?", r"line \1", " ".join(detail[1].split())).rstrip(".")
+    return f"{at}: Terraform cannot read this ({what}): {why}. Mend that line, then run this cell again."
 
 
 def cluster(infra: str | Path = "infra") -> None:
@@ -158,17 +193,21 @@ def cluster(infra: str | Path = "infra") -> None:
     [block] = read(infra).written("cluster")
     gateway = block.body.get("gateway_api_config") or [{}]
     _require(block, [
-        (block.has("enable_autopilot", True), "the cluster is not in Autopilot mode: add `enable_autopilot = true`. "
+        (block.has("enable_autopilot", True), "enable_autopilot",
+         "the cluster is not in Autopilot mode: add `enable_autopilot = true`. "
          "In Standard mode you would create and size node pools yourself, a GPU pool for Gemma among them."),
-        (block.has("name", "${var.cluster_name}"), "write `name = var.cluster_name` (gradio-chat-cluster, which "
+        (block.has("name", "${var.cluster_name}"), "name",
+         "write `name = var.cluster_name` (gradio-chat-cluster, which "
          "the later notebooks' kubectl and gcloud commands name)."),
-        (block.has("location", "${var.region}"), "write `location = var.region`: a regional cluster in REGION "
+        (block.has("location", "${var.region}"), "location",
+         "write `location = var.region`: a regional cluster in REGION "
          "(a zone makes a zonal cluster, and a region written out would not follow REGION)."),
-        (block.has("deletion_protection", False), "add `deletion_protection = false`: the provider refuses to "
+        (block.has("deletion_protection", False), "deletion_protection",
+         "add `deletion_protection = false`: the provider refuses to "
          "delete a protected cluster, and notebook 07 must delete it."),
-        (gateway[0].get("channel") == "CHANNEL_STANDARD", "add `gateway_api_config { channel = "
+        (gateway[0].get("channel") == "CHANNEL_STANDARD", "gateway_api_config", "add `gateway_api_config { channel = "
          "\"CHANNEL_STANDARD\" }`: notebook 05's Gateway, the app's HTTPS load balancer, needs the Gateway API."),
-        (block.waits_for('google_project_service.enabled["container"]'), "add `depends_on = "
+        (block.waits_for('google_project_service.enabled["container"]'), "depends_on", "add `depends_on = "
          "[google_project_service.enabled[\"container\"]]`: without it Terraform may create the cluster before the "
          "Kubernetes Engine API is on, and Google refuses it (SERVICE_DISABLED)."),
     ])
@@ -180,16 +219,19 @@ def database(infra: str | Path = "infra") -> None:
     """The database: ``chat-app-db``, Native mode, at ``var.firestore_location``, deleted with the rest."""
     [block] = read(infra).written("database")
     _require(block, [
-        (block.has("name", "chat-app-db"), "name it \"chat-app-db\": the app's settings name it "
+        (block.has("name", "chat-app-db"), "name", "name it \"chat-app-db\": the app's settings name it "
          "(HYBRIDCHAT_STORE_URL=firestore://chat-app-db in deploy/chat-deploy.yaml)."),
-        (block.has("type", "FIRESTORE_NATIVE"), f"write `type = \"FIRESTORE_NATIVE\"`, not {block.body.get('type')!r}: "
+        (block.has("type", "FIRESTORE_NATIVE"), "type",
+         f"write `type = \"FIRESTORE_NATIVE\"`, not {block.body.get('type')!r}: "
          "Native mode stores documents in collections, which the app's Firestore client reads; Datastore mode "
          "speaks only the older Datastore API."),
-        (block.has("location_id", "${var.firestore_location}"), "write `location_id = var.firestore_location` "
+        (block.has("location_id", "${var.firestore_location}"), "location_id",
+         "write `location_id = var.firestore_location` "
          "(nam5, the US multi-region, unless the variables say otherwise)."),
-        (block.has("deletion_policy", "DELETE"), "add `deletion_policy = \"DELETE\"`: else notebook 07's "
+        (block.has("deletion_policy", "DELETE"), "deletion_policy",
+         "add `deletion_policy = \"DELETE\"`: else notebook 07's "
          "`terraform destroy` leaves the database, and every chat in it, behind."),
-        (block.waits_for('google_project_service.enabled["firestore"]'), "add `depends_on = "
+        (block.waits_for('google_project_service.enabled["firestore"]'), "depends_on", "add `depends_on = "
          "[google_project_service.enabled[\"firestore\"]]`: the database must wait until the Firestore API is on."),
     ])
     print(f"✅ {block.kind}.{block.label}: chat-app-db, Native mode, at var.firestore_location, deleted by "
@@ -201,15 +243,18 @@ def document(infra: str | Path = "infra") -> None:
     [block] = read(infra).written("document")
     database = str(block.body.get("database", ""))
     _require(block, [
-        (block.has("collection", "chat_sessions"), "write `collection = \"chat_sessions\"`: the collection the "
+        (block.has("collection", "chat_sessions"), "collection",
+         "write `collection = \"chat_sessions\"`: the collection the "
          "app writes its chats to."),
-        (block.has("document_id", "initialize"), "write `document_id = \"initialize\"`."),
+        (block.has("document_id", "initialize"), "document_id", "write `document_id = \"initialize\"`."),
         ("google_firestore_database.chat" in database or block.waits_for("google_firestore_database.chat"),
+         "database",
          "the document does not wait for the database: Terraform creates blocks in parallel unless one refers to "
          "another, so it would write into a database that does not exist yet. Write `database = "
          "google_firestore_database.chat.name`: a reference Terraform waits for."),
-        ("fields" in block.body, "add `fields`, the document's content: e.g. `fields = jsonencode({ created_by = "
-         "{ stringValue = \"terraform\" } })`."),
+        ("fields" in block.body, "fields",
+         "add `fields`, the document's content: e.g. "
+         "`fields = jsonencode({ created_by = { stringValue = \"terraform\" } })`."),
     ])
     print(f"✅ {block.kind}.{block.label}: chat_sessions/initialize, in google_firestore_database.chat once it exists.")
 
@@ -227,10 +272,11 @@ def workload_identity(infra: str | Path = "infra") -> None:
             if not _for_the_app(member):
                 continue
             if role in BROAD_ROLES:
-                raise CheckFailed(f"{block.at}: {role} is refused for the app's principal: whoever takes over the "
-                                  "app's pod would hold it too, and with it change far more than the app does (the "
-                                  "cluster, the database, IAM itself). The app calls only Gemini and Firestore: grant "
-                                  "roles/aiplatform.user and roles/datastore.user, each in its own block.")
+                raise CheckFailed(
+                    f"{block.at_setting('role')}: {role} is refused for the app's principal: whoever takes over the "
+                    "app's pod would hold it too, and with it change far more than the app does (the cluster, the "
+                    "database, IAM itself). The app calls only Gemini and Firestore: grant roles/aiplatform.user and "
+                    "roles/datastore.user, each in its own block.")
             _principal(block, member, config.defaults)
             roles[role] = block
     if not roles:
@@ -241,13 +287,14 @@ def workload_identity(infra: str | Path = "infra") -> None:
             raise CheckFailed(f"{grants[0].at}: the app's principal lacks {role}: {why}.")
     extra = sorted(set(roles) - set(APP_ROLES))
     if extra:
-        raise CheckFailed(f"{roles[extra[0]].at}: {extra[0]} is more than the app needs: it calls only Gemini and "
-                          "Firestore (roles/aiplatform.user, roles/datastore.user). Least privilege: leave it out.")
+        raise CheckFailed(
+            f"{roles[extra[0]].at_setting('role')}: {extra[0]} is more than the app needs: it calls only Gemini and "
+            "Firestore (roles/aiplatform.user, roles/datastore.user). Least privilege: leave it out.")
     for block in roles.values():
         if not block.waits_for("google_container_cluster.primary"):
-            raise CheckFailed(f"{block.at}: add `google_container_cluster.primary` to its `depends_on`: the "
-                              "workload identity pool PROJECT_ID.svc.id.goog exists only once the project has a "
-                              "GKE cluster.")
+            raise CheckFailed(
+                f"{block.at_setting('depends_on')}: add `google_container_cluster.primary` to its `depends_on`: the "
+                "workload identity pool PROJECT_ID.svc.id.goog exists only once the project has a GKE cluster.")
     print("✅ the app's Kubernetes service account, gradio-chat-ksa in namespace default, holds roles/aiplatform.user "
           "and roles/datastore.user through Workload Identity, and nothing broader.")
 
@@ -258,26 +305,28 @@ def _for_the_app(member: str) -> bool:
 
 def _principal(block: Block, member: str, defaults: dict[str, Any]) -> None:
     """``CheckFailed`` unless ``member`` is the app's Workload Identity principal, in this project's pool."""
+    at = block.at_setting("member" if "member" in block.lines else "members")
     written = member.replace("${var.namespace}", str(defaults.get("namespace", "default")))
     written = written.replace("${var.ksa_name}", str(defaults.get("ksa_name", "gradio-chat-ksa")))
     found = _PRINCIPAL.fullmatch(written)
     if found is None:
-        raise CheckFailed(f"{block.at}: {member!r} is not a Workload Identity principal: write it as "
+        raise CheckFailed(f"{at}: {member!r} is not a Workload Identity principal: write it as "
                           f"\"{PRINCIPAL}\" (no Google service account, no key).")
     if (found["ns"], found["sa"]) != ("default", "gradio-chat-ksa"):
-        raise CheckFailed(f"{block.at}: the principal names ns/{found['ns']}/sa/{found['sa']}, but the app runs as "
+        raise CheckFailed(f"{at}: the principal names ns/{found['ns']}/sa/{found['sa']}, but the app runs as "
                           "gradio-chat-ksa in namespace default (deploy/chat-deploy.yaml): a grant to another "
                           "account gives the app nothing, and its calls fail with 403 PERMISSION_DENIED.")
     if (found["number"], found["pool"]) != ("${var.project_number}", "${var.project_id}"):
-        raise CheckFailed(f"{block.at}: build the principal from `${{var.project_number}}` and `${{var.project_id}}`"
+        raise CheckFailed(f"{at}: build the principal from `${{var.project_number}}` and `${{var.project_id}}`"
                           " (this project's number, and its pool PROJECT_ID.svc.id.goog), not from values written in: "
                           "the same files then work in any learner's project.")
 
 
-def _require(block: Block, rules: list[tuple[bool, str]]) -> None:
-    for holds, hint in rules:
+def _require(block: Block, rules: list[tuple[bool, str, str]]) -> None:
+    """The first rule that does not hold, as a hint at its setting's line (the block's, if missing)."""
+    for holds, setting, hint in rules:
         if not holds:
-            raise CheckFailed(f"{block.at}: {hint}")
+            raise CheckFailed(f"{block.at_setting(setting)}: {hint}")
 
 
 def in_the_cloud(project_id: str, project_number: str, region: str, cluster_name: str) -> None:
