@@ -103,7 +103,9 @@ def lab(
     ip: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 to reach it from outside a container.")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="JupyterLab's port (default 8888; 8080 in Cloud Shell).")] = 0,
+    port: Annotated[
+        int, typer.Option(help="JupyterLab's port (default 8888; 8080 in Cloud Shell).", show_default=False)
+    ] = 0,
     browser: Annotated[bool, typer.Option(help="Open a browser tab (never in Cloud Shell).")] = True,
     cloud_shell: Annotated[
         bool, typer.Option(help="Serve for Cloud Shell's Web Preview (default: on in Cloud Shell, CLOUD_SHELL=true).")
@@ -129,14 +131,17 @@ def lab(
             typer.echo(f"hybridchat: {unknown}", err=True)
             raise typer.Exit(2) from None
         yours = f"; yours is in {kept_in}" if kept_in else ""
-        typer.echo(f"{reset}: put back as the workshop gives it{yours}. Reload it in JupyterLab.")
+        typer.echo(f"{reset}: put back as the workshop gives it{yours}.\nIf it is open in JupyterLab, choose "
+                   "File > Reload Notebook from Disk there before anything else: saving the open tab would write "
+                   "your old copy back (JupyterLab then asks: Revert takes the reset one, Overwrite keeps yours).")
         return
     prepared = prepare(workspace)
     for path in prepared.copied:
         typer.echo(f"copied   {path.relative_to(workspace)}")
     for path in prepared.kept:
         typer.echo(f"yours    {path.relative_to(workspace)} (kept as it is)")
-    typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's.")
+    typer.echo(f"Your workspace: {workspace}. The notebooks in notebooks/ stay the workshop's; solutions/ "
+               "holds the solutions, read-only, to open when a hint has not got you further.")
     if solutions:
         asked = f"Replace your translators, callers (my_app/) and Terraform (infra/) in {workspace} with the solutions?"
         if not yes and not typer.confirm(asked):

@@ -141,6 +141,21 @@ def test_lab_reset_puts_one_notebook_back_and_keeps_the_learners_copy(tmp_path):
     assert exercise.read_bytes() == (NOTEBOOKS / "exercises" / exercise.name).read_bytes(), "the exercise form"
     unknown = subprocess.run([*lab, "42"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "no notebook '42': one of 00_setup.ipynb" in unknown.stderr
+    (workspace / "08_next_steps.ipynb").write_text("the learner's")
+    as_a_number = subprocess.run([*lab, "8"], capture_output=True, text=True, timeout=120)
+    assert as_a_number.returncode == 0 and "8: put back" in as_a_number.stdout, "8 is 08"
+    assert "File > Reload Notebook from Disk" in as_a_number.stdout, "else saving the open tab undoes the reset"
+    assert "[default: 0]" not in subprocess.run([*lab[:4], "--help"], capture_output=True, text=True,
+                                                 env={**os.environ, "COLUMNS": "200"}, timeout=120).stdout
+
+
+def test_the_package_installs_without_setuptools_deprecations():
+    """`make lab` installs the package: its metadata as setuptools reads it, warnings as errors."""
+    read = ("from setuptools.config.pyprojecttoml import apply_configuration; from setuptools.dist import "
+            "Distribution; print(apply_configuration(Distribution(), 'pyproject.toml').metadata.license_expression)")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", read], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "Apache-2.0", done.stderr[-2000:]
 
 
 def test_the_solutions_are_in_the_workspace_read_only_and_current(tmp_path):
@@ -149,7 +164,9 @@ def test_the_solutions_are_in_the_workspace_read_only_and_current(tmp_path):
     reference = workspace / "solutions"
     names = sorted(path.relative_to(reference).as_posix() for path in reference.rglob("*") if path.is_file())
     assert names == sorted([*(path.name for path in SOLUTIONS), "infra/main.tf", "infra/outputs.tf",
-                            "infra/variables.tf", "infra/versions.tf", "my_app/callers.py", "my_app/translators.py"])
+                            "infra/variables.tf", "infra/versions.tf", "my_app/callers.py", "my_app/translators.py",
+                            "README.md"])
+    assert "Open one when a checker's hint has not got you further" in (reference / "README.md").read_text()
     assert (reference / "03_history_translators.ipynb").read_bytes() == (SOLUTIONS[3]).read_bytes()
     assert "### BEGIN SOLUTION" not in (reference / "my_app" / "translators.py").read_text()
     for path in [reference, *reference.rglob("*")]:

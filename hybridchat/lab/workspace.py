@@ -23,6 +23,17 @@ from pathlib import Path
 from hybridchat.lab.make_exercises import INFRA, INFRA_EXERCISE, NOTEBOOKS, PACKAGE, solutions
 
 WORKSPACE = NOTEBOOKS.parent / "workspace"
+# What the solutions folder is, for whoever opens it in JupyterLab's file browser.
+SOLUTIONS_README = """# The solutions, to read
+
+Each notebook filled in, the package your notebooks write (`my_app/`) and the Terraform
+(`infra/`), as the workshop gives them. Read-only: nothing done here changes them, and
+`make lab` writes them anew.
+
+Open one when a checker's hint has not got you further, or to compare once your own cell
+passes. Your own copies are one folder up, and they are what runs. To run the solutions'
+package and Terraform instead (your files are backed up first): `hybridchat lab --solutions`.
+"""
 # JupyterLab's defaults for the workspace: no prompt to fetch Jupyter's news from the internet.
 _OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
 
@@ -60,7 +71,8 @@ def reset(workspace: Path, name: str, notebooks: Path = NOTEBOOKS) -> Path | Non
     """Put notebook ``name`` ("05", or its file name) back as the workshop gives it; the learner's
     copy is moved to a backup folder in the workspace, returned (None: there was no copy)."""
     given = {path.name: path for path in learner_notebooks(notebooks)}
-    found = [file for file in given if file == name or file.split("_", 1)[0] == name]
+    number = name.zfill(2) if name.isdigit() else name  # "3" is 03
+    found = [file for file in given if file == name or file.split("_", 1)[0] == number]
     if len(found) != 1:
         raise ValueError(f"no notebook {name!r}: one of {', '.join(sorted(given))} (or its number)")
     target = workspace / found[0]
@@ -83,6 +95,7 @@ def put_reference(workspace: Path, notebooks: Path = NOTEBOOKS) -> Path:
     files = {path.name: path.read_text() for path in sorted(notebooks.glob("[0-9]*.ipynb"))}
     files |= {f"my_app/{module}": text for module, text in solutions(notebooks).items()}
     files |= {f"infra/{path.name}": path.read_text() for path in sorted((notebooks.parent / INFRA.name).glob("*.tf"))}
+    files["README.md"] = SOLUTIONS_README
     for relative, text in files.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_text(text)
