@@ -100,6 +100,10 @@ def serve_local(
                           help="Want this key on the /v1 routes, as vLLM's flag (a room's Gemma); "
                           "set VLLM_API_KEY rather than the flag, which other users of the machine can see.")
     ] = "",
+    legacy: Annotated[
+        bool, typer.Option(help="Also answer POST /generate, as the Model Garden container the codelab deployed "
+                                "(vLLM's own image answers it 404).")
+    ] = False,
 ) -> None:
     """Serve the local model as stand-ins for Gemma (vLLM APIs) and Gemini (its REST API)."""
     from hybridchat.backends.local import LocalModel, default_model_source
@@ -112,12 +116,13 @@ def serve_local(
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     url = f"http://{host}:{port}"
     typer.echo(f"Local stand-in for Gemma and Gemini: {url} (model: {source})")
-    typer.echo(f"  vLLM OpenAI API: {url}/v1   legacy: {url}/generate   Gemini: HYBRIDCHAT_GEMINI_URL={url}")
+    legacy_route = f"   legacy: {url}/generate" if legacy else ""
+    typer.echo(f"  vLLM OpenAI API: {url}/v1{legacy_route}   Gemini: HYBRIDCHAT_GEMINI_URL={url}")
     if api_key:
         typer.echo("  Its /v1 routes want the API key (Authorization: Bearer), as vLLM's --api-key.")
     typer.echo("  Loading the model; like vLLM, it listens once loaded. Ctrl-C stops it.")
     loaded = LocalModel.load(source, token=token, max_model_len=max_model_len or None)
-    serve(loaded, host, port, settings.log_level, served_model_name or None, api_key or None)
+    serve(loaded, host, port, settings.log_level, served_model_name or None, api_key or None, legacy)
 
 
 LearnerCodeOption = Annotated[

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from hybridchat.errors import BackendError, LearnerCodeFailed, shorten
 
 # Each module, its functions, and the notebook that teaches them.
@@ -172,11 +174,28 @@ def raised(package: Package, name: str, fn: Callable[..., Any], exc: BaseExcepti
     if isinstance(exc, NotImplementedError):
         return f"{package.named(name, fn)} is not written yet: {_NOT_WRITTEN} (notebook {_notebook(name)})."
     said = f"{type(exc).__name__}: {shorten(str(exc), 200)}" if str(exc) else type(exc).__name__
+    if isinstance(exc, pydantic.ValidationError):  # google-genai's types: pydantic's message, reworded whole
+        said = f"{type(exc).__name__}: {_invalid(exc)}"
     hint = _hint(name, exc)
     return f"{package.named(name, fn, exc)} raised {said}" + (f". {hint}" if hint else "")
 
 
 _NOT_WRITTEN = "replace `raise NotImplementedError()` with your code"
+# Arguments brought from other APIs (vLLM's, OpenAI's), and google-genai's names for them.
+_GENAI_NAMES = {"max_tokens": "max_output_tokens", "max_new_tokens": "max_output_tokens", "stop": "stop_sequences",
+                "system": "system_instruction", "system_prompt": "system_instruction"}
+
+
+def _invalid(exc: pydantic.ValidationError) -> str:
+    """What pydantic refused in a google-genai type, by name: an argument it does not know gets
+    google-genai's name for it, where it has one."""
+    unknown = [".".join(map(str, error["loc"])) for error in exc.errors() if error["type"] == "extra_forbidden"]
+    if unknown:
+        named = [f"`{arg}`" + (f" (google-genai calls it `{_GENAI_NAMES[arg]}`)" if arg in _GENAI_NAMES else "")
+                 for arg in unknown]
+        return f"{exc.title} has no argument {', '.join(named)}"
+    wrong = "; ".join(f"`{'.'.join(map(str, error['loc']))}`: {error['msg']}" for error in exc.errors()[:3])
+    return f"{exc.title} refused its arguments: {wrong}"
 def _reply_at(name: str) -> str:
     """Where the caller ``name`` finds the reply's text in the model's answer."""
     where = "`response.text`" if name == "call_gemini_model" else '`response.json()["choices"][0]["text"]`'
@@ -208,6 +227,8 @@ def _hint(name: str, exc: BaseException) -> str:
     if isinstance(exc, requests.ConnectionError):
         return ("Nothing answered at that address: take it from `endpoints.gemma_url()`, which is the model's "
                 "address wherever your code runs (the notebook, your laptop, the pod).")
+    if isinstance(exc, pydantic.ValidationError):
+        return "Write the config with google-genai's names: `temperature`, `top_p`, `max_output_tokens`."
     if type(exc).__module__.startswith("google.genai"):
         return ("Gemini refused the request: use `endpoints.gemini_client()` and `endpoints.gemini_model()`, "
                 "and the config's names `temperature`, `top_p`, `max_output_tokens`.")

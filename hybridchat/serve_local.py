@@ -5,7 +5,8 @@ reach "Gemma" and "Gemini" through their real clients over real HTTP, with no cl
 
 * vLLM's OpenAI-compatible API: ``GET /health``, ``GET /v1/models``,
   ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both stream as SSE);
-* the Model Garden container's legacy ``POST /generate`` (answer echoes the prompt);
+* with ``legacy``, the Model Garden container's ``POST /generate`` (answer echoes the prompt),
+  which the codelab's Gemma served; without, HTTP 404 there, as vLLM's own image answers;
 * Gemini's REST API as ``google-genai`` calls it, in both URL forms —
   ``/{version}/models/{model}:generateContent`` (API key) and
   ``/{version}/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent``
@@ -42,7 +43,7 @@ from hybridchat.backends.local import LocalModel
 from hybridchat.errors import ContextOverflow
 from hybridchat.history import normalize_history
 from hybridchat.protocols import gemini as gemini_wire
-from hybridchat.protocols import legacy
+from hybridchat.protocols import legacy as legacy_wire
 from hybridchat.protocols import openai as openai_wire
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,13 @@ class _Refused(Exception):
         self.param = param
 
 
-def create_app(model: LocalModel, served_model_name: str | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(
+    model: LocalModel, served_model_name: str | None = None, api_key: str | None = None, *, legacy: bool = False
+) -> FastAPI:
     """The stand-in server for a loaded ``model`` (``serve`` loads it before listening, as vLLM
     does), under ``served_model_name`` (default ``local-stand-in/<model>``); with ``api_key``,
-    its vLLM routes under ``/v1`` want it as a bearer token, as vLLM's ``--api-key`` does.
+    its vLLM routes under ``/v1`` want it as a bearer token, as vLLM's ``--api-key`` does;
+    ``legacy``: it also answers ``/generate``, as the Model Garden container does.
 
     Unlike vLLM, it keeps its last generation requests, with their replies, for the workshop's
     checkers: ``GET /stand-in/requests?after=ID`` (memory only, on 127.0.0.1 by default)."""
@@ -177,12 +181,15 @@ def create_app(model: LocalModel, served_model_name: str | None = None, api_key:
                        model=body.model, prompt=body.prompt)
         return wire.openai_answer(reply, served, body)
 
-    @app.post("/generate")
-    def generate(body: legacy.GenerateRequest) -> legacy.GenerateResponse:
+    def generate(body: legacy_wire.GenerateRequest) -> legacy_wire.GenerateResponse:
         params = _params(body.temperature, body.top_p, checked(body.max_tokens), body.stop)
         pieces = model.stream(_conversation_of(body.prompt), params)
         reply = "".join(record("/generate", params, pieces, prompt=body.prompt))
-        return legacy.GenerateResponse(predictions=[reply if body.raw_response else legacy.echoed(body.prompt, reply)])
+        return legacy_wire.GenerateResponse(
+            predictions=[reply if body.raw_response else legacy_wire.echoed(body.prompt, reply)])
+
+    if legacy:
+        app.post("/generate")(generate)
 
     @app.get("/{version}/models/{name}")
     @app.get("/{version}/publishers/google/models/{name}")  # Vertex AI's models.get
@@ -314,13 +321,14 @@ def serve(
     log_level: str = "info",
     served_model_name: str | None = None,
     api_key: str | None = None,
+    legacy: bool = False,
 ) -> None:
     """Run the stand-in server for a loaded model until interrupted. Stopped, it breaks off the
     replies still streaming after a second, as vLLM does, rather than finishing them."""
     import uvicorn
 
     uvicorn.run(
-        create_app(model, served_model_name, api_key),
+        create_app(model, served_model_name, api_key, legacy=legacy),
         host=host,
         port=port,
         log_level=log_level.lower(),

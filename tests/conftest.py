@@ -110,6 +110,15 @@ def stand_in(tiny_model: LocalModel) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def legacy_stand_in(tiny_model: LocalModel) -> Iterator[str]:
+    """``hybridchat serve-local --legacy``: also the Model Garden container's ``/generate``."""
+    from hybridchat.serve_local import create_app
+
+    with BackgroundServer(create_app(tiny_model, legacy=True)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def _fault_server() -> Iterator[FaultServer]:
     control = FaultServer()
     with BackgroundServer(create_fault_app(control)) as url:

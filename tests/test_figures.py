@@ -76,8 +76,8 @@ def test_the_apis_own_usage_is_saved_priced_and_shown(stand_in, tmp_path, model,
     assert f"{saved.prompt_tokens} → {saved.completion_tokens} tokens" in to_messages([saved])[-1]["content"]
 
 
-def test_a_server_that_reports_no_usage_is_counted_with_the_models_tokenizer_and_marked(stand_in, tmp_path):
-    gemma = VllmBackend(VllmClient(stand_in, api="legacy"), label="Gemma")  # the codelab's /generate: no usage
+def test_a_server_that_reports_no_usage_is_counted_with_the_models_tokenizer_and_marked(legacy_stand_in, tmp_path):
+    gemma = VllmBackend(VllmClient(legacy_stand_in, api="legacy"), label="Gemma")  # the codelab's /generate: no usage
     service = ChatService({"gemma": gemma}, open_store(f"sqlite:///{tmp_path}/h.db"),
                           pricing=Pricing.from_settings(Settings()))
     chat = Conversation("visitor:alice")

@@ -80,6 +80,17 @@ def test_the_models_receive_what_the_learners_translators_and_callers_made(stand
     assert [t.model for t in service.store.load(conversation.session_id)] == ["my_gemma", "my_gemini"], "both saved"
 
 
+def test_a_gemini_argument_google_genai_does_not_know_is_named_with_its_own_name(stand_in, tmp_path):
+    code = package(tmp_path / "my_app", callers=('"max_output_tokens": max_tokens', '"max_tokens": max_tokens'))
+    service = ChatService(build_backends(settings_for(stand_in, tmp_path, code, timeout=5)),
+                          open_store(f"sqlite:///{tmp_path}/history.db"))
+    failed = ask(service, Conversation("visitor:learner"), "What is the capital of France?", "my_gemini")
+    assert failed.status == "error", failed
+    assert ("`call_gemini_model` (my_app/callers.py, line 26) raised ValidationError: GenerateContentConfig has no argument "
+            "`max_tokens` (google-genai calls it `max_output_tokens`)") in failed.error, failed.error
+    assert "errors.pydantic.dev" not in failed.error and "Extra inputs" not in failed.error, "pydantic's, reworded"
+
+
 @pytest.mark.parametrize(
     "module, change, said",
     [
@@ -91,6 +102,9 @@ def test_the_models_receive_what_the_learners_translators_and_callers_made(stand
         ("callers", ('        f"{endpoints.gemma_url()}/v1/completions",', '        f"{endpoints.gemma_url()}/v1/generate",'),
          ["`call_gemma_model` (my_app/callers.py, line 20) raised HTTPError: 404",
           "The server has no such route or model"]),
+        ("callers", ('        f"{endpoints.gemma_url()}/v1/completions",', '        f"{endpoints.gemma_url()}/generate",'),
+         ["`call_gemma_model` (my_app/callers.py, line 20) raised HTTPError: 404",
+          "/v1/completions"]),  # the codelab's route: the stand-in answers it as vLLM does
         ("translators", ('    prompt = ""', '    raise NotImplementedError()\n    prompt = ""'),
          ["`process_message_gemma` (my_app/translators.py, line 10) is not written yet",
           "replace `raise NotImplementedError()` with your code (notebook 03)"]),
@@ -99,7 +113,7 @@ def test_the_models_receive_what_the_learners_translators_and_callers_made(stand
         ("callers", ('    response = requests.post(', '    import time\n    time.sleep(30)\n    response = requests.post('),
          ["`call_gemma_model` (my_app/callers.py, line 11) did not return within 2 s", "give `requests.post` a timeout"]),
     ],
-    ids=["whole-json", "raises", "wrong-route", "not-written", "wrong-type", "hangs"],
+    ids=["whole-json", "raises", "wrong-route", "codelab-route", "not-written", "wrong-type", "hangs"],
 )
 def test_a_learners_mistake_is_explained_in_the_turn_and_the_chat_goes_on(stand_in, tmp_path, module, change, said, caplog):
     code = package(tmp_path / "my_app", **{module: change})

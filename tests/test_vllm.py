@@ -53,10 +53,11 @@ def test_served_model_is_discovered_and_names_the_stand_in(stand_in):
 
 @pytest.mark.parametrize("api", ["openai", "legacy"])
 @pytest.mark.parametrize("template", ["gemma", "codelab"])
-def test_call_gemma_model_returns_only_the_new_reply(stand_in, tiny_model, api, template):
+def test_call_gemma_model_returns_only_the_new_reply(stand_in, legacy_stand_in, tiny_model, api, template):
     history = [["Hi", "Hello!"]]
     prompt = process_message_gemma("Tell me more", history, template=template)
-    reply = call_gemma_model(prompt, 0.0, 1.0, 12, client=client(stand_in, api=api))
+    server = legacy_stand_in if api == "legacy" else stand_in
+    reply = call_gemma_model(prompt, 0.0, 1.0, 12, client=client(server, api=api))
     # The stand-in re-renders the parsed prompt with its own chat template.
     messages = process_message_openai("Tell me more", history)
     stop = ["<end_of_turn>"] if template == "gemma" else ["User's Turn:"]
@@ -65,8 +66,8 @@ def test_call_gemma_model_returns_only_the_new_reply(stand_in, tiny_model, api, 
     assert "Prompt:" not in reply and "Turn:" not in reply
 
 
-def test_call_gemma_model_reads_settings(stand_in, monkeypatch):
-    monkeypatch.setenv("HYBRIDCHAT_VLLM_URL", stand_in)
+def test_call_gemma_model_reads_settings(legacy_stand_in, monkeypatch):
+    monkeypatch.setenv("HYBRIDCHAT_VLLM_URL", legacy_stand_in)
     monkeypatch.setenv("HYBRIDCHAT_VLLM_API", "legacy")
     assert call_gemma_model(process_message_gemma("Hi", []), 0.0, 1.0, 8)
 
@@ -236,8 +237,10 @@ def test_a_configured_model_name_the_server_does_not_serve_is_explained(stand_in
     assert not health.ok and message in health.detail
 
 
-def test_legacy_health_asks_generate_itself(stand_in, fault_server):
-    assert VllmClient(stand_in, api="legacy").health().ok
+def test_legacy_health_asks_generate_itself(stand_in, legacy_stand_in, fault_server):
+    assert VllmClient(legacy_stand_in, api="legacy").health().ok
+    vllms_own = VllmClient(stand_in, api="legacy").health()  # serve-local without --legacy: as vLLM's image
+    assert not vllms_own.ok and "/generate (HTTP 404)" in vllms_own.detail, vllms_own.detail
     fault_server.mode = "server_error"
     health = VllmClient(fault_server.url, api="legacy").health()
     assert not health.ok and "server error (HTTP 500)" in health.detail

@@ -86,7 +86,8 @@ def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) ->
     log = lab_dir() / "serve-local.log"  # this start's output only: its stages are read from it
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(settings.local_port)],
+            [sys.executable, "-m", "hybridchat.cli", "serve-local", "--port", str(settings.local_port),
+             *(["--legacy"] if settings.vllm_api == "legacy" else [])],
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )
     (lab_dir() / _PID_FILE).write_text(str(process.pid))
