@@ -148,7 +148,8 @@ def lab(
             raise typer.Exit(1)
         backup = put_solutions(workspace)
         typer.echo("The solutions are in my_app/ and infra/." + (f" Your files are in {backup}." if backup else ""))
-        typer.echo("Notebooks 03 and 04's %%writefile cells write your cells over my_app/ again when run.")
+        typer.echo("Notebooks 03 and 04's %%write_module cells, once your code is in them, write it over "
+                   "my_app/ again (the solutions then kept in a backup); while they hold their TODOs, they keep these.")
         return
     port = port or (CLOUD_SHELL_PORT if cloud_shell else 8888)
     if cloud_shell:

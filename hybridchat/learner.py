@@ -105,7 +105,8 @@ def load(folder: str | Path) -> Package:
     for module, (functions, notebook) in MODULES.items():
         path = folder / f"{module}.py"
         if not path.is_file():
-            package.failures[module] = f"{package.shown(path)} is missing: run notebook {notebook}'s `%%writefile` cell"
+            package.failures[module] = (
+                f"{package.shown(path)} is missing: run notebook {notebook}'s `%%write_module` cell")
             continue
         try:
             loaded = _execute(path, f"{name}.{module}")

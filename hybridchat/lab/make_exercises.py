@@ -3,8 +3,9 @@
 In ``notebooks/*.ipynb``, learner code sits between ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` (nbgrader's convention). Each such region becomes a ``# TODO`` and
 ``raise NotImplementedError()`` in ``notebooks/exercises/``. The learner's package is written by
-the notebooks' ``%%writefile my_app/MODULE.py`` cells: the first cell that writes each module
-gives its exercise form too, in ``notebooks/exercises/package/`` (beside its ``__init__.py``),
+the notebooks' ``%%write_module my_app/MODULE.py`` cells (``hybridchat.lab.cells``): the first
+cell that writes each module gives its exercise form too, in ``notebooks/exercises/package/``
+(beside its ``__init__.py``),
 which ``make lab`` copies to ``workspace/my_app``. In ``infra/*.tf`` the blocks learners write
 are marked the same way (HCL comments): their exercise form, in ``notebooks/exercises/infra/``,
 leaves out each region and keeps the ``# TODO`` comment above it. ``--check`` only reports whether
@@ -26,7 +27,7 @@ INFRA = NOTEBOOKS.parent / "infra"  # the Terraform, complete: the instructor's 
 PACKAGE = NOTEBOOKS / "exercises" / "package"  # the learner's package in exercise form
 INFRA_EXERCISE = NOTEBOOKS / "exercises" / "infra"  # infra/'s files that have regions, in exercise form
 # A cell that writes a module of the learner's package (relative to the notebook: its folder's my_app/).
-WRITES_MODULE = re.compile(r"%%writefile[ \t]+my_app/(\w+\.py)[ \t]*\n")
+WRITES_MODULE = re.compile(r"%%write_module[ \t]+my_app/(\w+\.py)[ \t]*\n")
 
 
 def strip_solutions(
