@@ -94,6 +94,27 @@ def test_the_gemma_checker_names_the_mistake(translator, hint, capsys):
     assert capsys.readouterr().out.startswith("✅ process_message_gemma")
 
 
+def test_a_persona_in_a_system_turn_is_told_where_each_model_takes_it():
+    """Notebook 08's usual first try: the persona as a turn of its own, in a module with SYSTEM_PROMPT."""
+    module = {"types": types, "SYSTEM_PROMPT": "Be brief."}
+    exec(  # a learner's module, as the checkers import it
+        "def process_message_gemma(message, history):\n"
+        "    prompt = f'<start_of_turn>system\\n{SYSTEM_PROMPT}<end_of_turn>\\n'\n"
+        "    for turn in [*history, {'role': 'user', 'content': message}]:\n"
+        "        role = 'user' if turn['role'] == 'user' else 'model'\n"
+        "        prompt += f\"<start_of_turn>{role}\\n{turn['content']}<end_of_turn>\\n\"\n"
+        "    return prompt + '<start_of_turn>model\\n'\n"
+        "def process_message_gemini(message, history):\n"
+        "    return [types.Content(role='system', parts=[types.Part.from_text(text=SYSTEM_PROMPT)])] + [\n"
+        "        types.Content(role='user' if t['role'] == 'user' else 'model', parts=[types.Part.from_text(text=t['content'])])\n"
+        "        for t in [*history, {'role': 'user', 'content': message}]]\n", module)
+    with pytest.raises(check.CheckFailed, match=re.escape("Gemma has no system role: its chat template puts the "
+                                                          "persona at the start of the first user turn")):
+        check.gemma_translator(module["process_message_gemma"])
+    with pytest.raises(check.CheckFailed, match="put SYSTEM_PROMPT at the start of the first user turn's text"):
+        check.gemini_translator(module["process_message_gemini"])
+
+
 @pytest.mark.slow
 def test_a_failed_check_shows_its_hint_alone_and_stops_run_all():
     notebook = nbformat.v4.new_notebook(cells=[

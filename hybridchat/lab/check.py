@@ -84,6 +84,10 @@ def _gemma_hint(expected: str, got: str) -> str:
     start, end, opener = GEMMA.turn_start, GEMMA.turn_end, GEMMA.opener
     if f"{start}assistant" in got:
         return f"Gemma calls the assistant's turns `model`: write `{start}model`, not `{start}assistant`."
+    if f"{start}system" in got:
+        return ("Gemma has no system role: its chat template puts the persona at the start of the first user "
+                f"turn, then a blank line (`{start}user\\n{{SYSTEM_PROMPT}}\\n\\n{{first message}}`), not in a "
+                f"`{start}system` turn of its own")
     if f"{start}user\nrole" in got:
         return ("each history item is a message, not a [user, assistant] pair: loop `for turn in history` and "
                 "read `turn['role']` and `turn['content']`")
@@ -120,6 +124,9 @@ def _gemini_mismatch(got: Any, message: str, history: Any, system: str | None) -
     roles = [c.role for c in got]
     if "assistant" in roles:
         return "Gemini calls the assistant's turns `model`: use role='model', not 'assistant'."
+    if "system" in roles:
+        return ("Gemini's contents hold only `user` and `model` turns: put SYSTEM_PROMPT at the start of the first "
+                "user turn's text, then a blank line (hybridchat's path sends it apart, as `system_instruction`)")
     if roles != [c.role for c in expected]:
         return f"expected the roles {[c.role for c in expected]} (history, then the new message), got {roles}"
     texts = [[p.text for p in c.parts or []] for c in got]
