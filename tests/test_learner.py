@@ -3,6 +3,8 @@ and every mistake a learner makes is explained where it shows, with the chat goi
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -11,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.queue_client import QueueClient
 from hybridchat import endpoints, learner
 from hybridchat.backends import GenerationParams, LearnerCode, build_backends
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
+from hybridchat.lab.local import RunningApp
 from hybridchat.lab.make_exercises import solutions
 from hybridchat.lab.workspace import learner_package
 from hybridchat.store import open_store
@@ -199,3 +203,30 @@ def test_hybridchat_ask_runs_one_turn_through_the_learners_code(stand_in, tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Gemma · your code: ") and len(done.stdout) > len("Gemma · your code: ") + 1
     assert [s.user_id for s in open_store(f"sqlite:///{tmp_path}/history.db").list_sessions(None)] == ["cli:ask"]
+
+
+def test_in_a_notebook_the_apps_log_is_the_file_it_names_with_the_learners_traceback(stand_in, tmp_path, monkeypatch):
+    """Notebook 05 serves the app from its kernel, whose output shows no thread's log: the app
+    logs to a file in the lab's folder, which the launch cell names."""
+    monkeypatch.setenv("HYBRIDCHAT_LAB_DIR", str(tmp_path / "lab"))
+    code = package(tmp_path / "my_app", callers=(
+        '    response.raise_for_status()', '    response.raise_for_status()\n    return response.json()["text"]'))
+    app = RunningApp(settings_for(stand_in, tmp_path, code, newcomer_turns_per_minute=0), port=0)
+
+    async def mistaken_turn() -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            client = QueueClient(app.url, http)
+            page = await client.call("start", [None, None])
+            await client.turn("What is the capital of France?", page.outputs[0], model="my_gemma", max_tokens=8)
+
+    try:
+        asyncio.run(mistaken_turn())
+    finally:
+        app.stop()
+    said = app.log.read_text()
+    assert app.log == tmp_path / "lab" / "app.log"
+    assert "Traceback" in said and "KeyError: 'text'" in said and '"event": "turn"' in said, said[-2000:]
+    assert "What is the capital of France?" not in said, "no prompt text in the log, by default"
+    size = len(said)
+    logging.getLogger("hybridchat.chat").warning("after the app stopped")
+    assert len(app.log.read_text()) == size, "a stopped app's log takes no more lines"

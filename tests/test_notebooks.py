@@ -66,6 +66,10 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "✅ call_gemini_model answered" in texts["04_model_callers.ipynb"]
     assert "saved as session" in texts["05_launch_app.ipynb"]
     assert "my_gemma: <sub>Gemma · your code</sub>" in texts["05_launch_app.ipynb"], "each reply says whose code"
+    app_log = Path(lab_env["HYBRIDCHAT_LAB_DIR"]) / "app.log"
+    assert f"Its log (a line per turn, and the traceback of a mistake in your code): {app_log}" in texts[
+        "05_launch_app.ipynb"]
+    assert '"event": "turn"' in app_log.read_text(), "05's turns, in the log its launch cell names"
     assert "with your SYSTEM_PROMPT" in texts["08_next_steps.ipynb"], "08's persona, in the learner's translators"
     assert "SYSTEM_PROMPT =" in (workspace / "my_app" / "translators.py").read_text()
     assert "gemini (" in texts["06_chat_history.ipynb"]

@@ -7,6 +7,7 @@ that started it; its pid and log are kept in the lab folder (``HYBRIDCHAT_LAB_DI
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -168,9 +169,31 @@ class BackgroundServer:
 
 
 class RunningApp(BackgroundServer):
-    """The chat app served from this Python process (a notebook kernel) in a thread."""
+    """The chat app served from this Python process (a notebook kernel) in a thread; what it logs
+    (a line per turn, the traceback of a mistake in the learner's code) goes to ``log``, a file in
+    the lab's folder: a kernel's own output shows no thread's log."""
 
     def __init__(self, settings: Settings | None = None, *, port: int = 7860):
         from hybridchat.app import create_app
+        from hybridchat.redact import RedactingFilter
 
-        super().__init__(create_app(settings or Settings()), port=port)
+        self.log = lab_dir() / "app.log"
+        self._handler = logging.FileHandler(self.log, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._handler.addFilter(RedactingFilter())
+        package = logging.getLogger("hybridchat")
+        package.addHandler(self._handler)
+        package.setLevel(min(package.getEffectiveLevel(), logging.INFO))
+        try:
+            super().__init__(create_app(settings or Settings()), port=port)
+        except BaseException:
+            self._close_log()
+            raise
+
+    def stop(self) -> None:
+        super().stop()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        logging.getLogger("hybridchat").removeHandler(self._handler)
+        self._handler.close()
