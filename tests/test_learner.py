@@ -18,7 +18,7 @@ from hybridchat import endpoints, learner
 from hybridchat.backends import GenerationParams, LearnerCode, build_backends
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
-from hybridchat.lab.local import RunningApp
+from hybridchat.lab.local import RunningApp, app_still_serving
 from hybridchat.lab.make_exercises import solutions
 from hybridchat.lab.workspace import learner_package
 from hybridchat.store import open_store
@@ -221,8 +221,10 @@ def test_in_a_notebook_the_apps_log_is_the_file_it_names_with_the_learners_trace
 
     try:
         asyncio.run(mistaken_turn())
+        assert app_still_serving() == app.url, "07 can say that 05's app still serves"
     finally:
         app.stop()
+    assert app_still_serving() is None
     said = app.log.read_text()
     assert app.log == tmp_path / "lab" / "app.log"
     assert "Traceback" in said and "KeyError: 'text'" in said and '"event": "turn"' in said, said[-2000:]

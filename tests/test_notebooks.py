@@ -23,7 +23,7 @@ from test_learner import last_id
 from websockets.sync.client import connect
 
 from hybridchat import comparison, learner
-from hybridchat.lab import check, workshop
+from hybridchat.lab import check, local, workshop
 from hybridchat.lab.local import free_port, load_stage, stop_process
 from hybridchat.lab.make_exercises import solutions
 from hybridchat.lab.workspace import learner_infra, prepare
@@ -74,6 +74,8 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "SYSTEM_PROMPT =" in (workspace / "my_app" / "translators.py").read_text()
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]
+    assert "stopped the local stand-in this notebook started" in texts["08_next_steps.ipynb"], "08 ran after 07"
+    assert not local.serving(stand_in), "08 leaves the stand-in stopped, as 07 left it"
     assert "would run: terraform -chdir=" in texts["07_cleanup.ipynb"], "gcp steps only shown in local mode"
     assert "would run: gcloud container clusters list --project=PROJECT_ID" in texts["07_cleanup.ipynb"], "its check too"
     assert load_stage((Path(lab_env["HYBRIDCHAT_LAB_DIR"]) / "serve-local.log").read_text()) == "starting to listen"

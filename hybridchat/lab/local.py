@@ -24,12 +24,18 @@ from starlette.types import ASGIApp
 from hybridchat.config import Settings
 
 _PID_FILE = "serve-local.pid"
+_APP_FILE = "app.url"  # the address of the app notebook 05 serves, while it does
 
 
 def lab_dir() -> Path:
     path = Path(os.environ.get("HYBRIDCHAT_LAB_DIR", "~/.hybridchat/lab")).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def serving(url: str) -> bool:
+    """Whether the stand-in answers at ``url``."""
+    return _answers(url)
 
 
 def _answers(url: str) -> bool:
@@ -118,6 +124,22 @@ def stop_local_servers() -> bool:
     return True
 
 
+def app_still_serving() -> str | None:
+    """The URL of notebook 05's app if it still answers (served from that notebook's kernel,
+    it stops with it); None when none does."""
+    record = lab_dir() / _APP_FILE
+    if not record.exists():
+        return None
+    url = record.read_text().strip()
+    try:
+        if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+            return url
+    except httpx.HTTPError:
+        pass
+    record.unlink(missing_ok=True)  # its kernel stopped without stopping it
+    return None
+
+
 def stop_process(process: subprocess.Popen[Any], timeout: float = 10) -> None:
     """Ask a child process to stop (SIGTERM); kill it if it has not within ``timeout`` seconds."""
     process.terminate()
@@ -189,10 +211,14 @@ class RunningApp(BackgroundServer):
         except BaseException:
             self._close_log()
             raise
+        (lab_dir() / _APP_FILE).write_text(self.url)  # for 07, which cannot stop another kernel's thread
 
     def stop(self) -> None:
         super().stop()
         self._close_log()
+        record = lab_dir() / _APP_FILE
+        if record.exists() and record.read_text() == self.url:
+            record.unlink()
 
     def _close_log(self) -> None:
         logging.getLogger("hybridchat").removeHandler(self._handler)

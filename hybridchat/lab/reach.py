@@ -5,7 +5,7 @@ parts alone and says what it left out and why, instead of stopping at its first 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hybridchat.config import Settings
 from hybridchat.lab import gcp, local
@@ -21,6 +21,7 @@ class Reached:
     settings: Settings
     gemma_left_out: str | None = None
     forward: Background | None = None
+    started_stand_in: bool = False  # not up before this notebook: it stops it at its end
 
     @property
     def gemma(self) -> bool:
@@ -31,19 +32,24 @@ class Reached:
         print(f"⏭ {what}: skipped, {self.gemma_left_out}.")
 
     def stop(self) -> None:
-        """Stop the port-forward, if this notebook started one."""
+        """Stop what this notebook started: the port-forward, or the stand-in it found stopped
+        (the one notebook 02 started is left for the next notebooks, until 07)."""
         if self.forward is not None:
             self.forward.stop()
+        if self.started_stand_in and local.stop_local_servers():
+            print("stopped the local stand-in this notebook started")
 
 
 def models(mode: str, gemma_url: str, settings: Settings) -> Reached:
     """Reach the models for a notebook in ``mode``, as ``setup.configure`` set ``settings`` up."""
+    started = mode == "local" and not local.serving(settings.local_url)
     if mode == "local":
         local.start_stand_in(settings)
     if gemma_url == NO_GEMMA:
-        return _without_gemma(settings, 'GEMMA_URL is "none": this workshop runs on Gemini alone')
+        return replace(_without_gemma(settings, 'GEMMA_URL is "none": this workshop runs on Gemini alone'),
+                       started_stand_in=started)
     if mode == "local" or gemma_url:
-        return Reached(settings)
+        return Reached(settings, started_stand_in=started)
     phase, detail = gcp.pod_status(run(gcp.gemma_pods(), echo=False))
     if phase != "Ready":
         return _without_gemma(settings, f"Gemma's pod is not Ready ({phase}: {detail}); run this notebook again "
