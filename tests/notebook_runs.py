@@ -32,7 +32,8 @@ def outputs(notebook: nbformat.NotebookNode) -> str:
     texts = []
     for cell in notebook.cells:
         for out in cell.get("outputs", []):
-            texts.append(out.get("text", "") or str(out.get("data", {}).get("text/plain", "")))
+            data = out.get("data", {})
+            texts.append(out.get("text", "") or str(data.get("text/markdown") or data.get("text/plain", "")))
     return "\n".join(texts)
 
 

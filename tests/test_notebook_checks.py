@@ -145,12 +145,14 @@ def test_the_gemini_checker_names_the_mistake():
         check.gemini_translator(lambda m, h: [types.Content(role="user", parts=[types.Part.from_text(text=m)])])
 
 
-def test_the_caller_checkers_catch_an_echoed_prompt_and_an_empty_reply():
+def test_the_caller_checkers_catch_an_echoed_prompt_and_an_empty_reply(capsys):
     with pytest.raises(check.CheckFailed, match="still contains the prompt"):
         check.gemma_caller(lambda prompt, *_: prompt + "Paris")
     with pytest.raises(check.CheckFailed, match="`call_gemini_model` returned an empty reply"):
         check.gemini_caller(lambda *_: "")
     with pytest.raises(check.CheckFailed, match=re.escape("`call_gemma_model` returned the whole JSON answer")):
         check.gemma_caller(lambda *_: {"choices": [{"text": "Paris."}]})
-    assert check.gemma_caller(lambda *_: "Paris.") == "Paris."
+    capsys.readouterr()
+    assert check.gemma_caller(lambda *_: "Paris.") is None, "it prints its verdict: no Out[n] repeats the reply"
+    assert capsys.readouterr().out.startswith("✅ call_gemma_model answered: 'Paris.'")
 

@@ -65,7 +65,7 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "✅ call_gemma_model answered" in texts["04_model_callers.ipynb"]
     assert "✅ call_gemini_model answered" in texts["04_model_callers.ipynb"]
     assert "saved as session" in texts["05_launch_app.ipynb"]
-    assert "my_gemma: <sub>Gemma · your code</sub>" in texts["05_launch_app.ipynb"], "each reply says whose code"
+    assert "**my_gemma**: <sub>Gemma · your code</sub>" in texts["05_launch_app.ipynb"], "shown as the chat shows it"
     app_log = Path(lab_env["HYBRIDCHAT_LAB_DIR"]) / "app.log"
     assert f"Its log (a line per turn, and the traceback of a mistake in your code): {app_log}" in texts[
         "05_launch_app.ipynb"]
@@ -332,3 +332,13 @@ def test_saved_notebooks_have_no_outputs_and_no_secrets():
             line = f"{name} = {default!r}" if path.name.startswith("00") else f'{name} = saved("{name}")'
             assert line.replace("'", '"') in parameters[0].source, f"{path.name}: {name} missing from its parameters"
 
+
+
+def test_notebook_00_names_every_exercise():
+    """01's Terraform is an exercise too (notebooks/exercises/infra), beside the notebooks with solutions."""
+    exercises = sorted({path.name[:2] for path in (NOTEBOOKS / "exercises").glob("0*.ipynb")} | {"01"})
+    source = "\n".join(cell.source for cell in nbformat.read(NOTEBOOKS / "00_setup.ipynb", as_version=4).cells)
+    listed = re.search(r"\(([\d, and]+) there as exercises", source)
+    assert listed and re.findall(r"\d\d", listed[1]) == exercises, listed
+    answer = source.split("Which notebooks are exercises")[1].split("</details>")[0]
+    assert all(f"{number}:" in answer for number in exercises), answer

@@ -173,7 +173,7 @@ def translator_problems(package: learner.Package) -> list[str]:
 _ASKED = {"temperature": 0.35, "top_p": 0.85, "max_tokens": 24}
 
 
-def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> str:
+def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> None:
     """Check ``call_gemma_model(prompt, temperature, top_p, max_tokens)`` against the running Gemma.
 
     Where the server keeps its requests (the local stand-in), also that the function sent the
@@ -196,10 +196,9 @@ def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> str:
             raise CheckFailed(f'{at}: send `"stop": ["{GEMMA.turn_end}"]`, so that Gemma stops at the end of its turn')
         _same_reply(at, reply, sent, "choices[0].text")
     print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
-    return str(reply)
 
 
-def gemini_caller(code: Code = "my_app", server_url: str | None = None) -> str:
+def gemini_caller(code: Code = "my_app", server_url: str | None = None) -> None:
     """Check ``call_gemini_model(contents, temperature, top_p, max_tokens)`` against the running Gemini,
     and, where the server keeps its requests, what the function sent."""
     package, fn = _function(code, "call_gemini_model")
@@ -214,7 +213,6 @@ def gemini_caller(code: Code = "my_app", server_url: str | None = None) -> str:
         _same_settings(at, sent, "max_output_tokens")
         _same_reply(at, reply, sent, "response.text")
     print(f"✅ call_gemini_model answered: {reply[:80]!r}{_unverified(before)}")
-    return str(reply)
 
 
 def _recorded(server_url: str | None) -> int | None:
