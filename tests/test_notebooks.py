@@ -84,7 +84,11 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     assert "picks: 1, won by the left reply: 1" in texts["06_chat_history.ipynb"], "06's pick, through the app's"
     assert re.search(r"gemma was picked in \d+ of 10 \(", texts["08_next_steps.ipynb"]), "08's verdict"
     store = open_store(lab_env["HYBRIDCHAT_STORE_URL"])
-    picks = comparison.duels(comparison.read_turns(store))
+    turns = comparison.read_turns(store)
+    picks = comparison.duels(turns)
+    learners = turns[turns.model.str.startswith("my_") & turns.status.isin(comparison.WHOLE)]
+    assert set(learners.model) == {"my_gemma", "my_gemini"} and learners.completion_tokens.notna().all(), (
+        "06's token plots have the learner's paths too (counted with the model's tokenizer)")
     assert len(picks) == 11 and set(picks.winner) | set(picks.loser) == {"gemma", "gemini"}, "saved, as the app saves"
     store.close()
     saved = [copy.read_text() for copy in copies]
