@@ -71,6 +71,8 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
         "05_launch_app.ipynb"]
     assert '"event": "turn"' in app_log.read_text(), "05's turns, in the log its launch cell names"
     assert "with your SYSTEM_PROMPT" in texts["08_next_steps.ipynb"], "08's persona, in the learner's translators"
+    assert "Answers:" in texts["08_next_steps.ipynb"] and "Asking both models:" in texts["08_next_steps.ipynb"], (
+        "08's long cells show their progress")
     assert "SYSTEM_PROMPT =" in (workspace / "my_app" / "translators.py").read_text()
     assert "gemini (" in texts["06_chat_history.ipynb"]
     assert "stopped the local stand-in" in texts["07_cleanup.ipynb"]

@@ -56,7 +56,9 @@ class BlindTest:
 
     def ask(self, prompts: list[str], params: GenerationParams) -> None:
         """Each prompt to both models at once, the order on screen drawn at random."""
-        for prompt in prompts:
+        from tqdm.auto import tqdm
+
+        for prompt in tqdm(prompts, desc="Asking both models", unit=" prompts"):
             order = self.models if self._draw.random() < 0.5 else self.models[::-1]
             duel = Duel(prompt, Conversation(owner=self.owner), order)
             try:
