@@ -46,6 +46,8 @@ class FirestoreEmulator:
 
     The emulator keeps its documents in memory only: ``stop(keep_data=True)`` exports them
     first and the next ``start()`` loads them back, as a real database outage would leave them.
+    An emulator so started seeds *every* project's database with them, at that project's first
+    call (``seeded``): ``unseed()`` starts it afresh, empty.
     """
 
     def __init__(self, port: int | None = None, project: str = "hybridchat-test"):
@@ -56,10 +58,12 @@ class FirestoreEmulator:
         self._previous_host: str | None = None
         self._exports = tempfile.TemporaryDirectory(prefix="firestore-emulator-")
         self._import: Path | None = None
+        self.seeded = False
 
     def start(self, timeout: float = 60) -> None:
         argv = ["java", "-cp", str(self.jar), "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
                 "start", "--host=127.0.0.1", f"--port={self.port}"]
+        self.seeded = self._import is not None
         if self._import is not None:
             argv.append(f"--import-data={self._import}")
             self._import = None
@@ -79,6 +83,12 @@ class FirestoreEmulator:
                 break
         self.stop()
         raise RuntimeError("the Firestore emulator did not start")
+
+    def unseed(self) -> None:
+        """Start again without the imported documents, if it was started with them."""
+        if self.seeded and self.process is not None:
+            self.stop()
+            self.start()
 
     def _wait_until_answering(self, deadline: float) -> None:
         while time.monotonic() < deadline:

@@ -144,8 +144,16 @@ def closed_port_url() -> str:
 EMULATOR_PROJECT = "hybridchat-test"
 
 
+@pytest.fixture
+def firestore_emulator(_firestore_emulator: FirestoreEmulator) -> Iterator[FirestoreEmulator]:
+    """The Firestore emulator, one for the session; after a test that restarted it on its data,
+    started afresh, else each project the next tests open would begin with that data."""
+    yield _firestore_emulator
+    _firestore_emulator.unseed()
+
+
 @pytest.fixture(scope="session")
-def firestore_emulator() -> Iterator[FirestoreEmulator]:
+def _firestore_emulator() -> Iterator[FirestoreEmulator]:
     try:
         emulator = FirestoreEmulator(project=EMULATOR_PROJECT)
     except EmulatorMissing as missing:
