@@ -340,6 +340,8 @@ class _Draft:
     first_piece_at: float | None = None
 
     def add(self, piece: str) -> None:
+        if not piece:  # a backend still at work says so: no text, not the first token
+            return
         if not self.pieces:
             self.first_piece_at = time.monotonic()
         self.pieces.append(piece)

@@ -23,7 +23,7 @@ from hybridchat.chat import ChatService, Conversation, Progress
 from hybridchat.chat_export import DOWNLOAD_FILE_ID, ExportHandlers
 from hybridchat.chat_feedback import FeedbackHandlers
 from hybridchat.chat_pair import CHOSE_LEFT, PairView, side_by_side_choice
-from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, model_choices, to_messages
+from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, chat_messages, model_choices
 from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
 from hybridchat.guard import SIGNED_IN
 from hybridchat.iap import SIGN_OUT_PATH, IapVerifier
@@ -140,10 +140,11 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
         settings = [self.model, self.temperature, self.top_p, self.max_tokens, self.persona, self.browser, self.shown]
         inputs = [self.box, self.conversation, *settings, self.pair.setup]  # a State: not in the API
         sent: list[dict[str, Any]] = [  # Gradio's Dependency is a dict
-            self.box.submit(self.chat, inputs, chat_view, api_name="chat"),
-            self.send_button.click(self.chat, inputs, chat_view, api_visibility="private"),
+            # No overlay over the box and the sidebar: the chat itself says what is under way.
+            self.box.submit(self.chat, inputs, chat_view, api_name="chat", show_progress="hidden"),
+            self.send_button.click(self.chat, inputs, chat_view, api_visibility="private", show_progress="hidden"),
             self.chatbot.retry(self.retry, [self.conversation, *settings, self.pair.setup], chat_view,
-                               api_visibility="private"),
+                               api_visibility="private", show_progress="hidden"),
         ]
         for column, button in enumerate(self.pair.buttons):
             button.click(self._picker(column), [self.conversation, self.browser, self.pair.setup],
@@ -275,7 +276,7 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
                 yield kept | {self.chatbot: self._messages(conversation), self.conversation: conversation,
                               self.browser: browser}
                 return
-            shown_at = None
+            shown_at, began = None, time.monotonic()
             for update in itertools.chain([first], progress):
                 if not (update.finished if isinstance(update, PairProgress) else update.turn is not None):
                     # The first piece at once, then at most one update per interval: Gradio re-sends
@@ -286,7 +287,7 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
                     if not self.service.stream or (shown_at is not None and now - shown_at < self.stream_interval):
                         continue
                     shown_at = now
-                    yield {self.chatbot: self._messages(conversation, update), self.box: "",
+                    yield {self.chatbot: self._messages(conversation, update, began), self.box: "",
                            self.browser: browser, self.sessions: conversation.session_id,
                            **(self.pair.shown(conversation, setup, update) if isinstance(update, PairProgress) else {})}
                     continue
@@ -395,12 +396,10 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
         # One output left as it is (Gradio leaves the others so too; an empty dict is an error).
         return {self.conversation: gr.skip()}
 
-    def _messages(self, conversation: Conversation, pending: Progress | PairProgress | None = None) -> list[Any]:
-        labels = {name: backend.label for name, backend in self.service.backends.items()}
-        if isinstance(pending, PairProgress):  # its replies stream in the columns
-            turns = [turn for turn in conversation.turns if turn.pair != pending.pair]
-            return [*to_messages(turns, None, labels), {"role": "user", "content": safe_markdown(pending.message)}]
-        return to_messages(conversation.turns, pending, labels)
+    def _messages(
+        self, conversation: Conversation, pending: Progress | PairProgress | None = None, began: float = 0.0
+    ) -> list[Any]:
+        return chat_messages(conversation.turns, self.service.backends, pending, began)
 
 
 def _params(temperature: float, top_p: float, max_tokens: int, persona: str) -> GenerationParams | None:

@@ -3,6 +3,7 @@ chat's messages, each reply under the name of the model (and whose code) that wr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,6 +12,7 @@ from hybridchat.backends import ChatBackend
 from hybridchat.chat import Progress
 from hybridchat.costs import is_estimate, shown
 from hybridchat.sanitize import safe_markdown
+from hybridchat.side_by_side import PairProgress
 from hybridchat.store import Turn
 
 
@@ -97,6 +99,31 @@ def _rendered(
         shown += [(user, None), *((m, None) for m in _thought(pending.thought, thinking=not pending.reply)),
                   (reply, None)]
     return shown
+
+
+def chat_messages(
+    turns: list[Turn], backends: Mapping[str, ChatBackend], pending: Progress | PairProgress | None = None,
+    began: float = 0.0,
+) -> list[dict[str, Any]]:
+    """The chat as the page shows it, with the reply under way since ``began`` (by the monotonic
+    clock): a pair's replies stream in their columns; a reply begun without text yet says what its
+    model is doing, and for how long."""
+    labels = {name: backend.label for name, backend in backends.items()}
+    if isinstance(pending, PairProgress):
+        kept = [turn for turn in turns if turn.pair != pending.pair]
+        return [*to_messages(kept, None, labels), {"role": "user", "content": safe_markdown(pending.message)}]
+    if pending is not None and not pending.reply and not pending.thought:
+        doing = next((backend.waiting for backend in backends.values() if backend.label == pending.label), "")
+        return waiting(turns, pending.message, pending.label, doing, time.monotonic() - began, labels)
+    return to_messages(turns, pending, labels)
+
+
+def waiting(
+    turns: list[Turn], message: str, label: str, doing: str, seconds: float, labels: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The chat while the reply to ``message`` has not begun: the message, and under the model's
+    line what is under way and for how long."""
+    return [*to_messages(turns, None, labels), *_shown(message, label, "", mark=f"⏳ *{doing} ({seconds:.0f} s)*")]
 
 
 def reply_body(turn: Turn) -> str:

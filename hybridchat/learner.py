@@ -25,6 +25,7 @@ import itertools
 import json
 import sys
 import threading
+import time
 import traceback
 import types
 from collections.abc import Callable
@@ -142,32 +143,50 @@ def call(package: Package, name: str, *args: Any, timeout: float) -> Any:
     the app set), waited for at most ``timeout`` seconds. ``LearnerCodeFailed`` when it raises
     (raised from the learner's exception, for the app's log) or runs past the time; a model's
     own error (a ``BackendError`` from ``hybridchat.endpoints``) as it is."""
-    fn = package.function(name)
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-    context = contextvars.copy_context()
+    return Call(package, name, *args, timeout=timeout).result()
 
-    def run() -> None:
-        try:
-            outcome["value"] = context.run(fn, *args)
-        except BaseException as exc:  # SystemExit too: a learner's sys.exit() must not end the turn silently
-            outcome["error"] = exc
-        finally:
-            done.set()
 
-    # A daemon thread: one that never returns is left behind, and does not hold the app's exit.
-    threading.Thread(target=run, name=f"learner {name}", daemon=True).start()
-    if not done.wait(timeout):
-        raise LearnerCodeFailed(
-            f"{package.named(name, fn)} did not return within {timeout:g} s, so the app stopped waiting. "
-            "Give `requests.post` a timeout (`timeout=endpoints.timeout()`), and check that nothing loops.",
-        )
-    if "error" not in outcome:
-        return outcome["value"]
-    exc = outcome["error"]
-    if isinstance(exc, BackendError):
-        raise exc
-    raise LearnerCodeFailed(raised(package, name, fn, exc)) from exc
+class Call:
+    """The learner's ``name(*args)`` under way, in a thread of its own (a daemon: one that never
+    returns is left behind, and does not hold the app's exit), with the caller's context."""
+
+    def __init__(self, package: Package, name: str, *args: Any, timeout: float):
+        self.package, self.name, self.timeout = package, name, timeout
+        self._fn = package.function(name)
+        self._outcome: dict[str, Any] = {}
+        self._done = threading.Event()
+        self._deadline = time.monotonic() + timeout
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                self._outcome["value"] = context.run(self._fn, *args)
+            except BaseException as exc:  # SystemExit too: a learner's sys.exit() must not end the turn silently
+                self._outcome["error"] = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, name=f"learner {name}", daemon=True).start()
+
+    def wait(self, seconds: float) -> bool:
+        """Whether it has returned (or run out of time), after waiting at most ``seconds``."""
+        return self._done.wait(max(0.0, min(seconds, self._deadline - time.monotonic()))) or (
+            time.monotonic() >= self._deadline)
+
+    def result(self) -> Any:
+        """What it returned, once it has (see ``call`` for what it raises)."""
+        if not self._done.wait(max(0.0, self._deadline - time.monotonic())):
+            raise LearnerCodeFailed(
+                f"{self.package.named(self.name, self._fn)} did not return within {self.timeout:g} s, so the app "
+                "stopped waiting. Give `requests.post` a timeout (`timeout=endpoints.timeout()`), and check that "
+                "nothing loops.",
+            )
+        if "error" not in self._outcome:
+            return self._outcome["value"]
+        exc = self._outcome["error"]
+        if isinstance(exc, BackendError):
+            raise exc
+        raise LearnerCodeFailed(raised(self.package, self.name, self._fn, exc)) from exc
 
 
 def raised(package: Package, name: str, fn: Callable[..., Any], exc: BaseException) -> str:

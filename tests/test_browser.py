@@ -16,6 +16,7 @@ from hybridchat.backends import BackendHealth, VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.config import Settings
 from hybridchat.lab.local import BackgroundServer
+from hybridchat.store import open_store
 
 pytestmark = pytest.mark.slow  # Chromium
 
@@ -196,4 +197,41 @@ def test_a_message_typed_as_soon_as_the_page_opens_is_not_hidden_when_loading_en
         page.wait_for_timeout(4000)  # past the page's own loading
         expect(page.locator('#chat [data-testid="user"]')).to_have_text(["What is the capital of France?"])
         expect(page.locator("#sessions label")).to_have_count(1)
+        page.context.close()
+
+
+def test_a_learners_slow_code_shows_the_message_at_once_a_live_line_and_stops(browser, stand_in, tmp_path):
+    """The learner's caller answers whole, here after 10 s: meanwhile the chat shows the message and
+    what is under way, no overlay covers the box or the sidebar, and Stop stops it."""
+    from test_learner import package
+
+    slow = ("    response = requests.post(", "    import time\n    time.sleep(10)\n    response = requests.post(")
+    code = package(tmp_path / "my_app", callers=slow)
+    with running_app(tmp_path, vllm_url=stand_in, gemini_url=stand_in, learner_code=str(code)) as (url, store_url):
+        page = browser.new_context().new_page()
+        page.goto(url)
+        expect(page.locator("#model input")).to_have_value("Gemma · your code", timeout=30000)
+        page.fill("#message textarea", "What is the capital of France?")
+        page.press("#message textarea", "Enter")
+        users, bots = page.locator('#chat [data-testid="user"]'), page.locator('#chat [data-testid="bot"]')
+        expect(users).to_have_text(["What is the capital of France?"], timeout=2000)
+        expect(bots.last).to_contain_text("your code is running", timeout=2000)
+        expect(bots.last).to_contain_text(re.compile(r"your code is running \(([3-9]|\d\d) s\)"), timeout=6000)
+        assert page.get_by_text(re.compile(r"processing")).count() == 0, "no overlay over the box or the sidebar"
+        expect(bots.last).not_to_contain_text("your code is running", timeout=60000)
+        assert "Gemma · your code" in bots.last.inner_text() and "⚠️" not in bots.last.inner_text()
+
+        page.fill("#message textarea", "And of Germany?")
+        page.press("#message textarea", "Enter")
+        expect(bots.last).to_contain_text("your code is running", timeout=5000)
+        page.locator("#stop").click()
+        store = open_store(store_url)
+        [session] = store.list_sessions(None)
+        saved = wait_for(lambda: (turns := store.load(session.session_id)) and len(turns) == 2 and turns, 5,
+                         every=0.1)
+        assert [t.status for t in saved] == ["ok", "interrupted"], "stopped at once, saved as it came: nothing"
+        shown = bots.last.inner_text()
+        page.wait_for_timeout(2500)
+        assert bots.last.inner_text() == shown, "nothing under way any more"
+        store.close()
         page.context.close()

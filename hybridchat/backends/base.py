@@ -200,6 +200,8 @@ class ChatBackend(ABC):
     default_max_tokens: int = 1024
     #: whether ``params.system_prompt`` (the persona box) is sent; a learner's translators add their own
     takes_system_prompt: bool = True
+    #: what the page says is under way until the reply begins
+    waiting: str = "waiting for the reply"
 
     @abstractmethod
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:

@@ -38,6 +38,7 @@ FAMILIES: dict[Family, tuple[str, str, str]] = {
     "gemini": ("process_message_gemini", "call_gemini_model", "Gemini"),
 }
 YOUR_CODE, HYBRIDCHAT = "your code", "hybridchat"  # whose code answered, after each reply's model
+WAITING_EVERY = 1.0  # seconds between the page's "your code is running (N s)" updates
 
 
 class LearnerCode:
@@ -98,6 +99,7 @@ class LearnerBackend(ChatBackend):
 
     # The persona box is not sent: a system prompt is the learner's translators' job (notebook 08).
     takes_system_prompt = False
+    waiting = "your code is running"  # its reply comes whole, as in the codelab
 
     def __init__(self, code: LearnerCode, hybridchat: ChatBackend, *, family: Family, endpoints: Endpoints):
         self.code = code
@@ -112,25 +114,36 @@ class LearnerBackend(ChatBackend):
         return ReplyStream(self._reply(messages, params))
 
     def _reply(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+        """The learner's reply, whole; an empty piece each second meanwhile, so that the page says
+        the code is running, and a Stop is heard, while it does."""
         translator, caller, _ = FAMILIES[self.family]
         package = self.code.package()
         # Gradio 6 messages, as the codelab's app is given them; the markers already broken.
         history = [{"role": m.role, "content": neutralize(m.content)} for m in messages[:-1]]
         message = neutralize(messages[-1].content) if messages else ""
         try:
-            # Not across a yield: Gradio resumes a generator in a copy of the context each time.
-            with serving(self.endpoints):
-                rendered = self._run(package, translator, message, history)
-                reply = self._run(package, caller, rendered, params.temperature, params.top_p, params.max_tokens)
+            rendered = self._checked(self._call(package, translator, message, history))
+            yield ""  # the translator is done: the caller, which waits for the model, is next
+            called = self._call(package, caller, rendered, params.temperature, params.top_p, params.max_tokens)
+            while not called.wait(WAITING_EVERY):
+                yield ""
+            reply = self._checked(called)
         except LearnerCodeFailed as failed:
             if failed.__cause__ is not None:  # the learner's traceback, for whoever reads the log
                 log.warning("%s", failed, exc_info=failed.__cause__)
             raise
         yield reply
 
-    def _run(self, package: learner.Package, name: str, *args: Any) -> Any:
-        value = learner.call(package, name, *args, timeout=self.code.timeout)
-        problem = learner.wrong_result(package, name, package.function(name), value)
+    def _call(self, package: learner.Package, name: str, *args: Any) -> learner.Call:
+        # Started in the endpoints' context, not across a yield: Gradio resumes a generator in a
+        # copy of the context each time.
+        with serving(self.endpoints):
+            return learner.Call(package, name, *args, timeout=self.code.timeout)
+
+    @staticmethod
+    def _checked(called: learner.Call) -> Any:
+        value = called.result()
+        problem = learner.wrong_result(called.package, called.name, called.package.function(called.name), value)
         if problem:
             raise LearnerCodeFailed(problem)
         return value
