@@ -152,7 +152,7 @@ class Call:
 
     def __init__(self, package: Package, name: str, *args: Any, timeout: float):
         self.package, self.name, self.timeout = package, name, timeout
-        self._fn = package.function(name)
+        self.fn = package.function(name)
         self._outcome: dict[str, Any] = {}
         self._done = threading.Event()
         self._deadline = time.monotonic() + timeout
@@ -160,7 +160,7 @@ class Call:
 
         def run() -> None:
             try:
-                self._outcome["value"] = context.run(self._fn, *args)
+                self._outcome["value"] = context.run(self.fn, *args)
             except BaseException as exc:  # SystemExit too: a learner's sys.exit() must not end the turn silently
                 self._outcome["error"] = exc
             finally:
@@ -170,14 +170,13 @@ class Call:
 
     def wait(self, seconds: float) -> bool:
         """Whether it has returned (or run out of time), after waiting at most ``seconds``."""
-        return self._done.wait(max(0.0, min(seconds, self._deadline - time.monotonic()))) or (
-            time.monotonic() >= self._deadline)
+        return self._done.wait(min(seconds, self._left())) or self._left() == 0.0
 
     def result(self) -> Any:
         """What it returned, once it has (see ``call`` for what it raises)."""
-        if not self._done.wait(max(0.0, self._deadline - time.monotonic())):
+        if not self._done.wait(self._left()):
             raise LearnerCodeFailed(
-                f"{self.package.named(self.name, self._fn)} did not return within {self.timeout:g} s, so the app "
+                f"{self.package.named(self.name, self.fn)} did not return within {self.timeout:g} s, so the app "
                 "stopped waiting. Give `requests.post` a timeout (`timeout=endpoints.timeout()`), and check that "
                 "nothing loops.",
             )
@@ -186,7 +185,11 @@ class Call:
         exc = self._outcome["error"]
         if isinstance(exc, BackendError):
             raise exc
-        raise LearnerCodeFailed(raised(self.package, self.name, self._fn, exc)) from exc
+        raise LearnerCodeFailed(raised(self.package, self.name, self.fn, exc)) from exc
+
+    def _left(self) -> float:
+        """Seconds until its time is up."""
+        return max(0.0, self._deadline - time.monotonic())
 
 
 def raised(package: Package, name: str, fn: Callable[..., Any], exc: BaseException) -> str:
@@ -216,6 +219,8 @@ def _invalid(exc: pydantic.ValidationError) -> str:
         return f"{exc.title} has no argument {', '.join(named)}"
     wrong = "; ".join(f"`{'.'.join(map(str, error['loc']))}`: {error['msg']}" for error in exc.errors()[:3])
     return f"{exc.title} refused its arguments: {wrong}"
+
+
 def _reply_at(name: str) -> str:
     """Where the caller ``name`` finds the reply's text in the model's answer."""
     where = "`response.text`" if name == "call_gemini_model" else '`response.json()["choices"][0]["text"]`'

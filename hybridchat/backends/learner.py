@@ -143,7 +143,7 @@ class LearnerBackend(ChatBackend):
     @staticmethod
     def _checked(called: learner.Call) -> Any:
         value = called.result()
-        problem = learner.wrong_result(called.package, called.name, called.package.function(called.name), value)
+        problem = learner.wrong_result(called.package, called.name, called.fn, value)
         if problem:
             raise LearnerCodeFailed(problem)
         return value

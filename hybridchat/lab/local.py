@@ -35,10 +35,6 @@ def lab_dir() -> Path:
 
 def serving(url: str) -> bool:
     """Whether the stand-in answers at ``url``."""
-    return _answers(url)
-
-
-def _answers(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
@@ -70,7 +66,7 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], *, timeout: f
     started = time.monotonic()
     where = log or "its output"
     with tqdm(desc="Loading the local model", bar_format="{desc}: {elapsed} {postfix}") as bar:
-        while not _answers(url):
+        while not serving(url):
             if process.poll() is not None:
                 raise RuntimeError(f"serve-local stopped (exit {process.returncode}); see {where}")
             if time.monotonic() - started > timeout:
@@ -87,7 +83,7 @@ def start_stand_in(settings: Settings | None = None, *, timeout: float = 600) ->
     """Start ``hybridchat serve-local`` unless it already answers; wait until its model is loaded."""
     settings = settings or Settings()
     url = settings.local_url
-    if _answers(url):
+    if serving(url):
         print(f"The local stand-in is already up at {url}")
         return url
     log = lab_dir() / "serve-local.log"  # this start's output only: its stages are read from it
@@ -205,6 +201,7 @@ class RunningApp(BackgroundServer):
         self._handler.addFilter(RedactingFilter())
         package = logging.getLogger("hybridchat")
         package.addHandler(self._handler)
+        self._level = package.level  # put back when it stops
         package.setLevel(min(package.getEffectiveLevel(), logging.INFO))
         try:
             super().__init__(create_app(settings or Settings()), port=port)
@@ -221,5 +218,7 @@ class RunningApp(BackgroundServer):
             record.unlink()
 
     def _close_log(self) -> None:
-        logging.getLogger("hybridchat").removeHandler(self._handler)
+        package = logging.getLogger("hybridchat")
+        package.removeHandler(self._handler)
+        package.setLevel(self._level)
         self._handler.close()
