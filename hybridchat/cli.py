@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import typer
 
 from hybridchat.cli_workshop import lab, room_app
 from hybridchat.config import Settings
+from hybridchat.redact import configure_logging
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -30,18 +30,6 @@ sessions_app = typer.Typer(help="Read the saved chat sessions.", no_args_is_help
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(room_app, name="room")
 app.command("lab")(lab)
-
-
-def _logging(settings: Settings) -> None:
-    from hybridchat.redact import RedactingFilter
-
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
-    # httpx (httpx2 where the SDKs find it) logs every request at INFO, full URL included, and
-    # google-genai each call's settings: only their warnings are of use, unless one is debugging.
-    for noisy in ("httpx", "httpx2", "httpcore", "google_genai"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
 
 
 def terminal_safe(text: str) -> str:
@@ -110,7 +98,7 @@ def serve_local(
     from hybridchat.serve_local import serve
 
     settings = Settings()
-    _logging(settings)
+    configure_logging(settings)
     host, port = host or settings.local_host, port or settings.local_port
     source = model or settings.local_model or default_model_source()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
@@ -158,7 +146,7 @@ def run_app(
     from hybridchat.server import serve
 
     settings = _with_learner_code(Settings(), learner_code)
-    _logging(settings)
+    configure_logging(settings)
     web = create_app(settings, auth=_credentials(auth, auth_file, settings), root_path=root_path or None)
     typer.echo(f"hybridchat app: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}{root_path}/")
     serve(web, host, port, settings)
@@ -200,7 +188,7 @@ def ask(
     from hybridchat.store import open_store
 
     settings = _with_learner_code(Settings(), learner_code)
-    _logging(settings)
+    configure_logging(settings)
     backends = build_backends(settings)
     name = model or next(iter(backends))
     params = GenerationParams(max_tokens=backends[name].default_max_tokens) if name in backends else GenerationParams()

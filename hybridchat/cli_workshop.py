@@ -96,6 +96,47 @@ def results(
     raise typer.Exit(1 if unread else 0)
 
 
+@room_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a container.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8090,
+    store: Annotated[str, typer.Option(help="Where the board is kept: sqlite:///PATH or firestore://DATABASE.")] = (
+        "sqlite:///~/.hybridchat/room-progress.db"
+    ),
+    gemma_url: Annotated[str, typer.Option(help="The room's Gemma, whose load the page shows (default: "
+                                                "HYBRIDCHAT_VLLM_URL).", show_default=False)] = "",
+) -> None:
+    """The room's progress service: attendees' checker cells POST /progress their verdicts (with
+    the key HYBRIDCHAT_VLLM_API_KEY); the page at / shows them, to HYBRIDCHAT_ROOM_INSTRUCTOR_KEY."""
+    from hybridchat.config import Settings
+    from hybridchat.errors import StoreUnavailable
+    from hybridchat.redact import configure_logging
+    from hybridchat.room_service import Room, create_app
+    from hybridchat.server import serve as serve_web
+    from hybridchat.store.progress import open_progress
+
+    settings = Settings()
+    configure_logging(settings)
+    attendees = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else ""
+    instructor = settings.room_instructor_key.get_secret_value() if settings.room_instructor_key else ""
+    if not attendees or not instructor or attendees == instructor:
+        typer.echo("hybridchat room serve needs two keys: HYBRIDCHAT_VLLM_API_KEY, the attendees' (the room's Gemma "
+                   "key), and HYBRIDCHAT_ROOM_INSTRUCTOR_KEY, another one, for the page.", err=True)
+        raise typer.Exit(2)
+    try:
+        board = open_progress(store)
+    except (ValueError, StoreUnavailable) as cannot:
+        typer.echo(f"hybridchat room serve: {cannot}", err=True)
+        raise typer.Exit(2) from None
+    room = Room(board, attendees, instructor, gemma_url or settings.vllm_url)
+    typer.echo(f"hybridchat room serve: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ "
+               "(sign in with the instructor's key); attendees post to /progress")
+    try:
+        serve_web(create_app(room), host, port, settings)
+    finally:
+        board.close()
+
+
 def lab(
     workspace: Annotated[
         Path | None, typer.Option(help="Where the learner's copies live (default: workspace/, git-ignored).")

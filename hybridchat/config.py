@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     vllm_api_key: SecretStr | None = Field(default=None, description=(
         "the key of a Gemma server started with `--api-key` (a room's shared Gemma), sent as `Authorization: Bearer`; "
         "unset: none (your own Gemma, reached only inside your cluster)"))
+    room_instructor_key: SecretStr | None = Field(default=None, description=(
+        "the instructor's key to the room's progress page (`hybridchat room serve`); the attendees' key, "
+        "`HYBRIDCHAT_VLLM_API_KEY`, is what they post their verdicts with, and does not open the page"))
     vllm_api: Literal["openai", "legacy"] = Field(default="openai", description=(
         "`openai` (vLLM's OpenAI-compatible server) or `legacy` (`POST /generate`, the Model Garden container)"))
     gemma_model: str | None = Field(default=None, description=(

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hybridchat.config import Settings
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\x00-\x1f\x7f\"'<>`]+")
 # User info ends at the last "@" before the path: a password with an unescaped "@" goes too.
@@ -44,3 +48,14 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+def configure_logging(settings: Settings) -> None:
+    """A command's logging: ``settings.log_level``, every handler redacting."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    # httpx (httpx2 where the SDKs find it) logs every request at INFO, full URL included, and
+    # google-genai each call's settings: only their warnings are of use, unless one is debugging.
+    for noisy in ("httpx", "httpx2", "httpcore", "google_genai"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)

@@ -19,6 +19,7 @@ import httpx
 from hybridchat import history as reference
 from hybridchat import learner
 from hybridchat.errors import BackendError, LearnerCodeFailed
+from hybridchat.lab import progress
 from hybridchat.templates import GEMMA
 
 # Gradio 6 chat histories, as the app hands them over.
@@ -102,6 +103,7 @@ def _gemma_hint(expected: str, got: str) -> str:
     return f"first difference at character {at}: expected …{expected[around]!r}, got …{got[around]!r}"
 
 
+@progress.verdict("03 Gemma")
 def gemma_translator(code: Code = "my_app") -> None:
     """Check ``process_message_gemma(message, history)`` against Gemma's chat template (with the
     module's ``SYSTEM_PROMPT`` at the start of the first user turn, where it defines one)."""
@@ -113,6 +115,7 @@ def _gemma_mismatch(got: Any, message: str, history: Any, system: str | None) ->
     return None if got == expected else _gemma_hint(expected, got)
 
 
+@progress.verdict("03 Gemini")
 def gemini_translator(code: Code = "my_app") -> None:
     """Check ``process_message_gemini(message, history)`` against the reference contents (with the
     module's ``SYSTEM_PROMPT`` at the start of the first user turn, where it defines one)."""
@@ -173,6 +176,7 @@ def translator_problems(package: learner.Package) -> list[str]:
 _ASKED = {"temperature": 0.35, "top_p": 0.85, "max_tokens": 24}
 
 
+@progress.verdict("04 Gemma")
 def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> None:
     """Check ``call_gemma_model(prompt, temperature, top_p, max_tokens)`` against the running Gemma.
 
@@ -198,6 +202,7 @@ def gemma_caller(code: Code = "my_app", server_url: str | None = None) -> None:
     print(f"✅ call_gemma_model answered: {reply[:80]!r}{_unverified(before)}")
 
 
+@progress.verdict("04 Gemini")
 def gemini_caller(code: Code = "my_app", server_url: str | None = None) -> None:
     """Check ``call_gemini_model(contents, temperature, top_p, max_tokens)`` against the running Gemini,
     and, where the server keeps its requests, what the function sent."""
@@ -257,3 +262,23 @@ def _same_reply(at: str, reply: str, sent: dict[str, Any], where: str) -> None:
 
 def _unverified(before: int | None) -> str:
     return "" if before is not None else " (this server keeps no requests: what was sent is not checked here)"
+
+
+@progress.verdict("05 turn")
+def app_turns(store_url: str, session_id: str, models: tuple[str, ...] = ("my_gemma", "my_gemini")) -> None:
+    """Check that the app answered through each of the learner's paths (notebook 05), as the
+    chat's saved turns say: a turn of each model, the last one with a reply."""
+    from hybridchat.store import open_store
+
+    store = open_store(store_url, resilient=False)
+    try:
+        turns = store.load(session_id)
+    finally:
+        store.close()
+    for model in models:
+        mine = [turn for turn in turns if turn.model == model]
+        if not mine:
+            raise CheckFailed(f"the chat holds no turn of {model}: run the cell above again")
+        if mine[-1].status == "error":
+            raise CheckFailed(f"{model}: {mine[-1].error or 'no reply'}")
+    print(f"✅ the app answered through your code ({', '.join(models)}), and saved each turn.")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridchat.lab import terraform
+from hybridchat.lab import progress, terraform
 from hybridchat.lab.check import CheckFailed
 
 # Each block a learner writes: its resource type, the label the rest of infra/ refers to it by,
@@ -153,6 +153,7 @@ def _settings(shown: str, lines: list[str], header: int) -> dict[str, int]:
     return found
 
 
+@progress.verdict("01 files")
 def files(infra: str | Path = "infra") -> None:
     """Every ``.tf`` file parses, and is laid out as ``terraform fmt`` writes it (where Terraform
     is installed: its own parser, whose messages name the line, reads them first)."""
@@ -187,6 +188,7 @@ def _unreadable(folder: str, said: str) -> str:
     return f"{at}: Terraform cannot read this ({what}): {why}. Mend that line, then run this cell again."
 
 
+@progress.verdict("01 cluster")
 def cluster(infra: str | Path = "infra") -> None:
     """The cluster: Autopilot, named ``var.cluster_name``, in ``var.region``, deletable, with the
     Gateway API, after the Kubernetes Engine API."""
@@ -215,6 +217,7 @@ def cluster(infra: str | Path = "infra") -> None:
           "on, after the Kubernetes Engine API.")
 
 
+@progress.verdict("01 database")
 def database(infra: str | Path = "infra") -> None:
     """The database: ``chat-app-db``, Native mode, at ``var.firestore_location``, deleted with the rest."""
     [block] = read(infra).written("database")
@@ -238,6 +241,7 @@ def database(infra: str | Path = "infra") -> None:
           "terraform destroy, after the Firestore API.")
 
 
+@progress.verdict("01 document")
 def document(infra: str | Path = "infra") -> None:
     """The document ``chat_sessions/initialize``, made once the database exists."""
     [block] = read(infra).written("document")
@@ -259,6 +263,7 @@ def document(infra: str | Path = "infra") -> None:
     print(f"✅ {block.kind}.{block.label}: chat_sessions/initialize, in google_firestore_database.chat once it exists.")
 
 
+@progress.verdict("01 identity")
 def workload_identity(infra: str | Path = "infra") -> None:
     """The app's Kubernetes service account, as a Workload Identity principal of this project's
     pool, holds ``roles/aiplatform.user`` and ``roles/datastore.user``, and nothing broader."""
@@ -329,6 +334,7 @@ def _require(block: Block, rules: list[tuple[bool, str, str]]) -> None:
             raise CheckFailed(f"{block.at_setting(setting)}: {hint}")
 
 
+@progress.verdict("01 in the cloud")
 def in_the_cloud(project_id: str, project_number: str, region: str, cluster_name: str) -> None:
     """After ``terraform apply``: what the four blocks made, as the project reports it (gcloud's
     ``describe`` and ``get-iam-policy``, Firestore's client): each ✅, or ❌ with what is off."""

@@ -18,6 +18,8 @@ DEFAULTS = {
     "CLUSTER_NAME": "gradio-chat-cluster",
     "GEMMA_URL": "",  # a room's Gemma (the instructor's); "": each attendee's own, from notebook 02
     "GEMMA": "gemma-3-12b",  # which Gemma notebook 02 deploys: a key of GEMMAS
+    "ATTENDEE": "",  # in a room: the name the instructor's progress page shows; "": no progress sent
+    "ROOM_URL": "",  # the room's progress service; "": the room's Gemma address (its /progress path)
 }
 NO_GEMMA = "none"  # GEMMA_URL for a workshop on Gemini alone
 # The Gemma each choice deploys (deploy/): the codelab's Gemma 3 12B on two L4s, or Gemma 4 E4B on one.
@@ -74,6 +76,10 @@ def save(folder: Path | None = None, **parameters: str) -> Path:
     if parameters.get("MODE", "local") not in ("local", "gcp"):
         raise ValueError(f"MODE must be 'local' or 'gcp', not {parameters['MODE']!r}")
     gemma_manifest(parameters.get("GEMMA", DEFAULTS["GEMMA"]))
+    attendee = parameters.get("ATTENDEE", "")
+    if "@" in attendee or len(attendee) > 60:
+        raise ValueError(f"ATTENDEE is the name the room's page shows, at most 60 characters and not an e-mail "
+                         f"address: {attendee[:60]!r} is not one")
     path = (folder or Path.cwd()) / FILE
     values = {**DEFAULTS, **load(folder), **parameters}
     path.write_text(json.dumps(values, indent=1) + "\n")
