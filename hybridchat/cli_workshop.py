@@ -96,6 +96,50 @@ def results(
     raise typer.Exit(1 if unread else 0)
 
 
+@room_app.command("rehearse")
+def rehearse(
+    url: Annotated[str, typer.Option(help="The room's Gemma (https://…), as attendees set GEMMA_URL.")],
+    chats: Annotated[int, typer.Option(min=1, max=1000, help="Attendees chatting at once.")] = 30,
+    turns: Annotated[int, typer.Option(min=1, max=100, help="Turns in each attendee's conversation.")] = 8,
+    think: Annotated[float, typer.Option(min=0, help="Seconds an attendee reads and types between turns (on "
+                                                     "average).")] = 10.0,
+    max_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Tokens a reply may have.")] = 256,
+    ttft_goal: Annotated[float, typer.Option(help="Seconds to first token the p95 must stay under.")] = 2.0,
+    queue_limit: Annotated[int, typer.Option(help="Requests waiting in vLLM's queue that are still fine.")] = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the record (every turn) here.")] = None,
+) -> None:
+    """Drive the room's Gemma as a room would (key: HYBRIDCHAT_VLLM_API_KEY), then say whether it
+    holds: time to first token, time per output token, errors, vLLM's queue and prefix cache."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from hybridchat import rehearse as rehearsal
+    from hybridchat.config import Settings
+
+    settings = Settings()
+    key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+    try:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(f"{chats} chats × {turns} turns", total=chats * turns)
+            measured = rehearsal.rehearse(url, key, chats=chats, turns=turns, think_s=think, max_tokens=max_tokens,
+                                          on_turn=lambda: bar.advance(task))
+    except rehearsal.Unusable as unusable:
+        typer.echo(f"hybridchat room rehearse: {unusable}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"The room's Gemma at {measured.url}, serving {measured.model}:")
+    rows = measured.table()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        typer.echo(f"  {name:<{width}}  {value}")
+    holds, verdict = measured.verdict(ttft_goal, queue_limit)
+    typer.echo(verdict)
+    if json_out:
+        import json
+
+        json_out.write_text(json.dumps(measured.record(ttft_goal, queue_limit), indent=1) + "\n")
+    raise typer.Exit(0 if holds else 1)
+
+
 @room_app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a container.")] = "127.0.0.1",

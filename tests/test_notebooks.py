@@ -20,6 +20,8 @@ from notebook_runs import FAKE_SECRETS, NOTEBOOKS, SOLUTIONS, execute, learners_
 from playwright.sync_api import expect, sync_playwright
 from test_infra_exercise import blocks_written
 from test_learner import last_id
+from test_room_progress import KEY as ROOM_KEY
+from test_room_progress import board_of, running_room
 from websockets.sync.client import connect
 
 from hybridchat import comparison, learner
@@ -36,8 +38,16 @@ def notebooks_folder() -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in NOTEBOOKS.rglob("*") if path.is_file()}
 
 
+@pytest.fixture
+def room(tmp_path, monkeypatch):
+    """A room's progress service, and its key for the notebooks' kernels: each checker's verdict is sent there."""
+    monkeypatch.setenv("HYBRIDCHAT_VLLM_API_KEY", ROOM_KEY)
+    with running_room(tmp_path) as url:
+        yield url
+
+
 @pytest.mark.slow
-def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_it_was(lab_env, tmp_path):
+def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_it_was(lab_env, tmp_path, room):
     before = notebooks_folder()
     workspace = tmp_path / "workspace"
     copies = [copy for copy in prepare(workspace).copied if copy.suffix == ".ipynb"]
@@ -48,6 +58,8 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     for copy in copies:
         learners_answers(copy)
         parameters = {"MODE": "local"}
+        if copy.name.startswith("00"):
+            parameters |= {"ATTENDEE": "Ann", "ROOM_URL": room}
         if copy.name.startswith("08"):
             parameters["PICK_FOR_ME"] = "shorter"  # the blind test's buttons, clicked by the notebook
         if copy.name.startswith("05"):
@@ -58,6 +70,12 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
         if copy.name.startswith("05"):
             launched_on_the_learners_code(workspace / "my_app", stand_in, seen)
     assert notebooks_folder() == before, "running the workspace's copies changed notebooks/"
+    verdicts = board_of(room)
+    assert verdicts == {("Ann", exercise): "✅" for exercise in (
+        "01 cluster", "01 database", "01 document", "01 identity", "01 files", "03 Gemma", "03 Gemini",
+        "04 Gemma", "04 Gemini", "05 turn")}, "each checker cell's verdict reached the room's page"
+    kept = json.loads((workspace / "progress.json").read_text())
+    assert {v["exercise"] for v in kept} == {e for _, e in verdicts} and all(v["sent"] for v in kept)
     assert "The local stand-in is up at" in texts["02_deploy_gemma.ipynb"]
     assert texts["01_provision_infra.ipynb"].count("✅") == 5, "the files, and each of the four blocks"
     assert "✅ process_message_gemma" in texts["03_history_translators.ipynb"]
@@ -96,7 +114,7 @@ def test_the_notebooks_run_in_order_in_a_workspace_and_leave_the_repository_as_i
     saved = [copy.read_text() for copy in copies]
     logs = [path.read_text(errors="replace") for path in Path(lab_env["HYBRIDCHAT_LAB_DIR"]).glob("*.log")]
     assert len(saved) == len(SOLUTIONS) and logs, "every executed notebook and the stand-in's log are read"
-    for value in FAKE_SECRETS.values():
+    for value in (*FAKE_SECRETS.values(), ROOM_KEY):
         assert not any(value in text for text in saved + logs), f"a secret reached a notebook or log: {value[:8]}…"
 
 

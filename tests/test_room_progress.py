@@ -8,14 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
+import papermill
 import pytest
 from conftest import EMULATOR_PROJECT, wait_for
+from notebook_runs import execute
 
 from hybridchat.lab import progress, workshop
-from hybridchat.lab.local import BackgroundServer, free_port
+from hybridchat.lab.local import BackgroundServer, free_port, stop_process
+from hybridchat.lab.workspace import prepare
 from hybridchat.room_service import MAX_BODY, NEW_NAMES, POSTS_PER_MINUTE, Room, create_app
 from hybridchat.store.progress import Standing, open_progress
 
@@ -32,6 +38,52 @@ def room(tmp_path):
     with BackgroundServer(create_app(Room(board, KEY, INSTRUCTOR, gemma_url=None))) as url:
         yield url
     board.close()
+
+
+@contextmanager
+def running_room(folder: Path, port: int | None = None) -> Iterator[str]:
+    """``hybridchat room serve`` as the instructor starts it, on 127.0.0.1: its URL."""
+    url = f"http://127.0.0.1:{port or free_port()}"
+    env = {**os.environ, "HYBRIDCHAT_VLLM_API_KEY": KEY, "HYBRIDCHAT_ROOM_INSTRUCTOR_KEY": INSTRUCTOR}
+    with (folder / "room-serve.log").open("ab") as log:
+        served = subprocess.Popen([sys.executable, "-m", "hybridchat.cli", "room", "serve", "--port",
+                                   url.rsplit(":", 1)[1], "--store", f"sqlite:///{folder}/room.db"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: served.poll() is not None or _answers(f"{url}/healthz"), seconds=60)
+        assert served.poll() is None, (folder / "room-serve.log").read_text()
+        yield url
+    finally:
+        stop_process(served)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def board_of(url: str) -> dict[tuple[str, str], str]:
+    """(attendee, exercise): ✅ or the hint, as the page's table shows them."""
+    from html.parser import HTMLParser
+
+    rows: list[list[str]] = []
+
+    class Cells(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag == "tr":
+                rows.append([])
+            elif tag in ("td", "th") and rows:
+                rows[-1].append("")
+
+        def handle_data(self, data: str) -> None:
+            if rows and rows[-1]:
+                rows[-1][-1] += data
+
+    Cells().feed(httpx.get(f"{url}/progress/board", headers=TEACHER).json()["board"])
+    head, *body = rows
+    return {(row[0], exercise): cell for row in body for exercise, cell in zip(head[1:-1], row[1:-1]) if cell}
 
 
 def post(url: str, headers=ATTENDEE, **verdict) -> httpx.Response:
@@ -129,6 +181,7 @@ def test_a_flood_from_one_address_is_bounded_and_other_attendees_posts_are_kept(
     assert page.count("<tr>") <= 2 + NEW_NAMES and "0" + "4 check" in page
 
 
+@pytest.mark.slow
 def test_room_serve_refuses_to_start_without_two_keys():
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCHAT_")}
     for keys in ({}, {"HYBRIDCHAT_VLLM_API_KEY": KEY}, {"HYBRIDCHAT_VLLM_API_KEY": KEY,
@@ -166,6 +219,7 @@ def test_outside_a_workspace_a_checker_records_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / progress.FILE).exists(), "the repository's tests, or any folder, are left as they were"
 
 
+@pytest.mark.slow
 def test_the_page_signs_in_shows_names_escaped_and_updates_live_in_chromium(room, browser):
     assert post(room, attendee="<i>Ann</i>", status="hint", hint="expected the roles ['user']").status_code == 200
     page = browser.new_page()
@@ -182,3 +236,26 @@ def test_the_page_signs_in_shows_names_escaped_and_updates_live_in_chromium(room
     assert "04 Gemini" in page.inner_text("#board thead"), "a new column, without a reload"
     assert not errors, errors
     page.close()
+
+
+@pytest.mark.slow
+def test_verdicts_of_checker_cells_papermill_runs_reach_room_serve_and_wait_while_it_is_down(lab_env, tmp_path,
+                                                                                            monkeypatch):
+    """Notebook 03 as given (its TODOs) while the room is down, then 01 once it is up: 03's hint
+    went with 01's verdicts."""
+    workspace = tmp_path / "workspace"
+    prepare(workspace)
+    port = free_port()
+    workshop.save(workspace, ATTENDEE="Ann", ROOM_URL=f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HYBRIDCHAT_VLLM_API_KEY", KEY)
+    with pytest.raises(papermill.PapermillExecutionError, match="❌"):
+        execute(workspace / "03_history_translators.ipynb", tmp_path / "03.ipynb", MODE="local")
+    waiting = json.loads((workspace / progress.FILE).read_text())
+    assert [(v["exercise"], v["status"], v["sent"]) for v in waiting] == [("03 Gemma", "hint", False)]
+    with running_room(tmp_path, port) as url:
+        with pytest.raises(papermill.PapermillExecutionError, match="❌"):
+            execute(workspace / "01_provision_infra.ipynb", tmp_path / "01.ipynb", MODE="local")
+        board = board_of(url)
+    assert board[("Ann", "03 Gemma")].startswith("💡 ") and "is not written yet" in board[("Ann", "03 Gemma")]
+    assert set(board) == {("Ann", "03 Gemma"), ("Ann", "01 cluster")} and board[("Ann", "01 cluster")].startswith("💡")
+    assert "Create a GKE Autopilot cluster" in board[("Ann", "01 cluster")], "the hint's first line"
