@@ -266,3 +266,60 @@ def test_the_app_writes_only_in_its_writable_volume(tmp_path, fault_server, fire
     refused = report.read_text() if report.exists() else ""
     assert refused == "", f"the app wrote outside its volume:\n{refused}"
     assert not any(elsewhere.iterdir())
+
+
+def test_the_rooms_progress_service_is_under_the_rooms_gateway_with_the_rooms_key():
+    progress = DEPLOY / "room-progress.yaml"
+    pod = manifest("Deployment", "room-progress", progress)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert keys == {"HYBRIDCHAT_VLLM_API_KEY": {"name": gcp.ROOM_GEMMA_KEY, "key": "key"},
+                    "HYBRIDCHAT_ROOM_INSTRUCTOR_KEY": {"name": "room-instructor-key", "key": "key"}}
+    assert not any("key" in arg.lower() for arg in container["args"]), "no key in the process list"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"]
+    (route,) = manifest("HTTPRoute", "room-progress-route", progress)["spec"]["rules"]
+    assert manifest("HTTPRoute", "room-progress-route", progress)["spec"]["parentRefs"] == [
+        {"name": "gemma-room-gateway"}], "the room's Gemma's address"
+    assert route["matches"] == [{"path": {"type": "PathPrefix", "value": "/progress"}}]
+    service = manifest("Service", "room-progress-service", progress)["spec"]
+    assert route["backendRefs"] == [{"name": "room-progress-service", "port": service["ports"][0]["port"]}]
+    health = manifest("HealthCheckPolicy", "room-progress-health", progress)["spec"]["default"]["config"]
+    assert health["httpHealthCheck"]["requestPath"] == container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert health["httpHealthCheck"]["port"] == service["ports"][0]["port"]
+
+
+@pytest.mark.slow
+def test_the_progress_containers_arguments_serve_a_firestore_board(firestore_emulator, tmp_path):
+    """The container's own arguments (host and port made local), on the Firestore emulator: a
+    verdict in with the room's key, on the page with the instructor's."""
+    from test_room_progress import INSTRUCTOR, KEY, board_of
+
+    firestore_emulator.reset()
+    (container,) = manifest("Deployment", "room-progress", DEPLOY / "room-progress.yaml")["spec"]["template"][
+        "spec"]["containers"]
+    port = free_port()
+    args = [{"0.0.0.0": "127.0.0.1", "8090": str(port)}.get(arg, arg) for arg in container["args"]]
+    env = {"HYBRIDCHAT_VLLM_API_KEY": KEY, "HYBRIDCHAT_ROOM_INSTRUCTOR_KEY": INSTRUCTOR,
+           "GOOGLE_CLOUD_PROJECT": firestore_emulator.project}
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("wb") as log, serving([sys.executable, "-m", "hybridchat.cli", *args[1:]],
+                                                             f"{url}/healthz", env, log):
+        posted = httpx.post(f"{url}/progress", headers={"Authorization": f"Bearer {KEY}"},
+                            json={"attendee": "Ann", "exercise": "04 Gemma", "status": "ok"})
+        assert posted.status_code == 200, posted.text
+        assert board_of(url) == {("Ann", "04 Gemma"): "✅"}
+
+
+def test_the_cloud_doubles_apply_the_progress_manifest(tmp_path):
+    import cloud_doubles
+
+    with fake_cluster(tmp_path) as kubeconfig:
+        state = cloud_doubles.initial_state("instructor-project", kube_context="gke_instructor_us-central1_room")
+        cloud_doubles.install(tmp_path / "bin", tmp_path / "state", state, kubeconfig)
+        applied = subprocess.run([str(tmp_path / "bin" / "kubectl"), "apply", "-f", str(DEPLOY / "room-progress.yaml")],
+                                 capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == [
+        "deployment.apps/room-progress created", "service/room-progress-service created",
+        "httproute.gateway.networking.k8s.io/room-progress-route created",
+        "healthcheckpolicy.networking.gke.io/room-progress-health created"]

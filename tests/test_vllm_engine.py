@@ -26,11 +26,13 @@ import httpx
 import nbformat
 import pytest
 from conftest import running_app
+from prometheus_client.parser import text_string_to_metric_families
 from test_room_gemma import KEY, VLLMS_ANSWERS, key_answers
 
 from bench import prefix_cache
 from bench.model_servers import CONTEXT, ModelServer
 from bench.queue_client import QueueClient, Reply, text_of
+from hybridchat import vllm_metrics
 from hybridchat.backends import GenerationParams, VllmBackend, VllmClient, build_backends
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.chat_view import figures
@@ -38,7 +40,10 @@ from hybridchat.config import Settings
 from hybridchat.costs import GPU_PRICES
 from hybridchat.history import conversation
 from hybridchat.lab.reach import Reached
+from hybridchat.rehearse import rehearse
+from hybridchat.room_service import Room
 from hybridchat.store import open_store
+from hybridchat.store.progress import open_progress
 
 pytestmark = pytest.mark.slow  # the real vLLM engine
 
@@ -289,15 +294,30 @@ def test_a_server_restarted_mid_reply_under_another_name_then_the_next_turn_work
     assert turns[3].status in ("ok", "cut_off") and turns[3].reply
 
 
-def test_a_keyed_engine_refuses_as_the_stand_in_does(tmp_path):
+def test_a_keyed_engine_refuses_as_the_stand_in_does_and_room_rehearse_drives_both(tmp_path):
     """A room's Gemma (VLLM_API_KEY, as --api-key): the real engine's answers on its open and
-    guarded routes are the stand-in's, word for word."""
-    answers = {}
+    guarded routes are the stand-in's, word for word. ``room rehearse`` drives each with the key,
+    and reads the real engine's queue and prefix cache from its /metrics (the names it exports)."""
+    answers, rehearsed, exported = {}, {}, set()
     for kind in ("stand-in", "vllm"):
         server = ModelServer(kind, tmp_path, api_key=KEY)
         server.start()
         try:
             answers[kind] = key_answers(server.url, KEY)
+            rehearsed[kind] = rehearse(server.url, KEY, chats=3, turns=2, think_s=0, max_tokens=8)
+            if kind == "vllm":
+                exported = {sample.name for family in text_string_to_metric_families(
+                    httpx.get(f"{server.url}/metrics", timeout=30).text) for sample in family.samples}
+                room = Room(open_progress(f"sqlite:///{tmp_path}/room.db"), KEY, "instructor-FAKE", server.url)
+                load_line = room.gemma_load()
         finally:
             server.stop()
     assert answers["vllm"] == answers["stand-in"] == VLLMS_ANSWERS
+    assert set(vllm_metrics.NAMES) <= exported, set(vllm_metrics.NAMES) - exported
+    engine, stand_in = rehearsed["vllm"], rehearsed["stand-in"]
+    assert len(engine.answered) == len(stand_in.answered) == 6, (engine.errors(), stand_in.errors())
+    assert engine.queue_max is not None and engine.running_max is not None and engine.running_max >= 1
+    assert engine.prefix_hit_rate is not None and 0 <= engine.prefix_hit_rate <= 1
+    assert stand_in.queue_max is None, "the stand-in serves no /metrics"
+    assert engine.tokens_per_s() and engine.per_token_s(), "the engine's usage counted the tokens"
+    assert load_line is not None and load_line.waiting == 0
