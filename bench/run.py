@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import prefix_cache
+from bench import prefix_cache, rehearse_overhead
 from bench.model_servers import ModelServer
 from bench.queue_client import QueueClient, Reply
 from bench.servers import (
@@ -271,6 +271,7 @@ def run(quick: bool, firestore: bool) -> dict:
             results["shown_once"] = asyncio.run(concurrency(base, [pid], LOAD_PACE, [1], 1, least))
         results["scale_out"] = scale_out(vllm, scratch, LOAD_PACE, [1, 2], max(levels), 1 if quick else 3)
 
+    results["rehearse"] = rehearse_overhead.run(chats=4 if quick else 30, turns=1 if quick else 3)
     results["translation"] = translation([10, 100] if quick else [10, 100, 1000, 10000])
     results["store"] = {"sqlite": store_latency(f"sqlite:///{scratch}/store.db", [10] if quick else [10, 1000])}
     if firestore:
@@ -351,6 +352,8 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
             met = "yes" if store == "sqlite" and size == "1000" and v["load_ms"]["p50"] < 100 else ""
             rows.append((f"{store}, {size} turns", f"append p50 {v['append_ms']['p50']:.2f} ms, load p50 {v['load_ms']['p50']:.1f} ms",
                          "load of 1,000 turns < 100 ms (SQLite)" if store == "sqlite" and size == "1000" else "", met))
+    if "rehearse" in results:
+        rows += rehearse_overhead.report(results["rehearse"])
     memory = results["memory_mib"]
     rows.append(("app memory (RSS)", ", ".join(f"{k}: {v:.0f} MiB" for k, v in memory.items()), "", ""))
     if "prefix_cache" in results:

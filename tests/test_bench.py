@@ -39,6 +39,9 @@ def test_the_benchmark_runs_and_writes_its_results(tmp_path):
     assert all(level["cpu_ms_per_turn"] > 0 for level in [*load.values(), *baseline.values()]), "the app's own CPU"
     assert json.loads((tmp_path / "shown_once.json").read_text())["1"]["cpu_ms_per_turn"] > 0
     assert json.loads((tmp_path / "idle_cpu.json").read_text())["share_of_a_core"] > 0
+    rehearsed = json.loads((tmp_path / "rehearse.json").read_text())
+    assert rehearsed["chats"] == 4 and not rehearsed["errors"] and rehearsed["ratio"] > 0, "room rehearse's own cost"
+    assert "room rehearse, 4 chats: time to first token" in result.stdout
     scale_out = json.loads((tmp_path / "scale_out.json").read_text())
     assert set(scale_out) == {"1", "2", "floor, 2"} and all(run["errors"] == 0 for run in scale_out.values()), \
         "the app, then bare Gradio, through HAProxy"
