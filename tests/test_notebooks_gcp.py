@@ -220,6 +220,10 @@ def test_the_notebooks_run_in_order_in_gcp_mode(cloud, stand_in, tmp_path):
     assert "picks: 1, won by the left reply: 1" in texts["06_chat_history.ipynb"]
     assert re.search(r"gemma was picked in \d+ of 10 \(", texts["08_next_steps.ipynb"]), "the blind test, through Gemma"
     assert f"Nothing of the workshop's kinds bills in {P} (us-central1)." in texts["07_cleanup.ipynb"]
+    verdicts = {v["exercise"]: v["status"] for v in json.loads((workspace / "progress.json").read_text())}
+    assert {exercise: verdicts.get(exercise) for exercise in ("01 plan", "01 in the cloud", "05 turn", "07 leftovers")
+            } == dict.fromkeys(("01 plan", "01 in the cloud", "05 turn", "07 leftovers"), "ok"), (
+        "gcp mode's own checks keep their verdicts too")
     saved = [path.read_text() for path in workspace.glob("*.ipynb")]
     assert len(saved) == len(SOLUTIONS) and not any(FAKE_SECRETS["HF_TOKEN"] in text for text in saved), (
         "the HF token reached a notebook")
