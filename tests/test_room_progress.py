@@ -133,6 +133,7 @@ def test_a_verdict_needs_the_rooms_key_and_the_page_the_instructors(room):
     assert page.status_code == 200 and "Ann" in page.text and "Bob" in page.text
     assert "💡 0 min" in page.text and "the prompt must end with" in page.text and "second line" not in page.text
     assert page.text.index("Ann") < page.text.index("Bob"), "the one stuck first"
+    assert "The room&#x27;s Gemma: not named (--gemma-url)." in page.text, "the header's load line"
 
     with httpx.Client(base_url=room) as browser:
         wrong = browser.post("/progress/login", data={"key": KEY})
