@@ -11,6 +11,7 @@ from conftest import Recording, api_key_client, running_app, wait_for
 from playwright.sync_api import Page, expect
 from test_browser import GEMINI
 
+from bench.servers import Pace, paced_server
 from hybridchat.backends import VllmBackend, VllmClient
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.history import Message
@@ -49,9 +50,10 @@ def columns(page: Page) -> tuple[str, str]:
     return left, right
 
 
-def test_both_stream_at_once_and_a_pick_continues_the_chat(browser, stand_in, tmp_path):
-    models = backends(stand_in, stand_in)
-    with running_app(tmp_path, models) as (url, store_url):
+def test_both_stream_at_once_and_a_pick_continues_the_chat(browser, tmp_path):
+    # Paced: the tiny model's whole reply can reach a loaded CI machine's page in one update.
+    with paced_server(Pace(ttft=0.1, tokens=20, gap=0.1)) as (paced_url, _), \
+            running_app(tmp_path, models := backends(paced_url, paced_url)) as (url, store_url):
         page = opened(browser, url)
         send(page, "Name a colour.")
         seen: list[tuple[str, str]] = []
