@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import gradio as gr
 from fastapi import FastAPI
 
+from hybridchat.auto import auto_route
 from hybridchat.backends import ChatBackend, LearnerBackend, build_backends
 from hybridchat.chat import ChatService
 from hybridchat.chat_export import SAVE_THE_DOWNLOAD
@@ -56,13 +57,16 @@ def create_app(
     owned_store = None
     if store is None:
         store = owned_store = open_store(settings.resolved_store_url)
+    models = backends or build_backends(settings)
     service = ChatService(
-        backends or build_backends(settings),
+        models,
         store,
         max_message_bytes=settings.max_message_bytes,
         max_persona_bytes=settings.max_persona_bytes,
         stream=settings.stream,
         pricing=Pricing.from_settings(settings),
+        auto=auto_route(models, max_waiting=settings.auto_max_waiting, recheck_seconds=settings.auto_recheck_seconds,
+                        default=settings.auto if settings.auto is not None else settings.vllm_api_key is not None),
     )
     learner = next((b.code for b in service.backends.values() if isinstance(b, LearnerBackend)), None)
     demo = ChatUI(

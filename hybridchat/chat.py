@@ -11,21 +11,35 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
+from hybridchat.backends.base import short_label
 from hybridchat.context import KEEP, Fitted, fit_context
 from hybridchat.costs import Pricing
-from hybridchat.errors import BackendError, ContextOverflow, InputRefused, SessionNotFound, StoreError
+from hybridchat.errors import (
+    BackendError,
+    ContextOverflow,
+    InputRefused,
+    SessionNotFound,
+    StoreError,
+    refusal_reason,
+    too_long_for,
+)
 from hybridchat.history import Message
 from hybridchat.store import HistoryStore, SessionSummary, Turn
-from hybridchat.store.base import TurnStatus, Vote, utcnow
+from hybridchat.store.base import Vote
+from hybridchat.turn_draft import Draft, Pairing, Route
+
+if TYPE_CHECKING:
+    from hybridchat.auto import AutoRoute
 
 log = logging.getLogger("hybridchat.turns")
+
+AUTO = "auto"  # the model selector's value for Auto
 
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024
 DEFAULT_MAX_PERSONA_BYTES = 4 * 1024
@@ -101,6 +115,7 @@ class Progress:
     notice: str | None = None
     context_note: str | None = None
     thought: str | None = None
+    handed_back: str | None = None  # why the turn was handed back to Auto, unsaved (``Route.hand_back``)
 
 
 class ChatService:
@@ -114,6 +129,7 @@ class ChatService:
         keep: float = KEEP,
         stream: bool = True,
         pricing: Pricing | None = None,
+        auto: AutoRoute | None = None,
     ):
         if not backends:
             raise ValueError("no backend is configured: set HYBRIDCHAT_BACKENDS")
@@ -124,6 +140,7 @@ class ChatService:
         self.keep = keep
         self.stream = stream  # False: one blocking call per reply, the codelab's design
         self.pricing = pricing  # None: no reply is priced
+        self.auto = auto  # the "Auto" entry: Gemma, else Gemini (None: not offered)
 
     def respond(
         self,
@@ -134,10 +151,12 @@ class ChatService:
         *,
         replaces: str | None = None,
         pair: Pairing | None = None,
+        route: Route | None = None,
     ) -> Generator[Progress, None, None]:
         """Stream the reply to ``message``; the last ``Progress`` carries the saved turn
         (which ``replaces`` the turn of that id, asked again; ``pair``: one of two replies to
-        the same message, side by side, from the context given there).
+        the same message, side by side, from the context given there; ``route``: how Auto sent
+        it). ``backend_name`` ``AUTO``: Auto picks the model.
 
         ``InputRefused`` (before the reply starts) for a bad message or model, or a message
         too long for the model's context. Backend failures do not raise: they end the turn,
@@ -145,6 +164,9 @@ class ChatService:
         is fitted again, smaller, and sent once more.
         """
         text = clean_message(message, self.max_message_bytes)
+        if backend_name == AUTO and self.auto is not None:
+            yield from self.auto.respond(self, conversation, text, params, replaces=replaces)
+            return
         backend = self.backends.get(backend_name)
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
@@ -154,23 +176,34 @@ class ChatService:
             self.catch_up(conversation)
         context = pair.context if pair is not None else conversation.context()
         previous = start = self._context_start(context, backend_name)
-        draft = _Draft(text, backend_name, params, replaces=replaces, pair=pair)
+        draft = Draft(text, backend_name, params, replaces=replaces, pair=pair, route=route)
+        hand_back = route is not None and route.hand_back
+        label = f"{backend.label} · {route.reason}" if route and route.reason else backend.label
         reply: ReplyStream | None = None
         fitted: Fitted | None = None
         refused, overcount = False, 1.0
         try:
             for _ in range(2):
-                fitted = fit_context(
-                    backend, context, text, params, start=start, keep=self.keep,
-                    shrink=refused, overcount=overcount,
-                )
+                try:
+                    fitted = fit_context(
+                        backend, context, text, params, start=start, keep=self.keep,
+                        shrink=refused, overcount=overcount,
+                    )
+                except InputRefused:
+                    if not hand_back:
+                        raise
+                    fitted = None
+                if hand_back and (fitted is None or fitted.not_sent):
+                    yield Progress(text, "", label, handed_back=too_long_for(short_label(backend.label)))
+                    return
+                assert fitted is not None
                 draft.fitted(fitted, previous, backend.label)
                 reply = (backend.stream if self.stream else backend.answer)(fitted.messages, fitted.params)
                 try:
                     with closing(reply):  # on Stop too: the model's HTTP stream ends now
                         for piece in reply:
                             draft.add(piece)
-                            yield Progress(text, "".join(draft.pieces), backend.label, context_note=draft.notice,
+                            yield Progress(text, "".join(draft.pieces), label, context_note=draft.notice,
                                            thought=reply.thought or None)
                     break
                 except ContextOverflow as exc:
@@ -179,6 +212,9 @@ class ChatService:
                     # Shrunk from where the refused fit began, by as much as the server counted more.
                     refused, start, overcount = True, fitted.start, _overcount(exc, fitted)
         except BackendError as exc:
+            if hand_back and not draft.pieces:
+                yield Progress(text, "", label, handed_back=refusal_reason(short_label(backend.label), exc))
+                return
             draft.status, draft.error = ("interrupted" if draft.pieces else "error"), str(exc)
         except GeneratorExit:  # the user pressed Stop
             draft.status = "interrupted"
@@ -186,9 +222,11 @@ class ChatService:
             raise
         # The label now names the model the server serves.
         turn = self._figured(backend, fitted, draft.turn(backend.label, reply))
-        yield Progress(text, turn.reply, backend.label, turn, self._save(conversation, turn), turn.notice)
+        yield Progress(text, turn.reply, label, turn, self._save(conversation, turn), turn.notice)
 
-    def retry(self, conversation: Conversation, backend_name: str, params: GenerationParams) -> Iterator[Progress]:
+    def retry(
+        self, conversation: Conversation, backend_name: str, params: GenerationParams, route: Route | None = None
+    ) -> Iterator[Progress]:
         """Ask again for the last reply: the new turn takes its place, in the chat and in what
         any model sees next; the store keeps both (the new one names the one it replaces)."""
         if not conversation.turns:
@@ -196,7 +234,7 @@ class ChatService:
         last = conversation.turns.pop()
         conversation.replaced.add(last.turn_id)
         try:
-            yield from self.respond(conversation, last.user, backend_name, params, replaces=last.turn_id)
+            yield from self.respond(conversation, last.user, backend_name, params, replaces=last.turn_id, route=route)
         except InputRefused:  # refused before it began: the last reply stands
             conversation.turns.append(last)
             conversation.replaced.discard(last.turn_id)
@@ -309,80 +347,3 @@ def _overcount(refused: ContextOverflow, fitted: Fitted) -> float:
     if refused.prompt_tokens and fitted.prompt_tokens:
         return refused.prompt_tokens / fitted.prompt_tokens
     return 1.0
-
-
-@dataclass(frozen=True)
-class Pairing:
-    """A reply's place side by side: the pair's id, its column (0 left, 1 right), and the context
-    both replies are given (taken once, before either is saved)."""
-
-    pair: str
-    column: int
-    context: list[Turn]
-
-
-@dataclass
-class _Draft:
-    """A turn while its reply streams."""
-
-    text: str
-    backend_name: str
-    params: GenerationParams
-    replaces: str | None = None
-    pair: Pairing | None = None
-    pieces: list[str] = field(default_factory=list)
-    status: TurnStatus = "ok"
-    error: str | None = None
-    context_start: int | None = None
-    notice: str | None = None
-    started: datetime = field(default_factory=utcnow)
-    clock: float = field(default_factory=time.monotonic)
-    first_piece_at: float | None = None
-
-    def add(self, piece: str) -> None:
-        if not piece:  # a backend still at work says so: no text, not the first token
-            return
-        if not self.pieces:
-            self.first_piece_at = time.monotonic()
-        self.pieces.append(piece)
-
-    def fitted(self, fitted: Fitted, previous_start: int, model: str) -> None:
-        """Record what is sent; a notice only when this turn leaves out more than the last."""
-        self.params, self.context_start = fitted.params, fitted.start
-        self.notice = (
-            f"{fitted.not_sent} earlier turn{'s were' if fitted.not_sent != 1 else ' was'} not sent to "
-            f"{model}, to fit its context. They stay saved in this chat."
-            if fitted.start > previous_start and fitted.not_sent else None
-        )
-
-    def turn(self, label: str, reply: ReplyStream | None = None) -> Turn:
-        usage = reply.usage if reply else None
-        if self.status == "ok" and reply and reply.finish_reason == "length":
-            self.status = "cut_off"
-        if self.status == "error":
-            self.notice = None  # nothing reached the model: the next answered turn tells
-        return Turn(
-            user=self.text,
-            model=self.backend_name,
-            model_label=label,
-            reply="".join(self.pieces),
-            thought=(reply.thought or None) if reply else None,
-            params=self.params.model_dump(exclude_none=True),
-            started_at=self.started,
-            finished_at=utcnow(),
-            latency_ms=_ms_since(self.clock),
-            first_token_ms=_ms_since(self.clock, self.first_piece_at) if self.first_piece_at else None,
-            status=self.status,
-            error=self.error,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            context_start=self.context_start,
-            notice=self.notice,
-            replaces=self.replaces,
-            pair=self.pair.pair if self.pair else None,
-            pair_column=self.pair.column if self.pair else None,
-        )
-
-
-def _ms_since(start: float, end: float | None = None) -> float:
-    return round(((end or time.monotonic()) - start) * 1000, 1)

@@ -12,6 +12,7 @@ import gradio as gr
 from gradio.blocks import Block
 
 from hybridchat.backends import ChatBackend
+from hybridchat.backends.base import short_label
 from hybridchat.chat import Conversation, Progress
 from hybridchat.chat_view import reply_body
 from hybridchat.sanitize import safe_markdown
@@ -36,7 +37,7 @@ def side_by_side_choice(backends: dict[str, ChatBackend]) -> list[tuple[str, str
     """The selector's side-by-side entry, where there are two models to compare."""
     if len(backends) < 2:
         return []
-    left, right = (backends[name].label.split(" (")[0].split(" · ")[0] for name in default_pair(backends))
+    left, right = (short_label(backends[name].label) for name in default_pair(backends))
     return [(f"{left} and {right}, side by side", SIDE_BY_SIDE)]
 
 

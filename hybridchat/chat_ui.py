@@ -18,13 +18,15 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
-from hybridchat.backends import GenerationParams, LearnerCode
-from hybridchat.chat import ChatService, Conversation, Progress
+from hybridchat.backends import ChatBackend, GenerationParams, LearnerCode
+from hybridchat.chat import AUTO, ChatService, Conversation, Progress
+from hybridchat.chat_auto import AutoView, with_auto
 from hybridchat.chat_export import DOWNLOAD_FILE_ID, ExportHandlers
 from hybridchat.chat_feedback import FeedbackHandlers
 from hybridchat.chat_pair import CHOSE_LEFT, PairView, side_by_side_choice
+from hybridchat.chat_sessions import SIDEBAR_PAGE, SessionHandlers
 from hybridchat.chat_view import PERSONA_ON_YOUR_PATH, RECHECK_SECONDS, UNAVAILABLE, chat_messages, model_choices
-from hybridchat.errors import HybridChatError, InputRefused, SessionNotFound, StoreError
+from hybridchat.errors import InputRefused, StoreError
 from hybridchat.guard import SIGNED_IN
 from hybridchat.iap import SIGN_OUT_PATH, IapVerifier
 from hybridchat.limits import Limits
@@ -34,7 +36,6 @@ from hybridchat.visitors import VisitorIds
 
 log = logging.getLogger(__name__)
 
-SIDEBAR_PAGE = 50  # chats the sidebar lists at first, and more each time "Older chats" is pressed
 VISITOR = "visitor:"  # the owner prefix of an anonymous visitor, whose id the app issued
 
 
@@ -42,7 +43,7 @@ Updates = dict[Block, Any]  # a handler's updates, by component; the others stay
 Ask = Callable[[Conversation], Iterator[Progress | PairProgress]]  # a turn's replies, its settings checked
 
 
-class ChatUI(FeedbackHandlers, ExportHandlers):
+class ChatUI(FeedbackHandlers, ExportHandlers, SessionHandlers):
     """The chat page, laid out and wired the way Gradio's own ``ChatInterface`` is: the
     ``_render_*`` methods place the components, ``_setup_events`` connects them to the handlers,
     and each handler returns its updates by component."""
@@ -67,6 +68,7 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
         self.limits = limits
         self.stream_interval = stream_interval
         self.pair = PairView(service.backends, same_model=same_model)  # both models side by side
+        self.auto_view = AutoView(service.auto)
         with gr.Blocks(title="Hybrid chat: Gemma + Gemini") as self.demo:
             self._render_state()
             self._render_sidebar()
@@ -96,13 +98,14 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
         gr.Markdown("## Hybrid chat\nSwitch model at any turn: the conversation carries over.")
         self.signed_in = gr.Markdown(visible=False, elem_id="signed-in")
         self.learner_note = gr.Markdown(visible=False, elem_id="learner-code")
-        labels = [(backend.label, name) for name, backend in self.service.backends.items()]
-        labels += side_by_side_choice(self.service.backends)
+        labels = with_auto([(backend.label, name) for name, backend in self.service.backends.items()]
+                           + side_by_side_choice(self.service.backends), self.service.auto)
         self.model = gr.Dropdown(label="Model", choices=labels, value=labels[0][1], elem_id="model")
         self.recheck = gr.Timer(RECHECK_SECONDS, active=False)
         self.chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chat",
                                   feedback_options=("Like", "Dislike"))
         self.pair.render_columns()
+        self.auto_view.render()
         with gr.Row():
             # Closed until the page has loaded: loading ends by setting the chat and the visitor as
             # they were, which hid a turn sent meanwhile (loading takes seconds while a model is down).
@@ -127,12 +130,13 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
             self.pair.render_settings()
 
     def _setup_events(self) -> None:
-        chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions, *self.pair.outputs]
+        chat_view = [self.chatbot, self.box, self.conversation, self.browser, self.sessions, *self.pair.outputs,
+                     self.auto_view.ask_fallback]
         self.demo.load(
             self.start, [self.browser, self.shown],
             [self.browser, self.conversation, self.chatbot, self.sessions, self.older_button, self.model,
              self.signed_in, self.max_tokens, self.recheck, self.learner_note, self.box, self.send_button,
-             *self.pair.outputs],
+             *self.pair.outputs, self.auto_view.ask_fallback],
             api_visibility="private",
         )
         self.recheck.tick(self.recheck_models, None, [self.model, self.recheck], api_visibility="private",
@@ -145,6 +149,8 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
             self.send_button.click(self.chat, inputs, chat_view, api_visibility="private", show_progress="hidden"),
             self.chatbot.retry(self.retry, [self.conversation, *settings, self.pair.setup], chat_view,
                                api_visibility="private", show_progress="hidden"),
+            self.auto_view.ask_fallback.click(self.ask_fallback, [self.conversation, *settings[1:]], chat_view,
+                                              api_visibility="private", show_progress="hidden"),
         ]
         for column, button in enumerate(self.pair.buttons):
             button.click(self._picker(column), [self.conversation, self.browser, self.pair.setup],
@@ -153,17 +159,20 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
         self.chatbot.like(self.vote, [self.conversation, self.browser], [self.conversation], api_visibility="private")
         self.sessions.input(
             self.open_session, [self.sessions, self.browser],
-            [self.conversation, self.chatbot, self.browser, self.model], api_visibility="private",
+            [self.conversation, self.chatbot, self.browser, self.model, self.auto_view.ask_fallback],
+            api_visibility="private",
         )
         for starts_over in (self.new_button.click, self.chatbot.clear):
             starts_over(
-                self.new_chat, [self.browser], [self.conversation, self.chatbot, self.browser, self.sessions],
+                self.new_chat, [self.browser],
+                [self.conversation, self.chatbot, self.browser, self.sessions, self.auto_view.ask_fallback],
                 api_visibility="private",
             )
         # Deleting stops the reply still streaming in this tab (a reply saved late is dropped).
         self.delete_button.click(
             self.delete_chat, [self.conversation, self.browser, self.shown],
-            [self.conversation, self.chatbot, self.browser, self.sessions, self.older_button],
+            [self.conversation, self.chatbot, self.browser, self.sessions, self.older_button,
+             self.auto_view.ask_fallback],
             cancels=sent, api_visibility="private",
         )
         self.download_button.click(self.download_chat, [self.conversation, self.browser], [self.download_file],
@@ -198,15 +207,16 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
             self.conversation: conversation,
             self.chatbot: self._messages(conversation),
             self.model: gr.Dropdown(choices=updates[self.model].choices, value=model),
-            self.max_tokens: next(iter(self.service.backends.values())).default_max_tokens
-            if model == SIDE_BY_SIDE else self.service.backends[model].default_max_tokens,
+            self.max_tokens: self._backend_of(model).default_max_tokens,
             **self.pair.shown(conversation, None),
+            **self.auto_view.shown(conversation),
             **self._sidebar(owner, conversation.session_id, shown),
         }
 
     def recheck_models(self) -> Updates:
         """The selector's entries as the models are now; rechecked while one is unavailable."""
-        models = model_choices(self.service.backends) + side_by_side_choice(self.service.backends)
+        models = with_auto(model_choices(self.service.backends) + side_by_side_choice(self.service.backends),
+                           self.service.auto)
         waiting = any(UNAVAILABLE in label for label, _ in models)
         return {self.model: gr.Dropdown(choices=models), self.recheck: gr.Timer(active=waiting)}
 
@@ -247,6 +257,19 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
             else (lambda chat: self.service.retry(chat, model, params)), None, conversation, browser, shown,
             request, setup,
         )
+
+    def ask_fallback(
+        self, conversation: Conversation | None, temperature: float, top_p: float, max_tokens: int, persona: str,
+        browser: dict[str, Any] | None, shown: int, request: gr.Request,
+    ) -> Iterator[Updates]:
+        """Ask Gemini for the reply Gemma broke off under Auto (the broken one stays saved)."""
+        params = _params(temperature, top_p, max_tokens, persona)
+        auto = self.service.auto
+        if params is None or conversation is None or auto is None:
+            yield self._unchanged()
+            return
+        yield from self._turn(lambda chat: auto.ask_fallback(self.service, chat, params), None, conversation,
+                              browser, shown, request)
 
     def _turn(
         self, ask: Ask, message: str | None, conversation: Conversation | None, browser: dict[str, Any] | None,
@@ -303,46 +326,8 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
                         self.sessions, gr.skip()
                     ),
                     **self.pair.shown(conversation, setup),
+                    **self.auto_view.shown(conversation),
                 }
-
-    def open_session(self, session_id: str | None, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
-        owner, browser = self._owner_of(browser, request)
-        if not session_id:
-            return self._unchanged()
-        try:
-            conversation = self.service.open(owner, session_id)
-        except HybridChatError as exc:
-            gr.Warning(str(exc))
-            return self._unchanged()
-        browser["session"] = session_id
-        return {self.conversation: conversation, self.chatbot: self._messages(conversation), self.browser: browser,
-                self.model: self._last_model(conversation)}
-
-    def new_chat(self, browser: dict[str, Any] | None, request: gr.Request) -> Updates:
-        owner, browser = self._owner_of(browser, request)
-        browser["session"] = None
-        return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
-                self.sessions: gr.Radio(value=None)}
-
-    def delete_chat(
-        self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
-    ) -> Updates:
-        owner, browser = self._owner_of(browser, request)
-        if conversation is not None and conversation.session_id:
-            try:
-                self.service.delete(owner, conversation.session_id)
-            except HybridChatError as exc:
-                gr.Warning(str(exc))
-        browser["session"] = None
-        return {self.conversation: Conversation(owner), self.chatbot: [], self.browser: browser,
-                **self._sidebar(owner, None, shown)}
-
-    def show_older(
-        self, conversation: Conversation | None, browser: dict[str, Any] | None, shown: int, request: gr.Request
-    ) -> Updates:
-        owner, _ = self._owner_of(browser, request)
-        shown += SIDEBAR_PAGE
-        return {self.shown: shown, **self._sidebar(owner, conversation.session_id if conversation else None, shown)}
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -359,38 +344,23 @@ class ChatUI(FeedbackHandlers, ExportHandlers):
             browser = {"visitor": self.visitor_ids.token_for(visitor), "session": None}
         return f"{VISITOR}{visitor}", browser
 
-    def _sidebar(self, owner: str, selected: str | None, shown: int, *, older: bool = True) -> Updates:
-        """The sidebar's newest ``shown`` entries, (title · date, session id), and (``older``)
-        the button that shows older ones, if there are; left as they are while the store cannot
-        list them (the turn or page load has said why)."""
-        try:
-            sessions = self.service.sessions(owner, shown + 1)
-        except HybridChatError as exc:
-            log.debug("sessions not listed: %s", exc)
-            return {}
-        choices = [(f"{s.title or 'Untitled'} · {s.updated_at:%b %d %H:%M}" if s.updated_at else s.title, s.session_id)
-                   for s in sessions[:shown]]
-        listed: Updates = {self.sessions: gr.Radio(choices=choices, value=selected)}
-        return listed | {self.older_button: gr.Button(visible=len(sessions) > shown)} if older else listed
-
-    def _resume(self, owner: str, browser: dict[str, Any]) -> Conversation:
-        """The session this browser was in, if it is still there and its own; ``StoreError``
-        while the store cannot say (the browser keeps its session for later)."""
-        if browser.get("session"):
-            try:
-                return self.service.open(owner, browser["session"])
-            except SessionNotFound:
-                browser["session"] = None
-        return Conversation(owner)
-
     def _last_model(self, conversation: Conversation, available: list[str] | None = None) -> str:
         """The model of the chat's last turn, where it is still offered; else the first one
         ``available`` (a learner's code that does not load leaves hybridchat's path), else the first."""
         last = conversation.turns[-1] if conversation.turns else None
-        if last is not None and last.pair is not None and SIDE_BY_SIDE in (available or [SIDE_BY_SIDE]):
+        offered = available or [SIDE_BY_SIDE, AUTO, *self.service.backends]
+        if last is not None and last.pair is not None and SIDE_BY_SIDE in offered:
             return SIDE_BY_SIDE
+        if last is not None and last.auto and self.service.auto is not None:
+            return AUTO
         model = last.model if last else None
         return model if model in self.service.backends else next(iter(available or self.service.backends))
+
+    def _backend_of(self, model: str) -> ChatBackend:
+        """The model an entry of the selector asks first."""
+        if model == AUTO and self.service.auto is not None:
+            return self.service.auto.first
+        return self.service.backends.get(model) or next(iter(self.service.backends.values()))
 
     def _unchanged(self) -> Updates:
         # One output left as it is (Gradio leaves the others so too; an empty dict is an error).

@@ -86,6 +86,7 @@ def _rendered(
             continue
         chosen = min(pair, key=lambda t: (not t.picked, t.pair_column or 0)) if pair else turn
         label = chosen.model_label or (labels or {}).get(chosen.model, chosen.model)
+        label = f"{label} · {chosen.auto_reason}" if chosen.auto_reason else label  # Auto's: why not Gemma
         user, reply = _shown(chosen.user, label, chosen.reply, chosen.notice, _MARKS.get(chosen.status),
                              chosen.error, figures(chosen))
         shown += [(user, None), *((m, chosen.turn_id) for m in _thought(chosen.thought, thinking=False)),
@@ -113,7 +114,9 @@ def chat_messages(
         kept = [turn for turn in turns if turn.pair != pending.pair]
         return [*to_messages(kept, None, labels), {"role": "user", "content": safe_markdown(pending.message)}]
     if pending is not None and not pending.reply and not pending.thought:
-        doing = next((backend.waiting for backend in backends.values() if backend.label == pending.label), "")
+        # An Auto reply's label goes on with why it is not Gemma's.
+        doing = next((b.waiting for b in backends.values()
+                      if pending.label == b.label or pending.label.startswith(f"{b.label} · ")), "")
         return waiting(turns, pending.message, pending.label, doing, time.monotonic() - began, labels)
     return to_messages(turns, pending, labels)
 

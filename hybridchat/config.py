@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         "`{\"nvidia-l4\": 0.56}`"))
     gemma_deployment: Literal["gemma-3-12b", "gemma-4-e4b"] = Field(default="gemma-3-12b", description=(
         "the manifest Gemma runs as (notebook 00's `GEMMA`): its GPUs' hours price each Gemma reply, an estimate"))
+    auto: bool | None = Field(default=None, description=(
+        "whether the model selector starts on Auto (Gemma, else Gemini; offered where both are): unset, where a "
+        "room's Gemma is configured (HYBRIDCHAT_VLLM_API_KEY)"))
+    auto_max_waiting: int = Field(default=8, ge=0, description=(
+        "Auto's turns go to Gemini while more requests than this wait in Gemma's queue (`vllm:num_requests_waiting`)"))
+    auto_recheck_seconds: float = Field(default=10.0, gt=0, description=(
+        "how long what Auto found of Gemma (down, busy, well) holds before it asks again"))
     room_size: int = Field(default=1, ge=1, description=(
         "how many people share this Gemma (a room's): each Gemma reply is charged that share of the GPUs' time"))
 

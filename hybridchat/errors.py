@@ -151,6 +151,23 @@ def status_error(model: str, status: int, detail: str | None = None) -> BackendE
     )
 
 
+def refusal_reason(model: str, exc: BackendError) -> str:
+    """Why ``model`` gave no reply, in a few words, for the label of the one that answered instead."""
+    if isinstance(exc, BackendUnavailable):
+        return f"{model} is not reachable"
+    if isinstance(exc, BackendTimeout):
+        return f"{model} did not answer in time"
+    if isinstance(exc, ContextOverflow):
+        return too_long_for(model)
+    if exc.status_code:
+        return f"{model} refused (HTTP {exc.status_code})"
+    return f"{model} failed"
+
+
+def too_long_for(model: str) -> str:
+    return f"the chat no longer fits {model}'s context"
+
+
 def shorten(text: str, limit: int = 300) -> str:
     """One line of at most ``limit`` characters, for showing a server's message (URLs redacted)."""
     line = " ".join(redact(str(text)).split())

@@ -37,7 +37,7 @@ from google.genai import types
 from pydantic import ValidationError
 
 from hybridchat import serve_local_wire as wire
-from hybridchat import templates
+from hybridchat import templates, vllm_metrics
 from hybridchat.backends.base import GenerationParams, ReplyStream
 from hybridchat.backends.local import LocalModel
 from hybridchat.errors import ContextOverflow
@@ -69,10 +69,15 @@ def create_app(
     its vLLM routes under ``/v1`` want it as a bearer token, as vLLM's ``--api-key`` does;
     ``legacy``: it also answers ``/generate``, as the Model Garden container does.
 
+    Its ``/metrics`` has vLLM's queue gauges: the model writes one reply at a time, so the
+    others wait.
+
     Unlike vLLM, it keeps its last generation requests, with their replies, for the workshop's
     checkers: ``GET /stand-in/requests?after=ID`` (memory only, on 127.0.0.1 by default)."""
     app = FastAPI(title="hybridchat local stand-in")
     served = served_model_name or f"{STAND_IN_PREFIX}{model.name}"
+    load = vllm_metrics.Exported(served)
+    app.add_middleware(_Generating, load=load)
     recorded: deque[dict[str, Any]] = deque(maxlen=50)
     ids = itertools.count(1)
 
@@ -143,6 +148,10 @@ def create_app(
     @app.get("/health")
     def health() -> Response:
         return Response(status_code=200)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(load.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     def models() -> openai_wire.ModelList:
@@ -229,6 +238,31 @@ def create_app(
         return Response(gemini_wire.dump(wire.gemini_response(text, reply, version)), media_type="application/json")
 
     return app
+
+
+class _Generating:
+    """Counts the generation requests until each answer is sent or its client has gone (an
+    ASGI middleware: a streamed answer ends after the endpoint returns), into ``load``."""
+
+    PATHS = ("completions", "/generate", "generatecontent")  # lower case: streamGenerateContent too
+
+    def __init__(self, app: Any, load: vllm_metrics.Exported):
+        self.app, self.load = app, load
+        self.replies = 0  # one event loop: no lock
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].lower().endswith(self.PATHS):
+            await self.app(scope, receive, send)
+            return
+        self._count(1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._count(-1)
+
+    def _count(self, change: int) -> None:
+        self.replies += change
+        self.load.running, self.load.waiting = min(self.replies, 1), max(self.replies - 1, 0)
 
 
 class _Kept(ReplyStream):

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hybridchat.backends import GenerationParams
-from hybridchat.chat import ChatService, Conversation, Pairing, Progress, clean_message
+from hybridchat.chat import ChatService, Conversation, Progress, clean_message
 from hybridchat.errors import InputRefused, StoreError
 from hybridchat.store import Turn
 from hybridchat.store.base import new_id
+from hybridchat.turn_draft import Pairing
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A saved chat as Markdown, for ``hybridchat sessions export --format md`` and the page's
-download: every reply, both of a side-by-side pair with which one was picked, the votes and each
-reply's figures (time, tokens, cost)."""
+download: every reply, both of a side-by-side pair with which one was picked, where Auto sent a
+reply and why, the votes and each reply's figures (time, tokens, cost)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,19 @@ def markdown(summary: SessionSummary, turns: list[Turn]) -> str:
             asked.add(turn.pair or turn.turn_id)
             lines += [f"**You** ({turn.started_at:%Y-%m-%d %H:%M}):", "", turn.user, ""]
         notes = ["asked again: the next reply replaces this one" if turn.turn_id in replaced else "",
-                 PICKED[turn.picked] if turn.pair else "", THUMBS[turn.vote]]
+                 PICKED[turn.picked] if turn.pair else "", auto_note(turn), THUMBS[turn.vote]]
         said = "; ".join(note for note in notes if note)
         lines += [f"**{turn.model}**{f' _({said})_' if said else ''}:", "", turn.reply or f"_({turn.error})_", ""]
         if figures(turn):
             lines += [f"_{figures(turn)}_", ""]
     return "\n".join(lines)
+
+
+def auto_note(turn: Turn) -> str:
+    """Auto's choice, with its reason when the reply is not the first choice's."""
+    if not turn.auto:
+        return ""
+    return f"Auto, because {turn.auto_reason}" if turn.auto_reason else "Auto"
 
 
 def file_name(summary: SessionSummary) -> str:

@@ -1,6 +1,7 @@
 """What a vLLM server says of its load on ``/metrics`` (Prometheus text, read with
 prometheus_client's parser): requests running and waiting, the KV cache's use, and the prefix
-cache's counters. ``room rehearse`` and the room's progress page read it.
+cache's counters. ``room rehearse``, the room's progress page and Auto read it; ``Exported``
+serves the same names from our stand-ins.
 
 >>> load = parse('vllm:num_requests_waiting{engine="0",model_name="g"} 3.0\\n'
 ...              'vllm:prefix_cache_queries_total{engine="0",model_name="g"} 200.0\\n'
@@ -11,10 +12,14 @@ cache's counters. ``room rehearse`` and the room's progress page read it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
@@ -68,8 +73,8 @@ def parse(text: str) -> Load:
 
 
 def read(base_url: str, *, timeout: float = 3.0, http: httpx.Client | None = None) -> Load | None:
-    """The server's load now; ``None`` when it serves no vLLM ``/metrics`` (a stand-in, a proxy
-    that does not route the path, a server that is down)."""
+    """The server's load now; ``None`` when it serves no vLLM ``/metrics`` (another server, a
+    proxy that does not route the path, a server that is down)."""
     try:
         answer = (http or httpx).get(f"{base_url.rstrip('/')}/metrics", timeout=timeout)
     except httpx.HTTPError:
@@ -80,3 +85,33 @@ def read(base_url: str, *, timeout: float = 3.0, http: httpx.Client | None = Non
         return parse(answer.text)
     except NotVllmMetrics:
         return None
+
+
+class Exported(Collector):
+    """A stand-in's load on its ``/metrics`` in vLLM's names, types and labels (a test holds them
+    to the real engine's): set ``waiting`` and ``running``; it has no prefix cache (counters 0)."""
+
+    def __init__(self, model_name: str):
+        self.labels = {"engine": "0", "model_name": model_name}
+        self.waiting = self.running = 0
+        self.kv_cache = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = ((WAITING, "Requests waiting to be processed.", self.waiting),
+                  (RUNNING, "Requests in model execution batches.", self.running),
+                  (KV_CACHE, "KV-cache usage. 1 means 100 percent usage.", self.kv_cache))
+        for name, about, value in gauges:
+            gauge = GaugeMetricFamily(name, about, labels=list(self.labels))
+            gauge.add_metric(list(self.labels.values()), value)
+            yield gauge
+        for name, about in ((PREFIX_QUERIES, "Prefix cache queries, in terms of tokens."),
+                            (PREFIX_HITS, "Prefix cache hits, in terms of tokens.")):
+            counter = CounterMetricFamily(name.removesuffix("_total"), about, labels=list(self.labels))
+            counter.add_metric(list(self.labels.values()), 0.0)
+            yield counter
+
+    def text(self) -> bytes:
+        """The Prometheus text ``/metrics`` answers."""
+        return generate_latest(self.registry)

@@ -7,7 +7,8 @@ that stops early, with no finish reason), ``lean`` (chunks with only their ``cho
 hostile reply: ``hostile``), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
 stopped), ``thinking`` (``THOUGHT`` first, in the ``reasoning`` field vLLM's reasoning parser fills;
 a raw completion: in its thought channel; ``thinking_cut``: the token limit reached while thinking).
-``requests`` counts what came, ``bodies`` the chat and completion requests' bodies.
+``requests`` counts what came, ``bodies`` the chat and completion requests' bodies; ``/metrics``
+has vLLM's queue gauges, with ``waiting`` requests waiting.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from hybridchat.vllm_metrics import Exported
 
 REPLY = "fault server says hi"
 THOUGHT = "The visitor greets me. <img src=x onerror=alert(1)> I should greet back."
@@ -36,12 +39,13 @@ class FaultServer:
     mode: str = "ok"
     delay: float = 0.0
     failures: int = 0
+    waiting: int = 0
     hostile: str = HOSTILE_REPLY
     requests: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.mode, self.delay, self.failures, self.hostile = "ok", 0.0, 0, HOSTILE_REPLY
+        self.mode, self.delay, self.failures, self.waiting, self.hostile = "ok", 0.0, 0, 0, HOSTILE_REPLY
         self.requests.clear()
         self.bodies.clear()
 
@@ -96,6 +100,12 @@ def create_fault_app(control: FaultServer) -> FastAPI:
     @app.get("/health")
     def health() -> Response:
         return status_fault(False) or Response(status_code=200)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        load = Exported("google/gemma-3-12b-it")
+        load.waiting = control.waiting
+        return status_fault(False) or Response(load.text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     def models() -> Response:

@@ -33,7 +33,10 @@ def test_rehearse_drives_the_keyed_stand_in_and_prints_its_table_and_verdict(roo
     assert lines[0].startswith(f"The room's Gemma at {room_gemma}, serving ")
     assert "turns answered" in ran.output and "6 of 6" in ran.output
     assert "time to first token, p50 / p95" in ran.output and "errors                                  none" in ran.output
-    assert "queue (vllm:num_requests_waiting), max  not served (no vLLM /metrics)" in ran.output
+    # The stand-in's /metrics: one reply written at a time, the others waiting; no prefix cache.
+    [queue] = [line for line in lines if "queue (vllm:num_requests_waiting), max" in line]
+    assert "(1 running at most)" in queue, queue
+    assert "prefix cache hit rate                   no prompt looked up" in ran.output
     assert lines[-1].startswith("holds 3 chats: p95 to first token ")
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["holds"] is True and len(record["turns_measured"]) == 6 and record["ttft_p95_s"] > 0

@@ -1,4 +1,4 @@
-"""The store contract's later fields (side by side, picks, votes, cost) through SQLite and the
+"""The store contract's later fields (side by side, picks, votes, cost, Auto) through SQLite and the
 Firestore emulator: saved and loaded, marked afterwards, and turns saved before them still load."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hybridchat.store import ResilientStore, Turn
 from hybridchat.store.sqlite import SqliteStore
 
 # The fields a turn had before side by side: what an earlier version wrote.
-LATER_FIELDS = {"pair", "pair_column", "picked", "vote", "cost_usd", "tokens_estimated"}
+LATER_FIELDS = {"pair", "pair_column", "picked", "vote", "cost_usd", "tokens_estimated", "auto", "auto_reason"}
 
 
 def as_written_before(t: Turn) -> dict:
@@ -39,6 +39,15 @@ def test_a_pair_its_pick_vote_and_cost_are_saved_and_marked(store):  # noqa: F81
     assert (loaded[right.turn_id].picked, loaded[right.turn_id].vote) == (True, None)
     assert loaded[right.turn_id].reply == right.reply  # a mark changes nothing else
     assert store.get_session(session).turn_count == 2  # nor adds a turn
+
+
+def test_an_auto_turn_keeps_its_choice_and_reason(store):  # noqa: F811
+    session = store.create_session("alice")
+    store.append(session, turn(0, auto=True, auto_reason="Gemma is not reachable"))
+    store.append(session, turn(1, auto=True).model_copy(update={"model": "gemma"}))
+    [first, second] = store.load(session)
+    assert (first.model, first.auto, first.auto_reason) == ("gemini", True, "Gemma is not reachable")
+    assert (second.model, second.auto, second.auto_reason) == ("gemma", True, None)
 
 
 def test_a_vote_taken_back_is_cleared(store):  # noqa: F811
@@ -66,8 +75,8 @@ def test_sqlite_rows_written_before_load_unchanged(tmp_path):
     opened = SqliteStore(path)
     [loaded] = opened.load("s1")
     assert loaded == old  # every earlier field as it was, the new ones at their defaults
-    assert (loaded.pair, loaded.picked, loaded.vote, loaded.cost_usd, loaded.tokens_estimated) == (
-        None, None, None, None, False)
+    assert (loaded.pair, loaded.picked, loaded.vote, loaded.cost_usd, loaded.tokens_estimated, loaded.auto,
+            loaded.auto_reason) == (None, None, None, None, False, False, None)
     opened.mark("s1", old.turn_id, picked=None, vote="up")  # and an old turn takes a vote
     assert opened.load("s1")[0].vote == "up"
 

@@ -92,6 +92,12 @@ def saved(store_url: str, session: str):
         store.close()
 
 
+def exported_metrics(text: str) -> set[tuple[str, str, tuple[str, ...]]]:
+    """Each sample's name, its family's type and its label names, in a server's /metrics."""
+    return {(sample.name, family.type, tuple(sorted(sample.labels)))
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def doctor(gemma: ModelServer, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {
         **os.environ,
@@ -298,26 +304,28 @@ def test_a_keyed_engine_refuses_as_the_stand_in_does_and_room_rehearse_drives_bo
     """A room's Gemma (VLLM_API_KEY, as --api-key): the real engine's answers on its open and
     guarded routes are the stand-in's, word for word. ``room rehearse`` drives each with the key,
     and reads the real engine's queue and prefix cache from its /metrics (the names it exports)."""
-    answers, rehearsed, exported = {}, {}, set()
+    answers, rehearsed, exported = {}, {}, {}
     for kind in ("stand-in", "vllm"):
         server = ModelServer(kind, tmp_path, api_key=KEY)
         server.start()
         try:
             answers[kind] = key_answers(server.url, KEY)
             rehearsed[kind] = rehearse(server.url, KEY, chats=3, turns=2, think_s=0, max_tokens=8)
+            exported[kind] = exported_metrics(httpx.get(f"{server.url}/metrics", timeout=30).text)
             if kind == "vllm":
-                exported = {sample.name for family in text_string_to_metric_families(
-                    httpx.get(f"{server.url}/metrics", timeout=30).text) for sample in family.samples}
                 room = Room(open_progress(f"sqlite:///{tmp_path}/room.db"), KEY, "instructor-FAKE", server.url)
                 load_line = room.gemma_load()
         finally:
             server.stop()
     assert answers["vllm"] == answers["stand-in"] == VLLMS_ANSWERS
-    assert set(vllm_metrics.NAMES) <= exported, set(vllm_metrics.NAMES) - exported
+    assert set(vllm_metrics.NAMES) <= {name for name, _, _ in exported["vllm"]}
+    # The stand-in's (and the fault server's) /metrics: the engine's names, types and labels.
+    assert exported["stand-in"] <= exported["vllm"], exported["stand-in"] - exported["vllm"]
+    assert {name for name, _, _ in exported["stand-in"]} == set(vllm_metrics.NAMES)
     engine, stand_in = rehearsed["vllm"], rehearsed["stand-in"]
     assert len(engine.answered) == len(stand_in.answered) == 6, (engine.errors(), stand_in.errors())
     assert engine.queue_max is not None and engine.running_max is not None and engine.running_max >= 1
     assert engine.prefix_hit_rate is not None and 0 <= engine.prefix_hit_rate <= 1
-    assert stand_in.queue_max is None, "the stand-in serves no /metrics"
+    assert stand_in.queue_max is not None and stand_in.prefix_hit_rate is None, "no prefix cache in the stand-in"
     assert engine.tokens_per_s() and engine.per_token_s(), "the engine's usage counted the tokens"
     assert load_line is not None and load_line.waiting == 0

@@ -168,6 +168,15 @@ def estimate_tokens(messages: Sequence[Message], system_prompt: str | None = Non
     return sum(len(m["content"].encode("utf-8")) + _MESSAGE_OVERHEAD for m in rendered) + _PROMPT_OVERHEAD
 
 
+def short_label(label: str) -> str:
+    """A model's label without what its server serves or where it runs.
+
+    >>> short_label("Gemma (google/gemma-3-12b-it)"), short_label("Gemini 2.5 Flash · your code")
+    ('Gemma', 'Gemini 2.5 Flash')
+    """
+    return label.split(" (")[0].split(" · ")[0]
+
+
 @dataclass(frozen=True)
 class BackendHealth:
     """Whether a backend can answer now, and if not, why (fit to show a user)."""

@@ -86,6 +86,9 @@ class Turn(BaseModel):
     # and whether its token counts were estimated because the server reported none.
     cost_usd: float | None = None
     tokens_estimated: bool = False
+    # Asked with Auto (hybridchat.auto), and why it went to the fallback model (None: to Gemma).
+    auto: bool = False
+    auto_reason: str | None = None
 
 
 class SessionSummary(BaseModel):
