@@ -32,7 +32,9 @@ DISCOVERY = {
         {"name": group, "versions": [{"groupVersion": f"{group}/{version}", "version": version}],
          "preferredVersion": {"groupVersion": f"{group}/{version}", "version": version}}
         for group, version in (("apps", "v1"), ("autoscaling", "v2"), ("policy", "v1"),
-                               ("gateway.networking.k8s.io", "v1"), ("networking.gke.io", "v1"))]},
+                               ("rbac.authorization.k8s.io", "v1"), ("gateway.networking.k8s.io", "v1"),
+                               ("networking.gke.io", "v1"), ("inference.networking.k8s.io", "v1"),
+                               ("monitoring.googleapis.com", "v1"))]},
     "/api/v1": _resources("v1", {
         "services": ("Service", True), "serviceaccounts": ("ServiceAccount", True),
         "configmaps": ("ConfigMap", True), "secrets": ("Secret", True), "namespaces": ("Namespace", False),
@@ -40,12 +42,22 @@ DISCOVERY = {
     "/apis/apps/v1": _resources("apps/v1", {"deployments": ("Deployment", True)}),
     "/apis/autoscaling/v2": _resources("autoscaling/v2", {"horizontalpodautoscalers": ("HorizontalPodAutoscaler", True)}),
     "/apis/policy/v1": _resources("policy/v1", {"poddisruptionbudgets": ("PodDisruptionBudget", True)}),
+    "/apis/rbac.authorization.k8s.io/v1": _resources("rbac.authorization.k8s.io/v1", {
+        "roles": ("Role", True), "rolebindings": ("RoleBinding", True),
+    }),
     # GKE's Gateway controller and its policies (CRDs on a real cluster).
     "/apis/gateway.networking.k8s.io/v1": _resources("gateway.networking.k8s.io/v1", {
         "gateways": ("Gateway", True), "httproutes": ("HTTPRoute", True),
     }),
     "/apis/networking.gke.io/v1": _resources("networking.gke.io/v1", {
         "healthcheckpolicies": ("HealthCheckPolicy", True), "gcpbackendpolicies": ("GCPBackendPolicy", True),
+    }),
+    # The Gateway API Inference Extension's pool, and Managed Service for Prometheus' scrape config.
+    "/apis/inference.networking.k8s.io/v1": _resources("inference.networking.k8s.io/v1", {
+        "inferencepools": ("InferencePool", True),
+    }),
+    "/apis/monitoring.googleapis.com/v1": _resources("monitoring.googleapis.com/v1", {
+        "podmonitorings": ("PodMonitoring", True),
     }),
     "/version": {"major": "1", "minor": "34", "gitVersion": "v1.34.0"},
 }

@@ -26,14 +26,12 @@ def kubectl_specs(state: State) -> dict[tuple[str, ...], Spec]:
                           "The connection to the server localhost:8080 was refused - did you specify the right host or port?")
 
     def objects(manifest: Path) -> list[str]:
-        kinds = {"Deployment": "deployment.apps", "Service": "service", "ServiceAccount": "serviceaccount", "ConfigMap": "configmap",
-                 "Gateway": "gateway.gateway.networking.k8s.io", "HTTPRoute": "httproute.gateway.networking.k8s.io",
-                 "HealthCheckPolicy": "healthcheckpolicy.networking.gke.io",
-                 "GCPBackendPolicy": "gcpbackendpolicy.networking.gke.io",
-                 "HorizontalPodAutoscaler": "horizontalpodautoscaler.autoscaling",
-                 "PodDisruptionBudget": "poddisruptionbudget.policy"}
-        return [f"{kinds.get(d['kind'], d['kind'].lower())}/{d['metadata']['name']}"
-                for d in yaml.safe_load_all(manifest.read_text()) if d]
+        """Each object as kubectl names it: its kind, in lower case, then its API group (none for the core's)."""
+        def named(doc: dict) -> str:
+            group = doc["apiVersion"].rpartition("/")[0]
+            return f"{doc['kind'].lower()}{'.' + group if group else ''}/{doc['metadata']['name']}"
+
+        return [named(d) for d in yaml.safe_load_all(manifest.read_text()) if d]
 
     def version(call: Call) -> str:
         return "Client Version: v1.34.1\nKustomize Version: v5.7.1\n"
