@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import prefix_cache
+from bench import prefix_cache, replicas
 from bench.run import RESULTS, report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +39,14 @@ time minus the backend's. In the same run, with the same driver and backend:
   (`bench/balancer.py`, as the Gateway's cookie affinity keeps a tab on its replica) in front of one
   and then two app processes sharing one store, then two floor processes;
 - **the real vLLM engine's prefix cache** (`bench/prefix_cache.py`): one 30-turn conversation through
-  the app's `ChatService`, twice: with the app's policy (leave the oldest turns out in one block,
-  down to 70% of the budget) and leaving out one turn at a time.
+  the app's `ChatService`, three times: with the app's policy (keep the chat's first turns, up to
+  30% of the budget, and leave the oldest turns after them out in one block, down to 60%), with
+  the app's policy before (blocks down to 70%, no first turns kept), and leaving out one turn at a
+  time;
+- **two replicas** (`bench/replicas.py`): two real vLLM engines behind HAProxy, 8 chats of 10
+  turns at once, routed round-robin and then by conversation (a consistent hash on the header the
+  app sends, as the Inference Gateway keeps a prefix on its replica): the prefix cache's hit rate
+  from each engine's `/metrics`, and the time to first token.
 
 Only ratios measured within one run compare: the machines this project runs on differ by more
 than the effects measured. The goals are ratios too: the app within 1.2× of the floor, CPU per turn
@@ -71,6 +77,8 @@ def render(results: dict) -> str:
     ]
     if "prefix_cache" in results:
         parts += [_prefix_cache(results["prefix_cache"]), f"![The prefix cache per turn](images/{PREFIX})"]
+    if "replicas" in results:
+        parts.append(_replicas(results["replicas"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -112,12 +120,20 @@ def _prefix_cache(measured: dict) -> str:
         turns.append(f"| {' | '.join(cells)} |")
     policies = list(measured["per_turn"])
     head = " | ".join(f"{policy}: {what}" for policy in policies for what in ("first turn sent", "cached", "ms"))
+    when = f", measured on {measured['date']}" if "date" in measured else ""
     return (
         f"## The real vLLM's prefix cache\n\n{measured['context_tokens']:,}-token context, {measured['turns']} turns; "
-        f"the chat stops fitting at turn {summary['from_turn']}.\n\n| measure | result |\n|---|---|\n"
+        f"the chat stops fitting at turn {summary['from_turn']}{when}.\n\n| measure | result |\n|---|---|\n"
         + "\n".join(rows)
         + f"\n\nPer turn:\n\n| turn | {head} |\n|{'---|' * (1 + 3 * len(policies))}\n" + "\n".join(turns)
     )
+
+
+def _replicas(measured: dict) -> str:
+    rows = "\n".join(f"| {measure} | {result} |" for measure, result in replicas.report(measured))
+    return (f"## Two replicas of the room's Gemma\n\nTwo real vLLM engines behind HAProxy, measured on "
+            f"{measured['date']}: each turn round-robin, then each chat on one replica.\n\n"
+            f"| measure | result |\n|---|---|\n{rows}")
 
 
 def plot(results: dict, images: Path = IMAGES) -> list[Path]:

@@ -1,11 +1,13 @@
 """vLLM's prefix cache under hybridchat's context fitting: ``python -m bench.prefix_cache``.
 
 One conversation that outgrows the context (2,048 tokens), on the real vLLM engine started with
-the manifest's arguments (``bench.model_servers``), twice: with the app's policy (when the chat no
-longer fits, leave out the oldest turns in one block, down to 70% of the budget) and leaving out
-only as many turns as needed. Per turn: the time to the first token as the app sees it (fitting
-included) and the share of the prompt's tokens vLLM found in its prefix cache (its ``/metrics``
-counters, read before and after the turn). Prints a table; writes ``bench/results/prefix_cache.json``.
+the manifest's arguments (``bench.model_servers``), three times: with the app's policy (when the
+chat no longer fits, keep its first turns, up to 30% of the budget, and leave out the oldest
+turns after them in one block, down to 60%), with the app's policy before (blocks down to 70%,
+no first turns kept) and leaving out only as many turns as needed. Per turn: the time to the
+first token as the app sees it (fitting included) and the share of the prompt's tokens vLLM found
+in its prefix cache (its ``/metrics`` counters, read before and after the turn). Prints a table;
+writes ``bench/results/prefix_cache.json``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import httpx
 from bench.model_servers import CONTEXT, ModelServer
 from hybridchat.backends import GenerationParams, RetryPolicy, VllmBackend, VllmClient
 from hybridchat.chat import ChatService, Conversation
-from hybridchat.context import KEEP
+from hybridchat.context import HEAD, KEEP
 from hybridchat.store import open_store
 
 RESULTS = Path(__file__).parent / "results"
-POLICIES = {"blocks (the app)": KEEP, "one turn at a time": 1.0}
+# (keep, head) of hybridchat.context; the baseline, one turn at a time, last.
+POLICIES = {"blocks after the first turns (the app)": (KEEP, HEAD), "blocks of 70% (the app before)": (0.7, 0.0),
+            "one turn at a time": (1.0, 0.0)}
 _SENTENCES = [
     "The river runs past the old mill and under the stone bridge.",
     "Every morning the baker opens her shop before sunrise.",
@@ -51,9 +55,11 @@ def counters(url: str) -> dict[str, float]:
     return {name: sum(float(value) for kind, value in found if kind == name) for name in ("hits", "queries")}
 
 
-def conversation(url: str, keep: float, turns: int, label: str) -> list[dict]:
+def conversation(url: str, policy: tuple[float, float], turns: int, label: str) -> list[dict]:
     store = open_store(f"sqlite:///{tempfile.mkdtemp(prefix='hybridchat-prefix-')}/history.db", resilient=False)
-    service = ChatService({"gemma": VllmBackend(VllmClient(url, retry=RetryPolicy(backoff=0.1)))}, store, keep=keep)
+    keep, head = policy
+    service = ChatService({"gemma": VllmBackend(VllmClient(url, retry=RetryPolicy(backoff=0.1)))}, store, keep=keep,
+                          head=head)
     chat = Conversation(f"bench-{label}")
     # A persona of its own per policy: the two conversations share no cached prefix.
     params = GenerationParams(temperature=0, max_tokens=48, system_prompt=f"You are assistant '{label}'. Be brief.")
@@ -94,19 +100,20 @@ def summarise(per_turn: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def run(url: str, turns: int) -> dict:
-    per_turn = {policy: conversation(url, keep, turns, policy) for policy, keep in POLICIES.items()}
-    return {"context_tokens": CONTEXT, "turns": turns, "per_turn": per_turn, "summary": summarise(per_turn)}
+    per_turn = {name: conversation(url, policy, turns, name) for name, policy in POLICIES.items()}
+    return {"context_tokens": CONTEXT, "turns": turns, "date": time.strftime("%Y-%m-%d"), "per_turn": per_turn,
+            "summary": summarise(per_turn)}
 
 
 def report(results: dict) -> list[tuple[str, str]]:
-    """Rows of (measure, result): one per policy, then the ratio."""
+    """Rows of (measure, result): one per policy, then the ratio of the app's to the baseline's."""
     summary = results["summary"]
     rows = []
     for policy in POLICIES:
         s = summary[policy]
         rows.append((f"prefix cache, {policy}", f"hit rate {s['hit_rate']:.0%}, time to first token p50 "
                      f"{s['ttft_p50_s'] * 1000:.0f} ms, prompt's beginning changed {s['prefix_changes']}×"))
-    ours, baseline = (summary[policy]["ttft_p50_s"] for policy in POLICIES)
+    ours, *_, baseline = (summary[policy]["ttft_p50_s"] for policy in POLICIES)
     rows.append(("prefix cache, time to first token", f"{ours / baseline:.2f}× one turn at a time's "
                  f"(turns {summary['from_turn']}–{results['turns'] - 1}, {results['context_tokens']:,}-token context)"))
     return rows

@@ -6,8 +6,9 @@ app's cost is the measured time minus the backend's. In the same run: a bare Gra
 chat over the same backend (``bench.bare_gradio``) as the floor the app's figures are divided
 by; the app process's CPU time per turn (its kernel counters); a room of chats through HAProxy
 (``bench.balancer``) in front of one and then two app processes; last, the real vLLM engine's
-prefix cache under the app's context fitting (``bench.prefix_cache``). Prints a table and writes
-``bench/results/*.json``. ``--quick`` runs a tiny version without vLLM (the smoke test uses it).
+prefix cache under the app's context fitting (``bench.prefix_cache``), and on two replicas
+behind HAProxy, routed round-robin and by conversation (``bench.replicas``). Prints a table and
+writes ``bench/results/*.json``. ``--quick`` runs a tiny version without vLLM (the smoke test uses it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import prefix_cache, rehearse_overhead
+from bench import prefix_cache, rehearse_overhead, replicas
 from bench.model_servers import ModelServer
 from bench.queue_client import QueueClient, Reply
 from bench.servers import (
@@ -287,6 +288,8 @@ def run(quick: bool, firestore: bool) -> dict:
             results["prefix_cache"] = prefix_cache.run(engine.url, turns=30)
         finally:
             engine.stop()
+    # Two replicas behind HAProxy: the real engines; the stand-ins in a quick run (no prefix cache).
+    results["replicas"] = replicas.on_two("stand-in" if quick else "vllm", scratch, 2 if quick else 8, 2 if quick else 10)
     return results
 
 
@@ -358,6 +361,8 @@ def report(results: dict) -> list[tuple[str, str, str, str]]:
     rows.append(("app memory (RSS)", ", ".join(f"{k}: {v:.0f} MiB" for k, v in memory.items()), "", ""))
     if "prefix_cache" in results:
         rows += [(measure, result, "", "") for measure, result in prefix_cache.report(results["prefix_cache"])]
+    if "replicas" in results:
+        rows += [(measure, result, "", "") for measure, result in replicas.report(results["replicas"])]
     return rows
 
 

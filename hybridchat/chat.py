@@ -8,6 +8,7 @@ What is sent is fitted to the model's context (``hybridchat.context``); the stor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
 from hybridchat.backends.base import short_label
-from hybridchat.context import KEEP, Fitted, fit_context
+from hybridchat.context import HEAD, KEEP, Fitted, fit_context
 from hybridchat.costs import Pricing
 from hybridchat.errors import (
     BackendError,
@@ -127,6 +128,7 @@ class ChatService:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_persona_bytes: int = DEFAULT_MAX_PERSONA_BYTES,
         keep: float = KEEP,
+        head: float = HEAD,
         stream: bool = True,
         pricing: Pricing | None = None,
         auto: AutoRoute | None = None,
@@ -137,7 +139,7 @@ class ChatService:
         self.store = store
         self.max_message_bytes = max_message_bytes
         self.max_persona_bytes = max_persona_bytes
-        self.keep = keep
+        self.keep, self.head = keep, head  # how the context is fitted (hybridchat.context)
         self.stream = stream  # False: one blocking call per reply, the codelab's design
         self.pricing = pricing  # None: no reply is priced
         self.auto = auto  # the "Auto" entry: Gemma, else Gemini (None: not offered)
@@ -171,7 +173,7 @@ class ChatService:
         if backend is None:
             raise InputRefused(f"Unknown model {backend_name!r}; choose one from the list.")
         persona = clean_persona(params.system_prompt, self.max_persona_bytes) if backend.takes_system_prompt else None
-        params = params.model_copy(update={"system_prompt": persona})
+        params = params.model_copy(update={"system_prompt": persona, "conversation": _routing_key(conversation)})
         if pair is None:
             self.catch_up(conversation)
         context = pair.context if pair is not None else conversation.context()
@@ -186,7 +188,7 @@ class ChatService:
             for _ in range(2):
                 try:
                     fitted = fit_context(
-                        backend, context, text, params, start=start, keep=self.keep,
+                        backend, context, text, params, start=start, keep=self.keep, head=self.head,
                         shrink=refused, overcount=overcount,
                     )
                 except InputRefused:
@@ -340,6 +342,14 @@ class ChatService:
             "saved": notice is None,
         }))
         return notice
+
+
+def _routing_key(conversation: Conversation) -> str | None:
+    """What names the conversation to a model's servers: a digest of its id, not the id itself
+    (the key to its saved turns); ``None`` before its first turn is saved."""
+    if conversation.session_id is None:
+        return None
+    return hashlib.sha256(conversation.session_id.encode()).hexdigest()[:16]
 
 
 def _overcount(refused: ContextOverflow, fitted: Fitted) -> float:

@@ -1,10 +1,12 @@
 """Fit a conversation into the model's context before each call; the store keeps it whole.
 
 * The persona and the new message are always sent; failed turns (no reply) never are.
-* When the conversation, with room for a reply, no longer fits, the oldest turns are dropped
-  in one block, down to ``KEEP`` (70%) of the budget. The beginning of the prompt then stays
-  the same for the next several turns, so vLLM's prefix cache keeps hitting; dropping one
-  turn at a time would change it every turn (``bench/`` measures both).
+* When the conversation, with room for a reply, no longer fits, the chat's first turns (up to
+  ``HEAD``, 30% of the budget) stay, and the oldest turns after them are dropped in one block,
+  down to ``KEEP`` (60%) of the budget. The prompt's beginning (the persona and those first
+  turns, what the chat is about) then never changes, and the rest only every several turns, so
+  vLLM's prefix cache keeps hitting; dropping one turn at a time would change the prompt after
+  the persona every turn (``bench/`` measures both).
 * ``max_tokens`` is cut to the room the context leaves.
 * A message that does not fit even alone is refused before anything is sent.
 
@@ -19,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from hybridchat.backends.base import ChatBackend, GenerationParams, estimate_tokens
+from hybridchat.backends.base import ChatBackend, ContextWindow, GenerationParams, estimate_tokens
 from hybridchat.errors import BackendError, InputRefused
 from hybridchat.history import Message
 from hybridchat.store import Turn
 
-KEEP = 0.7
+KEEP, HEAD = 0.6, 0.3
 # Room kept for the reply where it shares the context: max_tokens, but no more than an eighth
 # of the context (or 64 tokens, where that is more): a long chat is not cut for 4,096 tokens.
 _REPLY_SHARE, _MIN_REPLY = 8, 64
@@ -54,25 +56,65 @@ def fit_context(
     *,
     start: int = 0,
     keep: float = KEEP,
+    head: float = HEAD,
     shrink: bool = False,
     overcount: float = 1.0,
 ) -> Fitted:
-    """The turns from ``start`` on that fit ``backend``'s context with ``message``.
+    """The turns from ``start`` on that fit ``backend``'s context with ``message``, after the
+    chat's first turns (within ``head`` of the budget) once any are left out.
 
     ``shrink``: the server refused the last fit as too long (its context is smaller than it
     said, or it counts more than we do: ``overcount`` times, where it said how many): drop a
     block whatever our count says. ``InputRefused`` when ``message`` and the persona alone do
     not fit.
     """
+    window = backend.context_window()
     pairs = [
         (index, (Message("user", turn.user), Message("assistant", turn.reply)))
-        for index, turn in enumerate(turns) if index >= start and sendable(turn)
+        for index, turn in enumerate(turns) if sendable(turn)
     ]
-    window = backend.context_window()
+    fitted = _fit(backend, window, pairs, len(turns), message, params, start, keep, 0, shrink, overcount)
+    if window is None or head <= 0 or not fitted.not_sent:
+        return fitted
+    pinned = _first_turns(backend, pairs, params, head * _budget(window, params) / max(overcount, 1.0))
+    if not pinned:
+        return fitted
+    try:
+        return _fit(backend, window, pairs, len(turns), message, params, start, keep, pinned, shrink, overcount)
+    except InputRefused:  # the message fits without the first turns only
+        return fitted
+
+
+def _first_turns(
+    backend: ChatBackend, pairs: list[tuple[int, tuple[Message, Message]]], params: GenerationParams, limit: float
+) -> int:
+    """How many of the chat's first turns fit in ``limit`` tokens: the same ones every time."""
+    count = 0
+    for n in range(1, len(pairs)):
+        said = [m for _, pair in pairs[:n] for m in pair]
+        if estimate_tokens(said, params.system_prompt) > limit:
+            try:
+                if backend.count_tokens(said, params) > limit:
+                    break
+            except BackendError:
+                break
+        count = n
+    return count
+
+
+def _fit(
+    backend: ChatBackend, window: ContextWindow | None, sendable_pairs: list[tuple[int, tuple[Message, Message]]],
+    turn_count: int, message: str, params: GenerationParams, start: int, keep: float, pinned_turns: int, shrink: bool,
+    overcount: float,
+) -> Fitted:
+    """The fit with the first ``pinned_turns`` sendable turns always sent."""
+    pinned = [said for _, pair in sendable_pairs[:pinned_turns] for said in pair]
+    pairs = [(index, pair) for index, pair in sendable_pairs[pinned_turns:] if index >= start]
+    budget = _budget(window, params) if window is not None else 0.0
 
     def sent(k: int) -> list[Message]:
         """The messages to send with the pairs from ``k`` on."""
-        return [*(said for _, pair in pairs[k:] for said in pair), Message("user", message)]
+        return [*pinned, *(said for _, pair in pairs[k:] for said in pair), Message("user", message)]
 
     @cache
     def size(k: int, limit: float) -> tuple[int, bool]:
@@ -87,8 +129,8 @@ def fit_context(
             return upper, False
 
     def fitted(k: int, prompt: tuple[int, bool]) -> Fitted:
-        first = pairs[k][0] if k < len(pairs) else len(turns)
-        not_sent = sum(1 for turn in turns[:first] if sendable(turn))
+        first = pairs[k][0] if k < len(pairs) else turn_count
+        not_sent = sum(1 for index, _ in sendable_pairs if index < first) - pinned_turns
         shrunk = params
         if window is not None and window.includes_reply and prompt[0] + params.max_tokens > window.tokens:
             exact = prompt[0] if prompt[1] else size(k, 0)[0]
@@ -100,10 +142,6 @@ def fit_context(
         return fitted(0, (0, True))
     if window is None:  # the server refused but did not say its limit: drop from what was sent
         budget = float(size(0, 0)[0])
-    elif window.includes_reply:
-        budget = window.tokens - min(params.max_tokens, max(_MIN_REPLY, window.tokens // _REPLY_SHARE))
-    else:
-        budget = window.tokens
     stated, budget = budget, budget / max(overcount, 1.0)  # ``budget`` in our count's tokens
     if not shrink and (whole := size(0, budget))[0] <= budget:
         return fitted(0, whole)
@@ -126,3 +164,10 @@ def fit_context(
         else:
             low = middle + 1
     return fitted(high, size(high, target))
+
+
+def _budget(window: ContextWindow, params: GenerationParams) -> float:
+    """The prompt's tokens the window leaves room for."""
+    if window.includes_reply:
+        return window.tokens - min(params.max_tokens, max(_MIN_REPLY, window.tokens // _REPLY_SHARE))
+    return float(window.tokens)

@@ -7,7 +7,8 @@ that stops early, with no finish reason), ``lean`` (chunks with only their ``cho
 hostile reply: ``hostile``), ``engine_dead`` and ``abort`` (a stream broken off as vLLM breaks it off when
 stopped), ``thinking`` (``THOUGHT`` first, in the ``reasoning`` field vLLM's reasoning parser fills;
 a raw completion: in its thought channel; ``thinking_cut``: the token limit reached while thinking).
-``requests`` counts what came, ``bodies`` the chat and completion requests' bodies; ``/metrics``
+``requests`` counts what came, ``bodies`` the chat and completion requests' bodies (``headers``
+their headers); ``/metrics``
 has vLLM's queue gauges, with ``waiting`` requests waiting.
 """
 
@@ -43,11 +44,13 @@ class FaultServer:
     hostile: str = HOSTILE_REPLY
     requests: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     def reset(self) -> None:
         self.mode, self.delay, self.failures, self.waiting, self.hostile = "ok", 0.0, 0, 0, HOSTILE_REPLY
         self.requests.clear()
         self.bodies.clear()
+        self.headers.clear()
 
     def posts(self) -> int:
         return sum(1 for r in self.requests if r.startswith("POST"))
@@ -120,6 +123,7 @@ def create_fault_app(control: FaultServer) -> FastAPI:
     async def chat(request: Request) -> Response:
         body = await request.json()
         control.bodies.append(body)
+        control.headers.append(dict(request.headers))
         if fault := status_fault(False, generating=True):
             return fault
         text = control.hostile if control.mode == "html" else "" if control.mode == "thinking_cut" else REPLY

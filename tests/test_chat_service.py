@@ -15,6 +15,7 @@ from hybridchat.backends import (
     VllmBackend,
     VllmClient,
 )
+from hybridchat.backends.base import CONVERSATION_HEADER
 from hybridchat.backends.gemini import GeminiBackend
 from hybridchat.chat import ChatService, Conversation
 from hybridchat.errors import InputRefused
@@ -109,3 +110,16 @@ def test_a_retry_refused_before_it_begins_leaves_the_last_reply_standing(tmp_pat
     with pytest.raises(InputRefused, match="Unknown model"):
         list(service.retry(conversation, "nonesuch", GenerationParams(max_tokens=4)))
     assert [t.user for t in conversation.turns] == ["Hi"] and not conversation.replaced
+
+
+def test_gemmas_server_is_told_the_conversation_by_a_digest_and_the_turn_does_not_keep_it(fault_server, tmp_path):
+    """For a balancer in front of replicas (bench/replicas.py): one header, the same for every
+    turn of a chat after its first, other for another chat, and never the session id itself."""
+    service = ChatService({"gemma": VllmBackend(VllmClient(fault_server.url))}, open_store(f"sqlite:///{tmp_path}/h.db"))
+    alice, bob = Conversation("visitor:alice"), Conversation("visitor:bob")
+    for chat in (alice, alice, alice, bob, bob):
+        list(service.respond(chat, "Hi", "gemma", GenerationParams(max_tokens=8)))
+    sent = [headers.get(CONVERSATION_HEADER.lower()) for headers in fault_server.headers]
+    assert sent[0] is None and sent[3] is None, "a chat's first turn has no session yet"
+    assert sent[1] == sent[2] != sent[4] and len(sent[1]) == 16
+    assert alice.session_id not in sent and all("conversation" not in t.params for t in service.store.load(alice.session_id))

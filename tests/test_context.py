@@ -28,7 +28,7 @@ from hybridchat.chat import ChatService, Conversation
 from hybridchat.config import Settings
 from hybridchat.context import fit_context
 from hybridchat.errors import BackendUnavailable, InputRefused
-from hybridchat.history import conversation, process_message_openai
+from hybridchat.history import Message, conversation, process_message_openai
 from hybridchat.serve_local import STAND_IN_PREFIX
 from hybridchat.store import Turn, open_store
 
@@ -67,11 +67,14 @@ def test_a_chat_that_outgrows_the_context_goes_on_and_the_store_keeps_it_whole(t
     # Told once per block left out, in the chat: on the turns whose start moved, only.
     moved = [i for i in range(1, 14) if starts[i] > starts[i - 1]]
     assert [i for i, t in enumerate(turns) if t.notice] == moved
-    first = turns[moved[0]]
-    assert first.notice == f"{starts[moved[0]]} earlier turns were not sent to {backend.label}, to fit its context. They stay saved in this chat."
-    # What the model saw: the newest turns from the start on, then the new message.
-    sent = backend.histories[-1]
-    assert [m.content for m in sent if m.role == "user"] == [message(n) for n in range(starts[-1], 13)]
+    # What the model saw: the chat's first turns, the newest from the start on, then the new message.
+    sent = [m.content for m in backend.histories[-1] if m.role == "user"]
+    first_turns = sent[:sent.index(message(starts[-1]))]
+    assert first_turns and first_turns == [message(n) for n in range(len(first_turns))], "the chat's beginning stays"
+    assert sent[len(first_turns):] == [message(n) for n in range(starts[-1], 13)]
+    left_out = starts[moved[0]] - len(first_turns)
+    assert turns[moved[0]].notice == (f"{left_out} earlier turns were not sent to {backend.label}, to fit its context. "
+                                      "They stay saved in this chat.")
 
 
 def test_turns_are_left_out_in_blocks_so_the_prompts_beginning_stays_the_same(tiny_model, store):
@@ -86,9 +89,33 @@ def test_turns_are_left_out_in_blocks_so_the_prompts_beginning_stays_the_same(ti
 
     assert one_by_one[-1].context_start > 0 and blocks[-1].context_start > 0
     assert moves(blocks) * 2 <= moves(one_by_one), (moves(blocks), moves(one_by_one))
-    # Each block leaves the prompt at most 70% of the budget: more than one turn at a time.
+    # Each block leaves the prompt at most 60% of the budget: more than one turn at a time.
     assert all(after.context_start - before.context_start >= 2
                for before, after in itertools.pairwise(blocks) if after.context_start != before.context_start)
+
+
+def test_the_chats_first_turns_keep_the_prompts_beginning_through_every_block_left_out(tiny_model, store):
+    """Once turns are left out, the persona and the chat's first turns open every prompt, byte for
+    byte (vLLM's prefix cache reuses them even on the turn a block goes); without them
+    (``head=0``), the prompt after the persona changes each time."""
+    messages = [message(n) for n in range(16)]
+    persona = GenerationParams(temperature=0, max_tokens=16, system_prompt="You are a patient tutor.")
+
+    def prompts(head: float) -> list[list]:
+        backend = Recording(LocalBackend(model=tiny_model))
+        chat = Conversation(f"head-{head}")
+        for text in messages:
+            list(ChatService({"local": backend}, store, head=head).respond(chat, text, "local", persona))
+        return [[*history, Message("user", text)] for history, text in zip(backend.histories, messages, strict=True)]
+
+    def shared_beginning(sent: list[list]) -> int:
+        """The fewest leading messages two prompts in a row had in common (from the second on)."""
+        return min(next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x))
+                   for x, y in itertools.pairwise(sent[1:]))
+
+    with_beginning, without = prompts(0.3), prompts(0.0)
+    assert with_beginning[-1][0].content == messages[0] != without[-1][0].content, "turns were left out"
+    assert shared_beginning(with_beginning) >= 2 > shared_beginning(without) == 0
 
 
 def test_failed_turns_are_never_sent(tiny_model, store, closed_port_url):

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+CONVERSATION_HEADER = "X-Hybridchat-Conversation"
+
 
 class GenerationParams(BaseModel):
     """Sampling options for one turn; the defaults are the codelab's slider defaults."""
@@ -30,6 +32,9 @@ class GenerationParams(BaseModel):
     max_tokens: int = Field(default=1024, ge=1, le=8192)
     system_prompt: str | None = None
     stop: tuple[str, ...] = ()
+    # Which conversation the turn is of, opaque (never saved with the turn): Gemma's server gets it
+    # as CONVERSATION_HEADER, for a balancer in front of replicas to keep a chat on one (bench/).
+    conversation: str | None = Field(default=None, exclude=True)
 
     @classmethod
     def checked(cls, **values: Any) -> GenerationParams:

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from hybridchat import templates
 from hybridchat.backends.base import (
+    CONVERSATION_HEADER,
     BackendHealth,
     ContextWindow,
     Finish,
@@ -194,6 +195,7 @@ class VllmClient(VllmErrors):
             cast_to=ChatCompletion,
             stream=True,
             stream_cls=openai.Stream[ChatCompletionChunk],
+            options=_routed(params),
         ))
         produced, usage = False, None
         finish: str | None = None  # vLLM adds "abort" to the SDK's reasons
@@ -229,6 +231,7 @@ class VllmClient(VllmErrors):
             "/chat/completions",
             body={"model": model, "messages": messages, **_sampling(params, params.stop)},
             cast_to=ChatCompletion,
+            options=_routed(params),
         ))
         with self._errors():
             choice = completion.choices[0] if completion.choices else None
@@ -319,6 +322,11 @@ class VllmClient(VllmErrors):
         log.debug("%s at %s", getattr(method, "__name__", "request"), self.shown_url)
         with self._errors():
             return method(*args, **kwargs)
+
+
+def _routed(params: GenerationParams) -> openai.RequestOptions:
+    """The request's options: the conversation's header, where the turn has one."""
+    return {"headers": {CONVERSATION_HEADER: params.conversation}} if params.conversation else {}
 
 
 def _sampling(params: GenerationParams, stop: Iterable[str]) -> dict[str, Any]:
