@@ -40,7 +40,7 @@ time minus the backend's. In the same run, with the same driver and backend:
   and then two app processes sharing one store, then two floor processes;
 - **the real vLLM engine's prefix cache** (`bench/prefix_cache.py`): one 30-turn conversation through
   the app's `ChatService`, three times: with the app's policy (keep the chat's first turns, up to
-  30% of the budget, and leave the oldest turns after them out in one block, down to 60%), with
+  35% of the budget, and leave the oldest turns after them out in one block, down to 60%), with
   the app's policy before (blocks down to 70%, no first turns kept), and leaving out one turn at a
   time;
 - **two replicas** (`bench/replicas.py`): two real vLLM engines behind HAProxy, 8 chats of 10

@@ -2,7 +2,7 @@
 
 One conversation that outgrows the context (2,048 tokens), on the real vLLM engine started with
 the manifest's arguments (``bench.model_servers``), three times: with the app's policy (when the
-chat no longer fits, keep its first turns, up to 30% of the budget, and leave out the oldest
+chat no longer fits, keep its first turns, up to 35% of the budget, and leave out the oldest
 turns after them in one block, down to 60%), with the app's policy before (blocks down to 70%,
 no first turns kept) and leaving out only as many turns as needed. Per turn: the time to the
 first token as the app sees it (fitting included) and the share of the prompt's tokens vLLM found

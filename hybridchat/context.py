@@ -2,7 +2,7 @@
 
 * The persona and the new message are always sent; failed turns (no reply) never are.
 * When the conversation, with room for a reply, no longer fits, the chat's first turns (up to
-  ``HEAD``, 30% of the budget) stay, and the oldest turns after them are dropped in one block,
+  ``HEAD``, 35% of the budget) stay, and the oldest turns after them are dropped in one block,
   down to ``KEEP`` (60%) of the budget. The prompt's beginning (the persona and those first
   turns, what the chat is about) then never changes, and the rest only every several turns, so
   vLLM's prefix cache keeps hitting; dropping one turn at a time would change the prompt after
@@ -26,7 +26,7 @@ from hybridchat.errors import BackendError, InputRefused
 from hybridchat.history import Message
 from hybridchat.store import Turn
 
-KEEP, HEAD = 0.6, 0.3
+KEEP, HEAD = 0.6, 0.35
 # Room kept for the reply where it shares the context: max_tokens, but no more than an eighth
 # of the context (or 64 tokens, where that is more): a long chat is not cut for 4,096 tokens.
 _REPLY_SHARE, _MIN_REPLY = 8, 64
