@@ -45,12 +45,17 @@ class AutoRoute:
         self._checking = threading.Lock()
 
     @property
+    def name(self) -> str:
+        """Gemma's name in a few words, for the reasons."""
+        return short_label(self.first.label)
+
+    @property
     def label(self) -> str:
-        return f"Auto ({short_label(self.first.label)}, else {short_label(self.fallback.label)})"
+        return f"Auto ({self.name}, else {short_label(self.fallback.label)})"
 
     @property
     def broken_off(self) -> str:
-        return f"{short_label(self.first.label)}'s reply was broken off"
+        return f"{self.name}'s reply was broken off"
 
     def why_not_first(self) -> str | None:
         """Why a turn should not go to Gemma now (``None``: it should), as last found within
@@ -67,7 +72,7 @@ class AutoRoute:
             self._known = (time.monotonic(), reason)
 
     def _check(self) -> str | None:
-        name = short_label(self.first.label)
+        name = self.name
         health = self.first.health()
         if not health.ok:
             log.info("auto: %s is not ready: %s", name, health.detail)
@@ -98,7 +103,7 @@ class AutoRoute:
                 if last is not None and last.status == "interrupted" and last.error:
                     self.found(self.broken_off)
                 return
-            if reason != too_long_for(short_label(self.first.label)):  # about Gemma, not this chat
+            if reason != too_long_for(self.name):  # about Gemma, not this chat
                 self.found(reason)
         yield from service.respond(conversation, message, self.fallback.name, params, replaces=replaces,
                                    route=Route(reason=reason))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hybridchat.backends import ChatBackend, GenerationParams, ReplyStream
-from hybridchat.backends.base import short_label
+from hybridchat.backends.base import labelled, short_label
 from hybridchat.context import HEAD, KEEP, Fitted, fit_context
 from hybridchat.costs import Pricing
 from hybridchat.errors import (
@@ -180,7 +180,7 @@ class ChatService:
         previous = start = self._context_start(context, backend_name)
         draft = Draft(text, backend_name, params, replaces=replaces, pair=pair, route=route)
         hand_back = route is not None and route.hand_back
-        label = f"{backend.label} · {route.reason}" if route and route.reason else backend.label
+        label = labelled(backend.label, route.reason if route else None)
         reply: ReplyStream | None = None
         fitted: Fitted | None = None
         refused, overcount = False, 1.0

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hybridchat.backends import ChatBackend
+from hybridchat.backends.base import labelled
 from hybridchat.chat import Progress
 from hybridchat.costs import is_estimate, shown
 from hybridchat.sanitize import safe_markdown
@@ -86,7 +87,7 @@ def _rendered(
             continue
         chosen = min(pair, key=lambda t: (not t.picked, t.pair_column or 0)) if pair else turn
         label = chosen.model_label or (labels or {}).get(chosen.model, chosen.model)
-        label = f"{label} · {chosen.auto_reason}" if chosen.auto_reason else label  # Auto's: why not Gemma
+        label = labelled(label, chosen.auto_reason)
         user, reply = _shown(chosen.user, label, chosen.reply, chosen.notice, _MARKS.get(chosen.status),
                              chosen.error, figures(chosen))
         shown += [(user, None), *((m, chosen.turn_id) for m in _thought(chosen.thought, thinking=False)),

@@ -182,6 +182,15 @@ def short_label(label: str) -> str:
     return label.split(" (")[0].split(" · ")[0]
 
 
+def labelled(label: str, reason: str | None) -> str:
+    """A reply's model line with why that model answered (Auto's reason), where there is one.
+
+    >>> labelled("Gemini 2.5 Flash", "Gemma is not reachable"), labelled("Gemma", None)
+    ('Gemini 2.5 Flash · Gemma is not reachable', 'Gemma')
+    """
+    return f"{label} · {reason}" if reason else label
+
+
 @dataclass(frozen=True)
 class BackendHealth:
     """Whether a backend can answer now, and if not, why (fit to show a user)."""
